@@ -1,0 +1,313 @@
+//! `apply` (validate, apply atomically, annotate) and `invert`.
+
+use imbl::Vector;
+use serde_json::Value;
+
+use crate::doc::{Document, Entity, EntityKind, Id, ListKey, Props, PROJECT_STRUCTURAL_KEYS};
+use crate::error::OpError;
+use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Prev, Target, Update};
+
+/// Applies `ops` in order, all or nothing, and returns them annotated with what the state held
+/// (see [`crate::op`]): the form the server sequences and broadcasts, and the input
+/// [`invert`] and [`crate::transform()`] need.
+///
+/// Law: on error the document is exactly as before; on success
+/// `apply(doc, invert(&annotated))` restores it exactly.
+///
+/// Cost: one hash lookup per entity named, plus a scan of the one list an op inserts into,
+/// removes from or moves within (never the whole document).
+pub fn apply(doc: &mut Document, ops: &[Op]) -> Result<Vec<Op>, OpError> {
+    let mut done: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply_one(doc, op) {
+            Ok(annotated) => done.push(annotated),
+            Err(e) => {
+                for undo in invert(&done) {
+                    // The inverse of ops just applied always applies; the result is ignored
+                    // because there is nothing better to do than carry on rolling back.
+                    let _ = apply_one(doc, &undo);
+                }
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(debug_assertions)]
+    if let Err(e) = doc.check_invariants() {
+        panic!("invariant broken after apply: {e}");
+    }
+    Ok(done)
+}
+
+/// The ops that undo `annotated` (as returned by [`apply`] or kept exact by transform), in
+/// reverse order.
+///
+/// Law: `apply(apply(doc, a), invert(a))` equals `doc`, and `invert(invert(a))` equals `a` up
+/// to annotations.
+pub fn invert(annotated: &[Op]) -> Vec<Op> {
+    annotated.iter().rev().filter_map(invert_one).collect()
+}
+
+fn invert_one(op: &Op) -> Option<Op> {
+    Some(match op {
+        Op::Insert(o) => Op::Delete(Delete {
+            kind: o.kind,
+            id: o.id.clone(),
+            from: Some(Loc { parent: o.parent.clone(), index: o.index }),
+            value: Some(o.value.clone()),
+            extra: Default::default(),
+        }),
+        Op::Delete(o) => {
+            let from = o.from.as_ref()?;
+            Op::Insert(Insert {
+                kind: o.kind,
+                id: o.id.clone(),
+                parent: from.parent.clone(),
+                index: from.index,
+                value: o.value.clone()?,
+                extra: Default::default(),
+            })
+        }
+        Op::Move(o) => {
+            let from = o.from.as_ref()?;
+            Op::Move(Move {
+                kind: o.kind,
+                id: o.id.clone(),
+                parent: from.parent.clone(),
+                index: from.index,
+                from: Some(Loc { parent: o.parent.clone(), index: o.index }),
+                extra: Default::default(),
+            })
+        }
+        Op::Update(o) => {
+            let prev = o.prev.as_ref()?;
+            let mut after = prev.clone();
+            write_into_prev(&mut after, &o.path[1..], &o.value, o.remove);
+            let (value, remove) = match prev {
+                Prev::Absent => (Value::Null, true),
+                Prev::Value(v) => (v.clone(), false),
+            };
+            Op::Update(Update {
+                target: o.target,
+                id: o.id.clone(),
+                path: vec![o.path[0].clone()],
+                value,
+                remove,
+                prev: Some(after),
+                extra: Default::default(),
+            })
+        }
+    })
+}
+
+/// Applies one op, returning it annotated.
+pub(crate) fn apply_one(doc: &mut Document, op: &Op) -> Result<Op, OpError> {
+    match op {
+        Op::Insert(o) => apply_insert(doc, o).map(|()| {
+            let mut o = o.clone();
+            o.value.remove("id");
+            Op::Insert(o)
+        }),
+        Op::Delete(o) => apply_delete(doc, o),
+        Op::Move(o) => apply_move(doc, o),
+        Op::Update(o) => apply_update(doc, o),
+    }
+}
+
+fn check_parent(doc: &Document, kind: EntityKind, parent: Option<&Id>) -> Result<ListKey, OpError> {
+    match (kind, parent) {
+        (EntityKind::Clip, Some(p)) => match doc.get(p) {
+            Some(e) if e.kind == EntityKind::Track => Ok(ListKey::Clips(p.clone())),
+            _ => Err(OpError::ParentNotTrack { parent: p.to_string() }),
+        },
+        (EntityKind::Clip, None) => Err(OpError::ParentNotTrack { parent: String::new() }),
+        (kind, Some(_)) => Err(OpError::UnexpectedParent { kind }),
+        (kind, None) => Ok(list_key(kind, None)),
+    }
+}
+
+fn entity_of_kind<'d>(doc: &'d Document, id: &str, expected: EntityKind) -> Result<&'d Entity, OpError> {
+    let e = doc.get(id).ok_or_else(|| OpError::UnknownEntity { id: id.to_string() })?;
+    if e.kind != expected {
+        return Err(OpError::WrongKind { id: id.to_string(), expected, found: e.kind });
+    }
+    Ok(e)
+}
+
+fn apply_insert(doc: &mut Document, o: &Insert) -> Result<(), OpError> {
+    let key = check_parent(doc, o.kind, o.parent.as_ref())?;
+    let len = doc.list(&key).map_or(0, Vector::len);
+    if o.index > len {
+        return Err(OpError::IndexOutOfRange { index: o.index, len });
+    }
+    if doc.get(&o.id).is_some() {
+        return Err(OpError::DuplicateId { id: o.id.to_string() });
+    }
+    let mut props = o.value.clone();
+    props.remove("id");
+    let mut clips: Vec<(Id, Props)> = Vec::new();
+    if o.kind == EntityKind::Track {
+        match props.remove("clips") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    let Value::Object(mut c) = item else {
+                        return Err(OpError::InvalidValue { id: o.id.to_string(), reason: "a clip is not an object" });
+                    };
+                    let Some(Value::String(cid)) = c.remove("id") else {
+                        return Err(OpError::InvalidValue { id: o.id.to_string(), reason: "a clip has no string id" });
+                    };
+                    let cid = Id::from(cid);
+                    if doc.get(&cid).is_some() || cid == o.id || clips.iter().any(|(x, _)| *x == cid) {
+                        return Err(OpError::DuplicateId { id: cid.to_string() });
+                    }
+                    clips.push((cid, c));
+                }
+            }
+            Some(_) => return Err(OpError::InvalidValue { id: o.id.to_string(), reason: "`clips` is not an array" }),
+        }
+    }
+    let mut clip_ids = Vector::new();
+    for (cid, cprops) in clips {
+        clip_ids.push_back(cid.clone());
+        doc.insert_entity(
+            cid,
+            Entity { kind: EntityKind::Clip, parent: Some(o.id.clone()), props: cprops, clips: Vector::new() },
+        );
+    }
+    doc.insert_entity(o.id.clone(), Entity { kind: o.kind, parent: o.parent.clone(), props, clips: clip_ids });
+    if let Some(list) = doc.list_mut(&key) {
+        list.insert(o.index, o.id.clone());
+    }
+    Ok(())
+}
+
+fn apply_delete(doc: &mut Document, o: &Delete) -> Result<Op, OpError> {
+    let e = entity_of_kind(doc, &o.id, o.kind)?;
+    let parent = e.parent.clone();
+    let clips = e.clips.clone();
+    let value = doc.entity_value(&o.id);
+    let key = list_key(o.kind, parent.as_ref());
+    let index = remove_from_list(doc, &key, &o.id);
+    for c in &clips {
+        doc.remove_entity(c);
+    }
+    doc.remove_entity(&o.id);
+    Ok(Op::Delete(Delete {
+        kind: o.kind,
+        id: o.id.clone(),
+        from: Some(Loc { parent, index }),
+        value,
+        extra: o.extra.clone(),
+    }))
+}
+
+fn remove_from_list(doc: &mut Document, key: &ListKey, id: &Id) -> usize {
+    let Some(list) = doc.list_mut(key) else { return 0 };
+    match list.index_of(id) {
+        Some(i) => {
+            list.remove(i);
+            i
+        }
+        None => 0,
+    }
+}
+
+fn apply_move(doc: &mut Document, o: &Move) -> Result<Op, OpError> {
+    let e = entity_of_kind(doc, &o.id, o.kind)?;
+    let old_parent = e.parent.clone();
+    let dest = check_parent(doc, o.kind, o.parent.as_ref())?;
+    let src = list_key(o.kind, old_parent.as_ref());
+    let dest_len = doc.list(&dest).map_or(0, Vector::len) - usize::from(src == dest);
+    if o.index > dest_len {
+        return Err(OpError::IndexOutOfRange { index: o.index, len: dest_len });
+    }
+    let from_index = remove_from_list(doc, &src, &o.id);
+    if let Some(list) = doc.list_mut(&dest) {
+        list.insert(o.index, o.id.clone());
+    }
+    if let Some(e) = doc.entity_mut(&o.id) {
+        e.parent = o.parent.clone();
+    }
+    Ok(Op::Move(Move {
+        kind: o.kind,
+        id: o.id.clone(),
+        parent: o.parent.clone(),
+        index: o.index,
+        from: Some(Loc { parent: old_parent, index: from_index }),
+        extra: o.extra.clone(),
+    }))
+}
+
+fn apply_update(doc: &mut Document, o: &Update) -> Result<Op, OpError> {
+    let key = o.path.first().ok_or(OpError::EmptyPath)?;
+    let props = match (o.target.kind(), &o.id) {
+        (None, _) => {
+            if PROJECT_STRUCTURAL_KEYS.contains(&key.as_str()) {
+                return Err(OpError::StructuralPath { key: key.clone() });
+            }
+            doc.props_mut()
+        }
+        (Some(kind), Some(id)) => {
+            entity_of_kind(doc, id, kind)?;
+            if kind.is_structural(key) {
+                return Err(OpError::StructuralPath { key: key.clone() });
+            }
+            match doc.entity_mut(id) {
+                Some(e) => &mut e.props,
+                None => return Err(OpError::UnknownEntity { id: id.to_string() }),
+            }
+        }
+        (Some(_), None) => return Err(OpError::MissingField { op: "update", field: "id" }),
+    };
+    let prev = match props.get(key) {
+        Some(v) => Prev::Value(v.clone()),
+        None => Prev::Absent,
+    };
+    write_path(props, &o.path, &o.value, o.remove);
+    let mut out = o.clone();
+    out.prev = Some(prev);
+    if o.target == Target::Project {
+        out.id = None;
+    }
+    Ok(Op::Update(out))
+}
+
+/// Writes `value` at `path` inside `obj`, creating (or replacing non-object) intermediates;
+/// with `remove`, deletes the key if it is there. Never fails.
+pub(crate) fn write_path(obj: &mut Props, path: &[String], value: &Value, remove: bool) {
+    let Some((last, inner)) = path.split_last() else { return };
+    let mut cur = obj;
+    for k in inner {
+        if remove && !cur.get(k).is_some_and(Value::is_object) {
+            return;
+        }
+        let slot = cur.entry(k.clone()).or_insert_with(|| Value::Object(Props::new()));
+        if !slot.is_object() {
+            *slot = Value::Object(Props::new());
+        }
+        let Value::Object(next) = slot else { return };
+        cur = next;
+    }
+    if remove {
+        cur.remove(last);
+    } else {
+        cur.insert(last.clone(), value.clone());
+    }
+}
+
+/// Applies a write at `rel` (the path below the top-level key) to a top-level old value.
+pub(crate) fn write_into_prev(prev: &mut Prev, rel: &[String], value: &Value, remove: bool) {
+    if rel.is_empty() {
+        *prev = if remove { Prev::Absent } else { Prev::Value(value.clone()) };
+        return;
+    }
+    match prev {
+        Prev::Value(Value::Object(m)) => write_path(m, rel, value, remove),
+        _ if remove => {}
+        _ => {
+            let mut m = Props::new();
+            write_path(&mut m, rel, value, false);
+            *prev = Prev::Value(Value::Object(m));
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The sans-IO sync state machines: the server's document (history window, rebase, exactly-once)
+//! and the client's document (optimistic apply, one op in flight, a composed buffer).
+//!
+//! Neither does IO, reads a clock or draws a random number: the sequencer, the Rust client and
+//! the deterministic simulation in the tests all drive these same types.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::apply::apply;
+use crate::doc::Document;
+use crate::error::OpError;
+use crate::op::Op;
+use crate::protocol::OperationMsg;
+use crate::transform::{compose, transform, Side};
+
+/// A sequenced operation: its version, its annotated ops, who sent it and its op id.
+pub type Sequenced = Arc<OperationMsg>;
+
+/// What the server should do with an op it was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Newly sequenced: store it, then broadcast it to everyone (the sender's ack included).
+    Sequenced(Sequenced),
+    /// A resend of an op already sequenced: answer the sender alone with this original message.
+    Duplicate(Sequenced),
+}
+
+/// Why the server did not sequence an op.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    /// `baseVersion` is ahead of the room.
+    #[error("base version {base} is ahead of the room's version {current}")]
+    VersionAhead {
+        /// The op's base.
+        base: u64,
+        /// The room's version.
+        current: u64,
+    },
+    /// `baseVersion` is older than the history the server can reach.
+    #[error("base version {base} is older than the oldest reachable version {oldest}")]
+    VersionTooOld {
+        /// The op's base.
+        base: u64,
+        /// The oldest version a stale op may be based on.
+        oldest: u64,
+    },
+    /// The base is older than the in-memory window: the caller loads [`OlderHistory`] from its
+    /// store and calls [`ServerDoc::submit`] again with it.
+    #[error("history from version {base} must be loaded")]
+    NeedHistory {
+        /// The version the history must start at.
+        base: u64,
+    },
+    /// The op does not apply to the state it was based on.
+    #[error(transparent)]
+    Invalid(#[from] OpError),
+}
+
+/// History older than the in-memory window, loaded by the caller from its store.
+#[derive(Debug, Clone)]
+pub struct OlderHistory {
+    /// The version `state` is at.
+    pub base: u64,
+    /// The state at `base`.
+    pub state: Document,
+    /// The sequenced ops after `base`, in order, up to at least the window's first version.
+    pub ops: Vec<Sequenced>,
+    /// The op already stored under the submitted op id, if any.
+    pub known: Option<Sequenced>,
+}
+
+/// One op submitted to the server.
+#[derive(Debug, Clone)]
+pub struct Submit {
+    /// The sender's connection id.
+    pub from: String,
+    /// The version the op was made on; `None` means the current version.
+    pub base: Option<u64>,
+    /// The sender's op id.
+    pub op_id: Option<String>,
+    /// The ops, in order, applied atomically.
+    pub ops: Vec<Op>,
+}
+
+/// The server's side of a room: state, version, and a bounded history window holding the
+/// state at every version in it, so a stale op is validated and annotated on the exact state
+/// it was made on and then transformed over the ops after it.
+#[derive(Debug, Clone)]
+pub struct ServerDoc {
+    doc: Document,
+    version: u64,
+    /// The state at `window_start`.
+    window_base: Document,
+    window_start: u64,
+    /// Ops `window_start+1 ..= version`, each with the state after it.
+    history: VecDeque<(Sequenced, Document)>,
+    op_ids: HashMap<String, u64>,
+    window: usize,
+    /// How far back a stale op may reach through [`SubmitError::NeedHistory`]; older ones get
+    /// `version_too_old`.
+    max_rebase: u64,
+}
+
+impl ServerDoc {
+    /// A room at `version` with state `doc`, keeping `window` versions of history in memory and
+    /// rebasing ops at most `max_rebase` versions old (loading what is beyond the window).
+    pub fn new(doc: Document, version: u64, window: usize, max_rebase: u64) -> Self {
+        ServerDoc {
+            window_base: doc.clone(),
+            doc,
+            version,
+            window_start: version,
+            history: VecDeque::new(),
+            op_ids: HashMap::new(),
+            window: window.max(1),
+            max_rebase,
+        }
+    }
+
+    /// Replays sequenced ops (from a store's log) onto the room. Each must be the next version.
+    pub fn replay(&mut self, msg: Sequenced) -> Result<(), OpError> {
+        if msg.version != self.version + 1 {
+            return Err(OpError::Malformed {
+                reason: format!("replayed version {} after {}", msg.version, self.version),
+            });
+        }
+        apply(&mut self.doc, &msg.operation)?;
+        self.push(msg);
+        Ok(())
+    }
+
+    /// The current state.
+    pub fn doc(&self) -> &Document {
+        &self.doc
+    }
+
+    /// Mutable state, for the transport fields (not versioned).
+    pub fn doc_mut(&mut self) -> &mut Document {
+        &mut self.doc
+    }
+
+    /// The current version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The oldest version whose successors are all in memory.
+    pub fn window_start(&self) -> u64 {
+        self.window_start
+    }
+
+    /// The sequenced ops after `since`, if all are in memory.
+    pub fn ops_since(&self, since: u64) -> Option<Vec<Sequenced>> {
+        if since < self.window_start || since > self.version {
+            return None;
+        }
+        let skip = (since - self.window_start) as usize;
+        Some(self.history.iter().skip(skip).map(|(m, _)| m.clone()).collect())
+    }
+
+    fn state_at(&self, v: u64) -> Option<&Document> {
+        if v == self.window_start {
+            Some(&self.window_base)
+        } else if v > self.window_start && v <= self.version {
+            self.history.get((v - self.window_start - 1) as usize).map(|(_, d)| d)
+        } else {
+            None
+        }
+    }
+
+    /// Rebases `submit` onto the head and applies it.
+    ///
+    /// Steps: an op id seen before answers [`Outcome::Duplicate`] with the original message; a
+    /// base ahead is refused; the op is applied to the state at its base (validated there, and
+    /// annotated), transformed over every op after its base, applied to the head and given the
+    /// next version. Bases older than the window need `older` (see
+    /// [`SubmitError::NeedHistory`]). Nothing changes on error.
+    pub fn submit(&mut self, submit: Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
+        if let Some(id) = &submit.op_id {
+            if let Some(v) = self.op_ids.get(id) {
+                if let Some((m, _)) = self.history.get((*v - self.window_start - 1) as usize) {
+                    return Ok(Outcome::Duplicate(m.clone()));
+                }
+            }
+        }
+        let base = submit.base.unwrap_or(self.version);
+        if base > self.version {
+            return Err(SubmitError::VersionAhead { base, current: self.version });
+        }
+        let oldest = self.version.saturating_sub(self.max_rebase).min(self.window_start);
+        if base < oldest {
+            return Err(SubmitError::VersionTooOld { base, oldest });
+        }
+        let mut ops;
+        if base < self.window_start {
+            let older = match older {
+                Some(o) if o.base == base => o,
+                _ => return Err(SubmitError::NeedHistory { base }),
+            };
+            if let Some(known) = &older.known {
+                return Ok(Outcome::Duplicate(known.clone()));
+            }
+            let mut at_base = older.state.clone();
+            ops = apply(&mut at_base, &submit.ops)?;
+            for m in older.ops.iter().filter(|m| m.version <= self.window_start) {
+                ops = transform(ops, &m.operation, Side::Later);
+            }
+            if older.ops.last().map_or(base, |m| m.version) < self.window_start {
+                return Err(SubmitError::NeedHistory { base });
+            }
+        } else {
+            let Some(state) = self.state_at(base) else {
+                return Err(SubmitError::VersionTooOld { base, oldest: self.window_start });
+            };
+            let mut at_base = state.clone();
+            ops = apply(&mut at_base, &submit.ops)?;
+        }
+        let first = base.max(self.window_start);
+        for (m, _) in self.history.iter().skip((first - self.window_start) as usize) {
+            if ops.is_empty() {
+                break;
+            }
+            ops = transform(ops, &m.operation, Side::Later);
+        }
+        let annotated = apply(&mut self.doc, &ops)?;
+        let msg = Arc::new(OperationMsg {
+            operation: annotated,
+            version: self.version + 1,
+            user_id: submit.from,
+            op_id: submit.op_id,
+        });
+        self.push(msg.clone());
+        Ok(Outcome::Sequenced(msg))
+    }
+
+    fn push(&mut self, msg: Sequenced) {
+        self.version = msg.version;
+        if let Some(id) = &msg.op_id {
+            self.op_ids.insert(id.clone(), msg.version);
+        }
+        self.history.push_back((msg, self.doc.clone()));
+        while self.history.len() > self.window {
+            if let Some((old, state)) = self.history.pop_front() {
+                if let Some(id) = &old.op_id {
+                    self.op_ids.remove(id);
+                }
+                self.window_base = state;
+                self.window_start = old.version;
+            }
+        }
+    }
+}
+
+/// An op the client should send: `{"type":"operation", operation, baseVersion, opId}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The op id (stable across resends).
+    pub op_id: String,
+    /// The version the ops are based on.
+    pub base_version: u64,
+    /// The ops (annotated; the server ignores annotations it does not need).
+    pub ops: Vec<Op>,
+}
+
+/// What receiving a server `operation` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// It acknowledged the op in flight.
+    Ack,
+    /// A remote op, transformed over local pending ops and applied; these are the ops as
+    /// applied to the local document.
+    Remote(Vec<Op>),
+    /// Already seen (a version at or below the client's).
+    Stale,
+}
+
+/// Why the client document could not take a server message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// A version gap: the client must resync (reconnect with `since`).
+    #[error("expected version {expected}, got {got}")]
+    Gap {
+        /// The next version the client expected.
+        expected: u64,
+        /// What arrived.
+        got: u64,
+    },
+    /// A server op did not apply locally: the replica is out of step and must reload.
+    #[error("server op does not apply locally: {0}")]
+    Diverged(OpError),
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    op_id: String,
+    base: u64,
+    ops: Vec<Op>,
+}
+
+/// The client's side: the local document with pending ops applied optimistically, the version
+/// the server last confirmed, one op in flight and a composed buffer behind it.
+#[derive(Debug, Clone)]
+pub struct ClientDoc {
+    doc: Document,
+    version: u64,
+    inflight: Option<InFlight>,
+    buffer: Vec<Op>,
+    id_prefix: String,
+    next_seq: u64,
+}
+
+impl ClientDoc {
+    /// A client document loaded from a server state at `version`. Op ids are
+    /// `"{id_prefix}:{seq}"`; use the connection id (`_pk`).
+    pub fn new(doc: Document, version: u64, id_prefix: impl Into<String>) -> Self {
+        ClientDoc { doc, version, inflight: None, buffer: Vec::new(), id_prefix: id_prefix.into(), next_seq: 0 }
+    }
+
+    /// The local document (server state plus pending ops).
+    pub fn doc(&self) -> &Document {
+        &self.doc
+    }
+
+    /// The last version the server confirmed.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether any local op is not yet acknowledged.
+    pub fn has_pending(&self) -> bool {
+        self.inflight.is_some() || !self.buffer.is_empty()
+    }
+
+    /// The op id in flight, if any.
+    pub fn inflight_id(&self) -> Option<&str> {
+        self.inflight.as_ref().map(|f| f.op_id.as_str())
+    }
+
+    /// Applies a local edit optimistically and queues it. Nothing changes on error.
+    pub fn local(&mut self, ops: &[Op]) -> Result<(), OpError> {
+        let annotated = apply(&mut self.doc, ops)?;
+        let buffer = std::mem::take(&mut self.buffer);
+        self.buffer = compose(buffer, annotated);
+        Ok(())
+    }
+
+    /// The op to send now, if none is in flight and the buffer holds something. It stays in
+    /// flight until acknowledged; after a reconnect, [`ClientDoc::resend`] gives it again.
+    pub fn take_outgoing(&mut self) -> Option<Outgoing> {
+        if self.inflight.is_some() || self.buffer.is_empty() {
+            return None;
+        }
+        self.next_seq += 1;
+        let f = InFlight {
+            op_id: format!("{}:{}", self.id_prefix, self.next_seq),
+            base: self.version,
+            ops: std::mem::take(&mut self.buffer),
+        };
+        let out = Outgoing { op_id: f.op_id.clone(), base_version: f.base, ops: f.ops.clone() };
+        self.inflight = Some(f);
+        Some(out)
+    }
+
+    /// The op in flight, for resending after a reconnect: same op id, rebased onto every server
+    /// op received since it was first sent (equivalent to the original with its original base,
+    /// and never older than the client's version).
+    pub fn resend(&self) -> Option<Outgoing> {
+        self.inflight.as_ref().map(|f| Outgoing { op_id: f.op_id.clone(), base_version: f.base, ops: f.ops.clone() })
+    }
+
+    /// Takes one server `operation` message in version order.
+    pub fn receive(&mut self, msg: &OperationMsg) -> Result<Received, ClientError> {
+        if msg.version <= self.version {
+            return Ok(Received::Stale);
+        }
+        if msg.version != self.version + 1 {
+            return Err(ClientError::Gap { expected: self.version + 1, got: msg.version });
+        }
+        if let (Some(f), Some(id)) = (&self.inflight, &msg.op_id) {
+            if *id == f.op_id {
+                self.inflight = None;
+                self.version = msg.version;
+                return Ok(Received::Ack);
+            }
+        }
+        let mut remote = msg.operation.clone();
+        if let Some(f) = &mut self.inflight {
+            let mine = std::mem::take(&mut f.ops);
+            f.ops = transform(mine.clone(), &remote, Side::Later);
+            remote = transform(remote, &mine, Side::Earlier);
+            f.base = msg.version;
+        }
+        if !self.buffer.is_empty() {
+            let mine = std::mem::take(&mut self.buffer);
+            self.buffer = transform(mine.clone(), &remote, Side::Later);
+            remote = transform(remote, &mine, Side::Earlier);
+        }
+        let applied = apply(&mut self.doc, &remote).map_err(ClientError::Diverged)?;
+        self.version = msg.version;
+        Ok(Received::Remote(applied))
+    }
+
+    /// Replaces everything with a fresh server state (after `version_too_old`, a rejected op,
+    /// or a gap) and returns the local ops that were dropped.
+    pub fn reload(&mut self, doc: Document, version: u64) -> Vec<Op> {
+        let mut dropped = self.inflight.take().map(|f| f.ops).unwrap_or_default();
+        dropped.append(&mut self.buffer);
+        self.doc = doc;
+        self.version = version;
+        dropped
+    }
+
+    /// The server rejected the op in flight (`invalid_op`, `forbidden`): returns its ops. The
+    /// local document still holds their effect, so the caller reloads.
+    pub fn reject_inflight(&mut self) -> Option<Vec<Op>> {
+        self.inflight.take().map(|f| f.ops)
+    }
+}

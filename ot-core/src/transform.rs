@@ -1,0 +1,488 @@
+//! `transform` and `compose`: the conflict rules of PROTOCOL §5.3.
+//!
+//! Both arguments of a transform are annotated ops made on the same state (see [`crate::op`]);
+//! the result is annotated exactly for the state after the other op, so it can be transformed
+//! again, inverted, or broadcast.
+
+use serde_json::Value;
+
+use crate::apply::write_into_prev;
+use crate::doc::{EntityKind, Id, Props};
+use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Target, Update};
+
+/// Which of two concurrent ops the server sequences later. The later op wins ties of position,
+/// move destination and same-path updates; the earlier wins an insert-id collision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The op being transformed is sequenced after the other (the server rebasing an incoming
+    /// op over history; a client transforming its pending op over a server op).
+    Later,
+    /// The op being transformed was sequenced first (a client transforming a server op over its
+    /// own pending ops).
+    Earlier,
+}
+
+impl Side {
+    /// The other side.
+    pub fn flip(self) -> Side {
+        match self {
+            Side::Later => Side::Earlier,
+            Side::Earlier => Side::Later,
+        }
+    }
+}
+
+/// Transforms `a` so that it applies after `b`, where both were made on the same state.
+///
+/// Law (TP1): for a state `S` on which both apply,
+/// `S · b · transform(a, b, s)` equals `S · a · transform(b, a, s.flip())`.
+/// It is total: every pair has an answer, and the result applies cleanly after `b`. A result
+/// may hold several ops (a cancelled move becomes a move back, say) or none.
+pub fn transform(a: Vec<Op>, b: &[Op], side: Side) -> Vec<Op> {
+    let mut a = a;
+    for bop in b {
+        if a.is_empty() {
+            break;
+        }
+        a = transform_over_one(a, bop, side);
+    }
+    a
+}
+
+/// Transforms each of `ops` (a sequence) over the single op `b`, carrying `b` along the
+/// sequence.
+fn transform_over_one(a: Vec<Op>, b: &Op, side: Side) -> Vec<Op> {
+    if a.len() == 1 {
+        let mut a = a;
+        return transform_prim(a.pop().unwrap_or_else(|| unreachable_op()), b, side);
+    }
+    let mut out = Vec::with_capacity(a.len());
+    let mut bcur: Vec<Op> = vec![b.clone()];
+    let n = a.len();
+    for (i, aop) in a.into_iter().enumerate() {
+        if bcur.is_empty() {
+            out.push(aop);
+            continue;
+        }
+        let last = i + 1 == n;
+        let a_res = transform(vec![aop.clone()], &bcur, side);
+        if !last {
+            bcur = transform(bcur, std::slice::from_ref(&aop), side.flip());
+        }
+        out.extend(a_res);
+    }
+    out
+}
+
+fn unreachable_op() -> Op {
+    // Only reached if a one-element Vec had no element, which cannot happen.
+    Op::Update(Update {
+        target: Target::Project,
+        id: None,
+        path: vec![String::new()],
+        value: Value::Null,
+        remove: true,
+        prev: None,
+        extra: Default::default(),
+    })
+}
+
+/// Composes two sequential batches into one: `apply(apply(S, a), b)` equals
+/// `apply(S, compose(a, b))`, and transforming over the composition equals transforming over
+/// `a` then `b`. Runs of updates of the same path collapse into one (the first `prev`, the last
+/// value), which is what keeps a dragged fader's burst of updates to a single op.
+pub fn compose(a: Vec<Op>, b: Vec<Op>) -> Vec<Op> {
+    let mut out = a;
+    out.reserve(b.len());
+    for op in b {
+        if let (Some(Op::Update(last)), Op::Update(next)) = (out.last_mut(), &op) {
+            if last.target == next.target && last.id == next.id && last.path == next.path {
+                last.value = next.value.clone();
+                last.remove = next.remove;
+                continue;
+            }
+        }
+        out.push(op);
+    }
+    out
+}
+
+fn same_family(a: EntityKind, b: EntityKind) -> bool {
+    a == b
+}
+
+/// Collects the ids an insert creates (the entity and, for a track, its clips).
+fn insert_ids(o: &Insert) -> Vec<&str> {
+    let mut ids = vec![&*o.id];
+    if let Some(Value::Array(clips)) = o.value.get("clips") {
+        for c in clips {
+            if let Some(Value::String(s)) = c.get("id") {
+                ids.push(s);
+            }
+        }
+    }
+    ids
+}
+
+fn clip_position(value: &Props, id: &str) -> Option<usize> {
+    match value.get("clips") {
+        Some(Value::Array(clips)) => clips.iter().position(|c| c.get("id").and_then(Value::as_str) == Some(id)),
+        _ => None,
+    }
+}
+
+fn clips_mut(value: &mut Props) -> &mut Vec<Value> {
+    let slot = value.entry("clips").or_insert_with(|| Value::Array(Vec::new()));
+    if !slot.is_array() {
+        *slot = Value::Array(Vec::new());
+    }
+    match slot {
+        Value::Array(v) => v,
+        _ => unreachable!("just made an array"),
+    }
+}
+
+fn with_id(id: &Id, value: &Props) -> Value {
+    let mut m = Props::new();
+    m.insert("id".into(), Value::String(id.to_string()));
+    for (k, v) in value {
+        if k != "id" {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(m)
+}
+
+fn without_id(v: &Value) -> Props {
+    let mut m = v.as_object().cloned().unwrap_or_default();
+    m.remove("id");
+    m
+}
+
+/// Primitive transform: one op over one op.
+fn transform_prim(a: Op, b: &Op, side: Side) -> Vec<Op> {
+    let later = side == Side::Later;
+    match a {
+        Op::Insert(a) => t_insert(a, b, later),
+        Op::Delete(a) => t_delete(a, b),
+        Op::Move(a) => t_move(a, b, later),
+        Op::Update(a) => t_update(a, b, later),
+    }
+}
+
+fn t_insert(mut a: Insert, b: &Op, later: bool) -> Vec<Op> {
+    let la = a.list();
+    match b {
+        Op::Insert(b) => {
+            let a_ids = insert_ids(&a);
+            if insert_ids(b).iter().any(|x| a_ids.contains(x)) {
+                if later {
+                    return vec![];
+                }
+                // `a` was sequenced first and wins: take `b`'s entity out again, then insert.
+                let del = Op::Delete(Delete {
+                    kind: b.kind,
+                    id: b.id.clone(),
+                    from: Some(Loc { parent: b.parent.clone(), index: b.index }),
+                    value: Some(b.value.clone()),
+                    extra: Default::default(),
+                });
+                return vec![del, Op::Insert(a)];
+            }
+            if b.list() == la && (b.index < a.index || (b.index == a.index && !later)) {
+                a.index += 1;
+            }
+        }
+        Op::Delete(b) => {
+            if a.kind == EntityKind::Clip && a.parent.as_ref() == Some(&b.id) {
+                return vec![];
+            }
+            if let Some(from) = &b.from {
+                if b.from_list().as_ref() == Some(&la) && from.index < a.index {
+                    a.index -= 1;
+                }
+            }
+        }
+        Op::Move(b) => {
+            if let Some(from) = &b.from {
+                if b.from_list().as_ref() == Some(&la) && from.index < a.index {
+                    a.index -= 1;
+                }
+            }
+            if b.list() == la && (b.index < a.index || (b.index == a.index && !later)) {
+                a.index += 1;
+            }
+        }
+        Op::Update(_) => {}
+    }
+    vec![Op::Insert(a)]
+}
+
+fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
+    let a_list = a.from_list();
+    match b {
+        Op::Insert(b) => {
+            if a.kind == EntityKind::Track && b.kind == EntityKind::Clip && b.parent.as_ref() == Some(&a.id) {
+                if let Some(v) = &mut a.value {
+                    let clips = clips_mut(v);
+                    let at = b.index.min(clips.len());
+                    clips.insert(at, with_id(&b.id, &b.value));
+                }
+            }
+            if let Some(from) = &mut a.from {
+                if a_list.as_ref() == Some(&b.list()) && b.index <= from.index {
+                    from.index += 1;
+                }
+            }
+        }
+        Op::Delete(b) => {
+            if b.id == a.id {
+                return vec![];
+            }
+            if a.kind == EntityKind::Clip && b.kind == EntityKind::Track {
+                let in_b = match &a.from {
+                    Some(f) => f.parent.as_ref() == Some(&b.id),
+                    None => b.value.as_ref().is_some_and(|v| clip_position(v, &a.id).is_some()),
+                };
+                if in_b {
+                    return vec![];
+                }
+            }
+            if a.kind == EntityKind::Track && b.kind == EntityKind::Clip {
+                if let (Some(v), Some(bf)) = (&mut a.value, &b.from) {
+                    if bf.parent.as_ref() == Some(&a.id) {
+                        if let Some(p) = clip_position(v, &b.id) {
+                            clips_mut(v).remove(p);
+                        }
+                    }
+                }
+            }
+            if let (Some(from), Some(bf)) = (&mut a.from, &b.from) {
+                if a_list == b.from_list() && bf.index < from.index {
+                    from.index -= 1;
+                }
+            }
+        }
+        Op::Move(b) => {
+            if b.id == a.id {
+                a.from = Some(Loc { parent: b.parent.clone(), index: b.index });
+                return vec![Op::Delete(a)];
+            }
+            if a.kind == EntityKind::Track && b.kind == EntityKind::Clip {
+                let into = b.parent.as_ref() == Some(&a.id);
+                let out_of = b.from.as_ref().is_some_and(|f| f.parent.as_ref() == Some(&a.id));
+                if into && !out_of {
+                    // A clip moved into the track being deleted: cancel the move, then delete.
+                    if let Some(bf) = &b.from {
+                        let back = Op::Move(Move {
+                            kind: EntityKind::Clip,
+                            id: b.id.clone(),
+                            parent: bf.parent.clone(),
+                            index: bf.index,
+                            from: Some(Loc { parent: b.parent.clone(), index: b.index }),
+                            extra: Default::default(),
+                        });
+                        return vec![back, Op::Delete(a)];
+                    }
+                }
+                if let Some(v) = &mut a.value {
+                    if out_of {
+                        if let Some(p) = clip_position(v, &b.id) {
+                            let clip = clips_mut(v).remove(p);
+                            if into {
+                                let clips = clips_mut(v);
+                                let at = b.index.min(clips.len());
+                                clips.insert(at, clip);
+                            }
+                        }
+                    }
+                }
+            }
+            if same_family(a.kind, b.kind) {
+                if let (Some(from), Some(bf)) = (&mut a.from, &b.from) {
+                    if a_list == b.from_list() && bf.index < from.index {
+                        from.index -= 1;
+                    }
+                    if a_list.as_ref() == Some(&b.list()) && b.index <= from.index {
+                        from.index += 1;
+                    }
+                }
+            }
+        }
+        Op::Update(b) => {
+            if let Some(v) = &mut a.value {
+                if b.id.as_ref() == Some(&a.id) && b.target.kind() == Some(a.kind) {
+                    crate::apply::write_path(v, &b.path, &b.value, b.remove);
+                } else if a.kind == EntityKind::Track && b.target == Target::Clip {
+                    if let Some(bid) = &b.id {
+                        if let Some(p) = clip_position(v, bid) {
+                            if let Some(Value::Object(clip)) = clips_mut(v).get_mut(p) {
+                                crate::apply::write_path(clip, &b.path, &b.value, b.remove);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    vec![Op::Delete(a)]
+}
+
+/// The position of an entity of a list, as counted in that list without the entity `moved`
+/// which sat at `moved_at` (when `moved` was in the same list).
+fn without(pos: usize, moved_at: Option<usize>) -> usize {
+    match moved_at {
+        Some(m) if m < pos => pos - 1,
+        _ => pos,
+    }
+}
+
+fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
+    let Some(a_from) = a.from.clone() else {
+        // Unannotated moves are annotated by `apply` before any transform; without a source
+        // the move can only keep its destination.
+        return vec![Op::Move(a)];
+    };
+    let la_from = list_key(a.kind, a_from.parent.as_ref());
+    let la_to = a.list();
+    let i = a_from.index;
+    // Where `a`'s entity sat in its destination list, if it was already there.
+    let same_list_at = (la_from == la_to).then_some(i);
+    match b {
+        Op::Insert(b) => {
+            let lb = b.list();
+            if lb == la_from && b.index <= i {
+                if let Some(f) = a.from.as_mut() {
+                    f.index += 1;
+                }
+            }
+            if lb == la_to {
+                let j_w = without(b.index, same_list_at);
+                if j_w < a.index || (j_w == a.index && !later) {
+                    a.index += 1;
+                }
+            }
+        }
+        Op::Delete(b) => {
+            if b.id == a.id {
+                return vec![];
+            }
+            if a.kind == EntityKind::Clip && b.kind == EntityKind::Track {
+                let to_deleted = a.parent.as_ref() == Some(&b.id);
+                let from_deleted = a_from.parent.as_ref() == Some(&b.id);
+                if to_deleted {
+                    return vec![];
+                }
+                if from_deleted {
+                    // Moved out of a track that was deleted: the clip survives where it went.
+                    let value = b.value.as_ref().and_then(|v| match v.get("clips") {
+                        Some(Value::Array(clips)) => {
+                            clips.iter().find(|c| c.get("id").and_then(Value::as_str) == Some(&*a.id)).map(without_id)
+                        }
+                        _ => None,
+                    });
+                    return match value {
+                        Some(value) => vec![Op::Insert(Insert {
+                            kind: EntityKind::Clip,
+                            id: a.id,
+                            parent: a.parent,
+                            index: a.index,
+                            value,
+                            extra: a.extra,
+                        })],
+                        None => vec![],
+                    };
+                }
+            }
+            if let (true, Some(bf)) = (same_family(a.kind, b.kind), &b.from) {
+                let lb = list_key(b.kind, bf.parent.as_ref());
+                if lb == la_from && bf.index < i {
+                    if let Some(f) = a.from.as_mut() {
+                    f.index -= 1;
+                }
+                }
+                if lb == la_to && without(bf.index, same_list_at) < a.index {
+                    a.index -= 1;
+                }
+            }
+        }
+        Op::Move(b) => {
+            if b.id == a.id {
+                if !later {
+                    return vec![];
+                }
+                a.from = Some(Loc { parent: b.parent.clone(), index: b.index });
+                return vec![Op::Move(a)];
+            }
+            if let (true, Some(bf)) = (same_family(a.kind, b.kind), &b.from) {
+                let lb_from = list_key(b.kind, bf.parent.as_ref());
+                let lb_to = b.list();
+                // Source position of `a`'s entity after `b`.
+                let mut i2 = i;
+                if lb_from == la_from && bf.index < i2 {
+                    i2 -= 1;
+                }
+                if lb_to == la_from && b.index <= i2 {
+                    i2 += 1;
+                }
+                // Destination index: take `b`'s entity out, then put it where `b` put it.
+                let mut k = a.index;
+                if lb_from == la_to && without(bf.index, same_list_at) < k {
+                    k -= 1;
+                }
+                if lb_to == la_to {
+                    let m_w = without(b.index, (la_from == la_to).then_some(i2));
+                    if m_w < k || (m_w == k && !later) {
+                        k += 1;
+                    }
+                }
+                if let Some(f) = a.from.as_mut() {
+                    f.index = i2;
+                }
+                a.index = k;
+            }
+        }
+        Op::Update(_) => {}
+    }
+    vec![Op::Move(a)]
+}
+
+fn t_update(mut a: Update, b: &Op, later: bool) -> Vec<Op> {
+    match b {
+        Op::Insert(_) | Op::Move(_) => {}
+        Op::Delete(b) => {
+            if let (Some(kind), Some(id)) = (a.target.kind(), &a.id) {
+                if kind == b.kind && *id == b.id {
+                    return vec![];
+                }
+                if kind == EntityKind::Clip
+                    && b.kind == EntityKind::Track
+                    && b.value.as_ref().is_some_and(|v| clip_position(v, id).is_some())
+                {
+                    return vec![];
+                }
+            }
+        }
+        Op::Update(b) => {
+            if a.target == b.target && a.id == b.id && a.path[0] == b.path[0] {
+                let p = &a.path;
+                let q = &b.path;
+                let b_outer = q.len() <= p.len() && p[..q.len()] == q[..];
+                let a_outer = p.len() <= q.len() && q[..p.len()] == p[..];
+                if b_outer && a_outer {
+                    // Same path: the later write wins.
+                    if !later {
+                        return vec![];
+                    }
+                } else if b_outer {
+                    // The outer write wins; the inner write is dropped.
+                    return vec![];
+                }
+                if let Some(prev) = &mut a.prev {
+                    write_into_prev(prev, &q[1..], &b.value, b.remove);
+                }
+            }
+        }
+    }
+    vec![Op::Update(a)]
+}
