@@ -1,1 +1,254 @@
-fn main(){}
+//! Criterion benches for ot-core, each group answering one named question:
+//!
+//! - `apply/doc_entities/{1k,10k,100k}`: does applying a realistic op mix stay flat as the
+//!   document grows? (target: 100k within 2× of 1k)
+//! - `transform/pair/*`: what does one primitive transform cost, per conflict row?
+//! - `rebase/stale_by/{1,10,100,1000}`: what does the server pay to sequence an op made N
+//!   versions ago? (target: 1,000 under 100 µs)
+//! - `compose/chain/{10,100,1000}`: what does composing a client's buffer cost?
+//! - `codec/op_message/{decode,encode}`: what does the wire cost per operation frame?
+//!
+//! Fixed seeds everywhere; results go through `black_box`. Run with
+//! `cargo bench -p ot-core --bench ot -- --warm-up-time 1 --measurement-time 3`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use ot_core::protocol::{decode_client, encode, ClientMsg, OperationMsg, ServerMsg};
+use ot_core::sync::{ServerDoc, Submit};
+use ot_core::{apply, compose, transform, Document, Op, Side};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Clips per track in the generated documents.
+const CLIPS_PER_TRACK: usize = 99;
+
+/// A document of `entities` entities: `entities / 100` tracks, each with 99 clips.
+fn document(entities: usize) -> Document {
+    let tracks: Vec<Value> = (0..entities / (CLIPS_PER_TRACK + 1))
+        .map(|t| {
+            let clips: Vec<Value> = (0..CLIPS_PER_TRACK)
+                .map(|c| json!({"id": format!("c{t}_{c}"), "start": c as f64 * 4.0, "duration": 4.0, "gain": 1.0}))
+                .collect();
+            json!({"id": format!("t{t}"), "name": format!("Track {t}"), "volume": 0.8, "muted": false, "clips": clips})
+        })
+        .collect();
+    let state = json!({"version": 0, "tempo": 120, "name": "Bench", "tracks": tracks, "markers": []});
+    Document::from_state_value(&state).expect("generated state is well formed").0
+}
+
+fn ops(v: Value) -> Vec<Op> {
+    Op::batch_from_value(v).expect("bench ops are well formed")
+}
+
+/// A realistic edit session on a document of `tracks` tracks, as separate batches: set a clip's
+/// gain, move a clip to another track and back, insert a clip and delete it again.
+fn op_mix(rng: &mut StdRng, tracks: usize, rounds: usize) -> Vec<Vec<Op>> {
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        let (t, u) = (rng.gen_range(0..tracks), rng.gen_range(0..tracks));
+        let c = rng.gen_range(0..CLIPS_PER_TRACK);
+        let clip = format!("c{t}_{c}");
+        let to = rng.gen_range(0..CLIPS_PER_TRACK - 1);
+        let new = format!("new{r}");
+        out.push(ops(json!({"type": "update", "target": "clip", "id": clip, "path": ["gain"], "value": rng.gen::<f64>()})));
+        out.push(ops(json!({"type": "move", "target": "clip", "id": clip, "parent": format!("t{u}"), "index": to})));
+        out.push(ops(json!({"type": "move", "target": "clip", "id": clip, "parent": format!("t{t}"), "index": c})));
+        out.push(ops(json!({"type": "insert", "target": "clip", "id": new, "parent": format!("t{u}"), "index": to,
+            "value": {"start": 0.0, "duration": 2.0}})));
+        out.push(ops(json!({"type": "delete", "target": "clip", "id": new})));
+    }
+    out
+}
+
+fn bench_apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply/doc_entities");
+    for (label, n) in [("1k", 1_000), ("10k", 10_000), ("100k", 100_000)] {
+        let doc = document(n);
+        assert_eq!(doc.entity_count(), n);
+        let mix = op_mix(&mut StdRng::seed_from_u64(7), n / (CLIPS_PER_TRACK + 1), 4);
+        g.throughput(Throughput::Elements(mix.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(label), &mix, |b, mix| {
+            b.iter_batched(
+                || doc.clone(),
+                |mut d| {
+                    for batch in mix {
+                        black_box(apply(&mut d, batch).expect("the mix applies"));
+                    }
+                    d
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// Applies `a` and `b` to clones of `doc`, returning their annotated forms.
+fn pair(doc: &Document, a: Value, b: Value) -> (Vec<Op>, Vec<Op>) {
+    let a = apply(&mut doc.clone(), &ops(a)).expect("a applies");
+    let b = apply(&mut doc.clone(), &ops(b)).expect("b applies");
+    (a, b)
+}
+
+fn bench_transform(c: &mut Criterion) {
+    let doc = document(1_000);
+    let clip = |id: &str, parent: &str, index: usize| {
+        json!({"type": "insert", "target": "clip", "id": id, "parent": parent, "index": index, "value": {"start": 1.0}})
+    };
+    let mv = |id: &str, parent: &str, index: usize| json!({"type": "move", "target": "clip", "id": id, "parent": parent, "index": index});
+    let upd = |id: &str, path: Value, v: f64| json!({"type": "update", "target": "clip", "id": id, "path": path, "value": v});
+    let cases = [
+        ("insert-insert", pair(&doc, clip("x", "t1", 5), clip("y", "t1", 5))),
+        ("move-move", pair(&doc, mv("c1_3", "t2", 7), mv("c1_3", "t4", 0))),
+        ("move-move-other", pair(&doc, mv("c1_3", "t2", 7), mv("c2_5", "t1", 1))),
+        ("delete-move", pair(&doc, json!({"type": "delete", "target": "track", "id": "t2"}), mv("c1_3", "t2", 7))),
+        ("move-delete", pair(&doc, mv("c1_3", "t2", 7), json!({"type": "delete", "target": "track", "id": "t2"}))),
+        ("delete-delete", pair(&doc, json!({"type": "delete", "target": "clip", "id": "c3_3"}), json!({"type": "delete", "target": "track", "id": "t3"}))),
+        ("update-update", pair(&doc, upd("c1_3", json!(["gain"]), 0.5), upd("c1_3", json!(["gain"]), 0.7))),
+        ("update-update-prefix", pair(&doc, upd("c1_3", json!(["fx", "reverb"]), 0.5), upd("c1_3", json!(["fx"]), 1.0))),
+        ("update-delete", pair(&doc, upd("c1_3", json!(["gain"]), 0.5), json!({"type": "delete", "target": "track", "id": "t1"}))),
+    ];
+    let mut g = c.benchmark_group("transform/pair");
+    g.throughput(Throughput::Elements(1));
+    for (name, (a, b)) in &cases {
+        g.bench_with_input(BenchmarkId::from_parameter(name), &(a, b), |bench, (a, b)| {
+            bench.iter_batched(|| (*a).clone(), |a| black_box(transform(a, b, Side::Later)), BatchSize::SmallInput)
+        });
+    }
+    g.finish();
+}
+
+/// One history op for the rebase bench, never touching track `t0` or clip `c0_0` (what the stale
+/// op edits), so that the stale op survives every rebase.
+fn history_op(rng: &mut StdRng, i: usize, tracks: usize) -> Vec<Op> {
+    let t = rng.gen_range(1..tracks);
+    let c = rng.gen_range(1..CLIPS_PER_TRACK);
+    match i % 4 {
+        0 => ops(json!({"type": "update", "target": "clip", "id": format!("c{t}_{c}"), "path": ["gain"], "value": rng.gen::<f64>()})),
+        1 => ops(json!({"type": "insert", "target": "clip", "id": format!("h{i}"), "parent": "t0", "index": rng.gen_range(0..CLIPS_PER_TRACK),
+            "value": {"start": 0.0}})),
+        2 => ops(json!({"type": "delete", "target": "clip", "id": format!("h{}", i - 1)})),
+        _ => ops(json!({"type": "update", "target": "track", "id": format!("t{t}"), "path": ["volume"], "value": rng.gen::<f64>()})),
+    }
+}
+
+fn bench_rebase(c: &mut Criterion) {
+    let doc = document(10_000);
+    let tracks = 10_000 / (CLIPS_PER_TRACK + 1);
+    let mut g = c.benchmark_group("rebase/stale_by");
+    g.throughput(Throughput::Elements(1));
+    for n in [1u64, 10, 100, 1_000] {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut server = ServerDoc::new(doc.clone(), 0, 2_000, 10_000);
+        for i in 0..n as usize {
+            let submit = Submit { from: "h".into(), base: None, op_id: Some(format!("h:{i}")), ops: history_op(&mut rng, i, tracks) };
+            server.submit(submit, None).expect("history op applies");
+        }
+        // Made at version 0 (N versions ago): move a clip within track t0, where the history
+        // inserted and deleted clips, and set its gain.
+        let stale = Submit {
+            from: "client".into(),
+            base: Some(0),
+            op_id: Some("client:1".into()),
+            ops: ops(json!([
+                {"type": "move", "target": "clip", "id": "c0_0", "parent": "t0", "index": 50},
+                {"type": "update", "target": "clip", "id": "c0_0", "path": ["gain"], "value": 0.25}
+            ])),
+        };
+        g.bench_with_input(BenchmarkId::from_parameter(n), &stale, |b, stale| {
+            b.iter_batched(
+                || (server.clone(), stale.clone()),
+                |(mut s, op)| {
+                    let out = s.submit(op, None).expect("the stale op is rebased");
+                    (s, black_box(out))
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_compose(c: &mut Criterion) {
+    let doc = document(1_000);
+    let mut g = c.benchmark_group("compose/chain");
+    for n in [10usize, 100, 1_000] {
+        // A client's buffer while offline: fader drags (runs of same-path updates), clip moves
+        // and new clips, each annotated in sequence.
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut d = doc.clone();
+        let chain: Vec<Vec<Op>> = (0..n)
+            .map(|i| {
+                let t = rng.gen_range(0..10);
+                let op = match i % 5 {
+                    0..=2 => json!({"type": "update", "target": "track", "id": format!("t{t}"), "path": ["volume"], "value": rng.gen::<f64>()}),
+                    3 => json!({"type": "move", "target": "clip", "id": format!("c{t}_{}", rng.gen_range(0..CLIPS_PER_TRACK)),
+                        "parent": format!("t{}", rng.gen_range(0..10)), "index": 0}),
+                    _ => json!({"type": "insert", "target": "clip", "id": format!("n{i}"), "parent": format!("t{t}"), "index": 0,
+                        "value": {"start": 0.0}}),
+                };
+                apply(&mut d, &ops(op)).expect("chain op applies")
+            })
+            .collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &chain, |b, chain| {
+            b.iter_batched(
+                || chain.clone(),
+                |chain| black_box(chain.into_iter().fold(Vec::new(), compose)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_codec(c: &mut Criterion) {
+    let op = json!({"type": "move", "target": "clip", "id": "6f1c2a8e-3b7d-4c55-9a0e-1d2f3a4b5c6d",
+        "parent": "0b9e8d7c-6a5f-4e3d-2c1b-0a9f8e7d6c5b", "index": 3});
+    let upd = json!({"type": "update", "target": "clip", "id": "6f1c2a8e-3b7d-4c55-9a0e-1d2f3a4b5c6d",
+        "path": ["gain"], "value": 0.75, "oldValue": 1.0});
+    let client = encode(&ClientMsg::Operation {
+        operation: json!([op, upd]),
+        base_version: Some(1234),
+        op_id: Some("V1StGXR8_Z5jdHi6B-myT:42".into()),
+    });
+    let mut doc = Document::new();
+    let setup = ops(json!([
+        {"type": "insert", "target": "track", "id": "0b9e8d7c-6a5f-4e3d-2c1b-0a9f8e7d6c5b", "index": 0, "value": {"name": "A"}},
+        {"type": "insert", "target": "track", "id": "t2", "index": 1,
+            "value": {"name": "B", "clips": [{"id": "6f1c2a8e-3b7d-4c55-9a0e-1d2f3a4b5c6d", "start": 0.0, "gain": 1.0}]}}
+    ]));
+    apply(&mut doc, &setup).expect("setup applies");
+    let mut moved = ops(json!([op, upd]));
+    if let Some(Op::Move(m)) = moved.first_mut() {
+        m.index = 0;
+    }
+    let annotated = apply(&mut doc, &moved).expect("frame ops apply");
+    let server = ServerMsg::Operation(OperationMsg {
+        operation: annotated,
+        version: 1235,
+        user_id: "V1StGXR8_Z5jdHi6B-myT".into(),
+        op_id: Some("V1StGXR8_Z5jdHi6B-myT:42".into()),
+    });
+    let server_len = encode(&server).len();
+
+    let mut g = c.benchmark_group("codec/op_message");
+    g.throughput(Throughput::Bytes(client.len() as u64));
+    g.bench_function(BenchmarkId::from_parameter("decode"), |b| {
+        b.iter(|| {
+            // What the sequencer does with a frame: decode the message, then its ops.
+            let Ok(ClientMsg::Operation { operation, .. }) = decode_client(black_box(&client), 32) else {
+                unreachable!("the frame is an operation")
+            };
+            black_box(Op::batch_from_value(operation).expect("ops decode"))
+        })
+    });
+    g.throughput(Throughput::Bytes(server_len as u64));
+    g.bench_function(BenchmarkId::from_parameter("encode"), |b| b.iter(|| black_box(encode(black_box(&server)))));
+    g.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_transform, bench_rebase, bench_compose, bench_codec);
+criterion_main!(benches);

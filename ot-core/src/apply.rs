@@ -75,6 +75,8 @@ fn invert_one(op: &Op) -> Option<Op> {
                 parent: from.parent.clone(),
                 index: from.index,
                 from: Some(Loc { parent: o.parent.clone(), index: o.index }),
+                value: o.value.clone(),
+                restore: false,
                 extra: Default::default(),
             })
         }
@@ -221,6 +223,7 @@ fn apply_move(doc: &mut Document, o: &Move) -> Result<Op, OpError> {
     if o.index > dest_len {
         return Err(OpError::IndexOutOfRange { index: o.index, len: dest_len });
     }
+    let value = if o.kind == EntityKind::Clip { doc.entity_value(&o.id) } else { None };
     let from_index = remove_from_list(doc, &src, &o.id);
     if let Some(list) = doc.list_mut(&dest) {
         list.insert(o.index, o.id.clone());
@@ -234,6 +237,8 @@ fn apply_move(doc: &mut Document, o: &Move) -> Result<Op, OpError> {
         parent: o.parent.clone(),
         index: o.index,
         from: Some(Loc { parent: old_parent, index: from_index }),
+        value,
+        restore: o.restore,
         extra: o.extra.clone(),
     }))
 }
@@ -263,13 +268,42 @@ fn apply_update(doc: &mut Document, o: &Update) -> Result<Op, OpError> {
         Some(v) => Prev::Value(v.clone()),
         None => Prev::Absent,
     };
-    write_path(props, &o.path, &o.value, o.remove);
     let mut out = o.clone();
+    if !o.remove {
+        // A write through a missing (or non-object) intermediate is a write of the outer value:
+        // normalizing it so makes the outer-wins rule of §5.3 cover it, and keeps TP1.
+        if let Some(k) = first_missing_intermediate(props, &o.path) {
+            out.value = nest(&o.path[k + 1..], o.value.clone());
+            out.path.truncate(k + 1);
+        }
+    }
+    write_path(props, &out.path, &out.value, out.remove);
     out.prev = Some(prev);
     if o.target == Target::Project {
         out.id = None;
     }
     Ok(Op::Update(out))
+}
+
+/// The index of the first intermediate key of `path` that is missing or not an object.
+fn first_missing_intermediate(obj: &Props, path: &[String]) -> Option<usize> {
+    let mut cur = obj;
+    for (i, k) in path[..path.len() - 1].iter().enumerate() {
+        match cur.get(k) {
+            Some(Value::Object(m)) => cur = m,
+            _ => return Some(i),
+        }
+    }
+    None
+}
+
+/// `value` wrapped in objects along `path` (`["a","b"]`, 1 → `{"a":{"b":1}}`).
+fn nest(path: &[String], value: Value) -> Value {
+    path.iter().rev().fold(value, |v, k| {
+        let mut m = Props::new();
+        m.insert(k.clone(), v);
+        Value::Object(m)
+    })
 }
 
 /// Writes `value` at `path` inside `obj`, creating (or replacing non-object) intermediates;

@@ -111,6 +111,13 @@ pub struct Move {
     pub index: usize,
     /// Annotation: where it came from.
     pub from: Option<Loc>,
+    /// Annotation (clips only): the clip's properties, so that a move that ends up in a
+    /// deleted track can be turned into a delete that carries it.
+    pub value: Option<Props>,
+    /// Set on the move that puts a clip back where it was when its move into a deleted track is
+    /// cancelled. Such a move is not cancelled again: if its own destination is deleted too,
+    /// the clip is deleted with it (it has no home left).
+    pub restore: bool,
     /// Unknown fields, kept as they came.
     pub extra: Map<String, Value>,
 }
@@ -240,6 +247,8 @@ struct WireOp {
     #[serde(default)]
     from: Option<Loc>,
     #[serde(default)]
+    restore: bool,
+    #[serde(default)]
     prev: Option<Map<String, Value>>,
     /// Accepted for compatibility and dropped: the server works out old values itself.
     #[serde(default, deserialize_with = "present")]
@@ -298,6 +307,11 @@ impl TryFrom<WireOp> for Op {
                 parent: w.parent,
                 index: index()?,
                 from: w.from,
+                value: match w.value {
+                    Some(Value::Object(m)) => Some(m),
+                    _ => None,
+                },
+                restore: w.restore,
                 extra: w.extra,
             }),
             WireType::Update => {
@@ -368,6 +382,12 @@ impl Serialize for Op {
                 m.serialize_entry("index", &o.index)?;
                 if let Some(f) = &o.from {
                     m.serialize_entry("from", f)?;
+                }
+                if let Some(v) = &o.value {
+                    m.serialize_entry("value", v)?;
+                }
+                if o.restore {
+                    m.serialize_entry("restore", &true)?;
                 }
                 &o.extra
             }

@@ -271,6 +271,15 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
             if a.kind == EntityKind::Track && b.kind == EntityKind::Clip {
                 let into = b.parent.as_ref() == Some(&a.id);
                 let out_of = b.from.as_ref().is_some_and(|f| f.parent.as_ref() == Some(&a.id));
+                if into && !out_of && b.restore {
+                    // A clip put back into a track that is deleted too: it goes with the track.
+                    if let (Some(v), Some(clip)) = (&mut a.value, &b.value) {
+                        let clips = clips_mut(v);
+                        let at = b.index.min(clips.len());
+                        clips.insert(at, with_id(&b.id, clip));
+                    }
+                    return vec![Op::Delete(a)];
+                }
                 if into && !out_of {
                     // A clip moved into the track being deleted: cancel the move, then delete.
                     if let Some(bf) = &b.from {
@@ -280,6 +289,8 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
                             parent: bf.parent.clone(),
                             index: bf.index,
                             from: Some(Loc { parent: b.parent.clone(), index: b.index }),
+                            value: b.value.clone(),
+                            restore: true,
                             extra: Default::default(),
                         });
                         return vec![back, Op::Delete(a)];
@@ -370,6 +381,16 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
             if a.kind == EntityKind::Clip && b.kind == EntityKind::Track {
                 let to_deleted = a.parent.as_ref() == Some(&b.id);
                 let from_deleted = a_from.parent.as_ref() == Some(&b.id);
+                if to_deleted && a.restore && !from_deleted {
+                    // A put-back clip whose destination is deleted too: it has no home left.
+                    return vec![Op::Delete(Delete {
+                        kind: EntityKind::Clip,
+                        id: a.id,
+                        from: a.from,
+                        value: a.value,
+                        extra: Default::default(),
+                    })];
+                }
                 if to_deleted {
                     return vec![];
                 }
@@ -442,7 +463,11 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
                 a.index = k;
             }
         }
-        Op::Update(_) => {}
+        Op::Update(b) => {
+            if let (Some(v), true) = (&mut a.value, b.id.as_ref() == Some(&a.id) && b.target.kind() == Some(a.kind)) {
+                crate::apply::write_path(v, &b.path, &b.value, b.remove);
+            }
+        }
     }
     vec![Op::Move(a)]
 }

@@ -1,0 +1,163 @@
+//! Property tests of ot-core's laws over random valid documents and ops valid on them.
+//!
+//! Case counts are CI-sized; set `OT_PROPTEST_CASES` for longer runs.
+
+mod common;
+
+use common::{gen_batch, gen_doc, gen_junk_op, gen_op};
+use ot_core::{apply, compose, invert, transform, Document, Op, Side};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn cases(default: u32) -> ProptestConfig {
+    let n = std::env::var("OT_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+fn applied(doc: &Document, ops: &[Op]) -> (Document, Vec<Op>) {
+    let mut d = doc.clone();
+    let a = apply(&mut d, ops).expect("generated ops apply");
+    d.check_invariants().expect("invariants after apply");
+    (d, a)
+}
+
+/// Strips unknown extra fields so annotated ops compare on meaning only.
+fn plain(ops: &[Op]) -> Vec<serde_json::Value> {
+    ops.iter().map(Op::to_value).collect()
+}
+
+/// TP1 plus totality and payload exactness for two concurrent batches.
+fn check_tp1(seed: u64, max: usize) {
+    if std::env::var("OT_TRACE").is_ok() {
+        eprintln!("seed {seed}");
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let s = gen_doc(&mut rng);
+    let a = gen_batch(&mut rng, &s, max);
+    let b = gen_batch(&mut rng, &s, max);
+    let (sa, a) = applied(&s, &a);
+    let (sb, b) = applied(&s, &b);
+    let a2 = transform(a.clone(), &b, Side::Later);
+    let b2 = transform(b.clone(), &a, Side::Earlier);
+    let mut left = sb.clone();
+    let a2_annotated = apply(&mut left, &a2)
+        .unwrap_or_else(|e| panic!("seed {seed}: transform(a,b) does not apply: {e}\na={a:?}\nb={b:?}\na'={a2:?}"));
+    let mut right = sa.clone();
+    let b2_annotated = apply(&mut right, &b2)
+        .unwrap_or_else(|e| panic!("seed {seed}: transform(b,a) does not apply: {e}\na={a:?}\nb={b:?}\nb'={b2:?}"));
+    left.check_invariants().unwrap();
+    right.check_invariants().unwrap();
+    assert!(
+        left == right,
+        "seed {seed}: TP1 fails\nS={}\na={}\nb={}\na'={}\nb'={}\nS·b·a'={}\nS·a·b'={}",
+        s.to_state_value(0),
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap(),
+        serde_json::to_string(&a2).unwrap(),
+        serde_json::to_string(&b2).unwrap(),
+        left.to_state_value(0),
+        right.to_state_value(0)
+    );
+    assert_eq!(plain(&a2_annotated), plain(&a2), "seed {seed}: a' annotations are not exact\na={a:?}\nb={b:?}");
+    assert_eq!(plain(&b2_annotated), plain(&b2), "seed {seed}: b' annotations are not exact\na={a:?}\nb={b:?}");
+}
+
+proptest! {
+    #![proptest_config(cases(4000))]
+
+    #[test]
+    fn tp1_primitive_pairs(seed in any::<u64>()) {
+        check_tp1(seed, 1);
+    }
+
+    #[test]
+    fn tp1_batches(seed in any::<u64>()) {
+        check_tp1(seed, 4);
+    }
+
+    #[test]
+    fn compose_equals_sequential_apply(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let (sa, a) = applied(&s, &gen_batch(&mut rng, &s, 4));
+        let (sab, b) = applied(&sa, &gen_batch(&mut rng, &sa, 4));
+        let c = compose(a, b);
+        let (sc, c_annotated) = applied(&s, &c);
+        prop_assert!(sc == sab, "seed {}", seed);
+        prop_assert_eq!(plain(&c_annotated), plain(&c), "seed {}: composed annotations", seed);
+    }
+
+    #[test]
+    fn apply_then_invert_restores(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let (mut sa, a) = applied(&s, &gen_batch(&mut rng, &s, 5));
+        let inv = invert(&a);
+        apply(&mut sa, &inv).unwrap_or_else(|e| panic!("seed {seed}: inverse does not apply: {e}"));
+        prop_assert!(sa == s, "seed {}: invert did not restore", seed);
+        sa.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn transform_over_composition_equals_stepwise(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let (_, x) = applied(&s, &gen_batch(&mut rng, &s, 2));
+        let (sa, a) = applied(&s, &gen_batch(&mut rng, &s, 3));
+        let (sab, b) = applied(&sa, &gen_batch(&mut rng, &sa, 3));
+        let whole = transform(x.clone(), &compose(a.clone(), b.clone()), Side::Later);
+        let steps = transform(transform(x, &a, Side::Later), &b, Side::Later);
+        let (d1, _) = applied(&sab, &whole);
+        let (d2, _) = applied(&sab, &steps);
+        prop_assert!(d1 == d2, "seed {}", seed);
+    }
+
+    #[test]
+    fn serde_round_trip(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let (_, a) = applied(&s, &gen_batch(&mut rng, &s, 4));
+        let text = serde_json::to_string(&a).unwrap();
+        let back: Vec<Op> = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(&back, &a);
+        let state = s.to_state_value(7);
+        let (doc, v) = Document::from_state_value(&state).unwrap();
+        prop_assert_eq!(v, 7);
+        prop_assert!(doc == s);
+        prop_assert_eq!(doc.to_state_value(7), state);
+    }
+
+    #[test]
+    fn apply_is_atomic_on_arbitrary_ops(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let mut batch = vec![];
+        for i in 0..rand::Rng::gen_range(&mut rng, 1..5) {
+            let v = if i % 2 == 0 { gen_op(&mut rng, &s).to_value() } else { gen_junk_op(&mut rng) };
+            if let Ok(op) = Op::from_value(v) {
+                batch.push(op);
+            }
+        }
+        let mut d = s.clone();
+        match apply(&mut d, &batch) {
+            Ok(_) => {}
+            Err(_) => prop_assert!(d == s, "seed {}: failed batch left changes", seed),
+        }
+        d.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn debug_seed() {
+    if let Ok(s) = std::env::var("OT_SEED") {
+        let seed: u64 = s.parse().unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let a = gen_batch(&mut rng, &s, 4);
+        let b = gen_batch(&mut rng, &s, 4);
+        let (_, a) = applied(&s, &a);
+        let (_, b) = applied(&s, &b);
+        eprintln!("S={}\na={}\nb={}", s.to_state_value(0), serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    }
+}
