@@ -1,1 +1,260 @@
-//! placeholder
+//! # sequencer
+//!
+//! The studio's real-time collaboration server: it speaks `shared/PROTOCOL.md` (v1) over
+//! WebSocket and HTTP, sequences every edit of a room with ot-core's [`ot_core::sync::ServerDoc`]
+//! (rebase, exactly-once by `opId`), keeps presence, cursors and the transport, checks JWTs,
+//! and stores the op log durably before acknowledging. The async code only moves bytes: every
+//! OT decision is ot-core's.
+//!
+//! # Layout
+//!
+//! - [`run`] / [`start`]: the accept loop (mini-redis style `run(listener, config, shutdown)`),
+//!   one task per TCP connection, and the shutdown tree.
+//! - [`http`]: the endpoints of PROTOCOL §1 on hyper 1, including the WebSocket upgrade.
+//! - [`conn`]: one socket: auth, limits, decoding, a reader loop and a writer task.
+//! - [`room`]: one task per room owning its `ServerDoc`, presence and transport; the registry.
+//! - [`outbox`]: a connection's bounded outbound queue: the slow-client policy.
+//! - [`store`]: the [`store::Store`] trait, [`store::MemoryStore`], [`store::SqliteStore`] and the
+//!   group-commit writer thread.
+//! - [`auth`]: app and room tokens (HS256 JWT).
+//! - [`error`]: every refusal and its one mapping to wire error codes and close codes.
+//! - [`metrics`]: Prometheus text for `/metrics`.
+//!
+//! # Ownership
+//!
+//! A connection task owns its socket; a room task owns its document, history, presence and
+//! transport. They talk over a bounded `mpsc` (connection → room) and an [`outbox::Outbox`]
+//! (room → connection) that never blocks the room. The registry maps room ids to room inboxes
+//! under a short `std::sync::Mutex` that is never held across an await or while a room loads.
+//!
+//! # Choices where PROTOCOL.md leaves room (documented per its preamble)
+//!
+//! - Close codes besides 4001/4400/1001: 4000 heartbeat timeout, 4008 slow consumer (queue of
+//!   operations overflowed; reconnect with `since`), 4009 replaced by a newer connection with the
+//!   same `_pk`, 4029 too many connections (room or server), 1008 sustained rate-limit abuse,
+//!   1009 frame over the socket layer's hard limit (4 × `--max-frame`), 1011 storage failure.
+//! - An `operation` whose ops do not decode (unknown op type, missing op fields) is
+//!   `bad_message` with its `opId`; an op that decodes but does not apply is `invalid_op`.
+//!   Binary frames are `bad_json`. A `baseVersion` beyond `--max-rebase` is `version_too_old`.
+//! - Acks go out only once the op is durable; `init` (state or `ops`) is therefore at the
+//!   room's durable version, and `GET …/state` too.
+//! - `GET /api/projects/{id}/ops?from=V` answers `{"ops": [...], "version": head}` with at most
+//!   `limit` (default and maximum 10,000) ops; page on with `from` = the last version.
+//! - The HTTP API accepts an app token, or a room token for that same project.
+//! - `since` newer than the room, or older than `--max-catchup` versions, gets the full `state`.
+//! - Exactly-once for an op that has no `baseVersion` covers the in-memory history window; with
+//!   a `baseVersion` (as the Rust client always sends), it also covers the whole stored log.
+//! - The transport is not versioned and not stored: after a restart it is stopped at 0.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod conn;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod room;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::room::Registry;
+use crate::store::{MemoryStore, Persister, SqliteStore, Store};
+
+/// Where the op log lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    /// In process memory (`--memory`): nothing on disk.
+    Memory,
+    /// SQLite under this directory (`--data-dir`).
+    Sqlite(PathBuf),
+}
+
+/// Everything the server needs to run. Every field has a documented default (see
+/// [`Config::memory`]); the binary fills them from flags and environment variables.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to bind; port 0 picks a free port. Default `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// The HS256 secret of every token.
+    pub secret: String,
+    /// The store.
+    pub storage: Storage,
+    /// Messages per second per connection (burst the same); 0 turns the limit off. Default 100.
+    pub rate_limit: u32,
+    /// Largest text frame taken, in bytes. Default 256 KiB.
+    pub max_frame: usize,
+    /// Most ops in one `operation` batch. Default 1000.
+    pub max_batch: usize,
+    /// Deepest JSON nesting taken. Default 64.
+    pub max_depth: usize,
+    /// Connections per room. Default 256.
+    pub max_room_connections: usize,
+    /// Connections in total. Default 20,000.
+    pub max_connections: usize,
+    /// Frames queued for one connection before it is closed as a slow consumer. Default 1024.
+    pub outbox_capacity: usize,
+    /// A connection that answers nothing for this long is closed. Default 45 s.
+    pub heartbeat_timeout: Duration,
+    /// Cursor fan-out period: at most one cursor per connection per tick. Default 20 ms.
+    pub cursor_tick: Duration,
+    /// Versions of history kept in memory per room. Default 1000.
+    pub history_window: usize,
+    /// How many versions back a stale op may be rebased (older: `version_too_old`). Default 100,000.
+    pub max_rebase: u64,
+    /// Most ops sent in a `since` catch-up; further back gets the full state. Default 10,000.
+    pub max_catchup: u64,
+    /// A snapshot is stored every this many versions. Default 500.
+    pub snapshot_every: u64,
+    /// A room with no connection is unloaded after this long. Default 60 s.
+    pub room_idle: Duration,
+    /// Lifetime of the room tokens `join` mints, in seconds. Default 3600.
+    pub room_token_ttl: u64,
+}
+
+impl Config {
+    /// Defaults with the in-memory store, listening on `127.0.0.1:0`.
+    pub fn memory(secret: impl Into<String>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            secret: secret.into(),
+            storage: Storage::Memory,
+            rate_limit: 100,
+            max_frame: 256 * 1024,
+            max_batch: 1000,
+            max_depth: 64,
+            max_room_connections: 256,
+            max_connections: 20_000,
+            outbox_capacity: 1024,
+            heartbeat_timeout: Duration::from_secs(45),
+            cursor_tick: Duration::from_millis(20),
+            history_window: 1000,
+            max_rebase: 100_000,
+            max_catchup: 10_000,
+            snapshot_every: 500,
+            room_idle: Duration::from_secs(60),
+            room_token_ttl: 3600,
+        }
+    }
+
+    /// Defaults with the SQLite store under `data_dir`.
+    pub fn sqlite(secret: impl Into<String>, data_dir: PathBuf) -> Config {
+        Config { storage: Storage::Sqlite(data_dir), ..Config::memory(secret) }
+    }
+}
+
+/// What every task shares: read-only config, the registry, the store, metrics and limits.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// Room id → room inbox.
+    pub rooms: Registry,
+    /// The store and its writer.
+    pub persister: Arc<Persister>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Permits for open sockets (`max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Flips to true when shutdown starts.
+    pub shutdown: watch::Receiver<bool>,
+    /// Dropped by every task when it ends; the server waits for all of them.
+    pub done: mpsc::Sender<()>,
+}
+
+/// A running server started by [`start`].
+pub struct ServerHandle {
+    /// The address it listens on (the real port when `listen` had port 0).
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServerHandle {
+    /// Graceful shutdown: stop accepting, flush acknowledged writes, close every socket with
+    /// 1001, wait for every task and the store writer.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        // The server may already have stopped on its own; its result is reported below.
+        let _ = self.stop.send(());
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Binds `config.listen`, spawns the server and returns at once.
+pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, config, async move {
+        // A dropped handle also stops the server.
+        let _ = stopped.await;
+    }));
+    Ok(ServerHandle { addr, stop, task })
+}
+
+/// Opens the configured store.
+pub fn open_store(storage: &Storage) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match storage {
+        Storage::Memory => Arc::new(MemoryStore::new()),
+        Storage::Sqlite(dir) => Arc::new(SqliteStore::open(dir)?),
+    })
+}
+
+/// Serves on `listener` until `shutdown` completes, then shuts down gracefully (PROTOCOL §6).
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let store = open_store(&config.storage)?;
+    let persister = Persister::start(store, metrics.clone())?;
+    let (notify_shutdown, shutdown_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let shared = Arc::new(Shared {
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        rooms: Registry::default(),
+        persister: persister.clone(),
+        metrics,
+        shutdown: shutdown_rx,
+        done: done_tx,
+    });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(%peer, error = %e, "set_nodelay failed");
+                    }
+                    tokio::spawn(http::serve_tcp(shared.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    info!("shutting down: closing sockets and flushing the store");
+    drop(listener);
+    // Receivers live in `shared`, so this cannot fail while we hold it.
+    let _ = notify_shutdown.send(true);
+    shared.rooms.close();
+    drop(shared);
+    // Every task holds a clone of `done`; recv returns None once all have finished.
+    let _ = done_rx.recv().await;
+    tokio::task::spawn_blocking(move || persister.finish()).await.context("store writer join")?;
+    info!("shutdown complete");
+    Ok(())
+}

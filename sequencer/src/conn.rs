@@ -1,0 +1,360 @@
+//! One WebSocket connection: auth, limits, decoding, then a reader loop (this task) and a
+//! writer task that drains the connection's [`Outbox`], sends pings and evicts a silent peer.
+//!
+//! Per-connection policy: frames over `max_frame` get `too_large`; over `rate_limit` messages
+//! per second get `rate_limited` (an `operation` always gets its error with its `opId`; other
+//! messages at most one error per second) and a client that keeps going at four times the rate
+//! for a second is closed with 1008; nothing heard for `heartbeat_timeout` closes with 4000; a
+//! peer that does not take our frames for `heartbeat_timeout` is dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use ot_core::protocol::{decode_client, ClientMsg, CursorPos};
+use ot_core::sync::Submit;
+use ot_core::Op;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, Instrument};
+
+use crate::auth::{verify_room, Claims};
+use crate::error::{Close, Rejection};
+use crate::outbox::{Next, Outbox};
+use crate::room::{error_frame, ClientIn, Join, RoomMsg};
+use crate::Shared;
+
+/// The server side of an upgraded socket.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// What the socket URL carried.
+#[derive(Debug, Clone, Default)]
+pub struct SocketQuery {
+    /// The room token.
+    pub token: Option<String>,
+    /// The client's connection id.
+    pub pk: Option<String>,
+    /// `since`, when it parsed as a version.
+    pub since: Option<u64>,
+}
+
+static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Whether `s` is 1–`max` chars of `[A-Za-z0-9_-]` (room, project and connection ids).
+pub fn valid_id(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn close_msg(c: Close) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(c.code()), reason: c.reason().into() }))
+}
+
+/// Sends a close frame and waits briefly for the peer's answer so the frame is not lost to a
+/// TCP reset.
+async fn close_now(mut ws: Socket, c: Close) {
+    if ws.send(close_msg(c)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            // Drain until the peer closes; errors just end the wait.
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// Serves one upgraded socket for `room` until it closes.
+pub async fn serve(shared: Arc<Shared>, ws: Socket, room: String, query: SocketQuery) {
+    let _done = shared.done.clone();
+    if !valid_id(&room, 128) || query.pk.as_deref().is_some_and(|p| !valid_id(p, 64)) {
+        return close_now(ws, Close::BadRequest).await;
+    }
+    let claims = match verify_room(&shared.config.secret, query.token.as_deref(), &room) {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "socket refused");
+            return close_now(ws, Close::Unauthorized).await;
+        }
+    };
+    let Ok(_permit) = shared.connections.clone().try_acquire_owned() else {
+        return close_now(ws, Close::Full).await;
+    };
+    let conn: Arc<str> = Arc::from(query.pk.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
+    let span = tracing::info_span!("conn", %conn, %room, user = %claims.sub);
+    shared.metrics.connection(true);
+    Connection { shared: shared.clone(), room, conn, claims, since: query.since }.run(ws).instrument(span).await;
+    shared.metrics.connection(false);
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    room: String,
+    conn: Arc<str>,
+    claims: Claims,
+    since: Option<u64>,
+}
+
+/// A token bucket of `rate` per second with a burst of `rate`.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+    over_since: Option<(Instant, u32)>,
+    last_error: Option<Instant>,
+}
+
+enum Admit {
+    Yes,
+    No { tell: bool },
+    Abuse,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Bucket { rate: rate as f64, tokens: rate as f64, at: Instant::now(), over_since: None, last_error: None }
+    }
+
+    fn admit(&mut self, now: Instant) -> Admit {
+        if self.rate <= 0.0 {
+            return Admit::Yes;
+        }
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Admit::Yes;
+        }
+        let (since, n) = match self.over_since {
+            Some((t, n)) if now.duration_since(t) < Duration::from_secs(1) => (t, n + 1),
+            _ => (now, 1),
+        };
+        self.over_since = Some((since, n));
+        if f64::from(n) > 4.0 * self.rate + 10.0 {
+            return Admit::Abuse;
+        }
+        let tell = self.last_error.map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1));
+        if tell {
+            self.last_error = Some(now);
+        }
+        Admit::No { tell }
+    }
+}
+
+impl Connection {
+    async fn run(self, ws: Socket) {
+        let cfg = &self.shared.config;
+        let outbox = Arc::new(Outbox::new(cfg.outbox_capacity, self.shared.metrics.clone()));
+        let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let room_tx = match self.join(&outbox, session).await {
+            Ok(tx) => tx,
+            Err(c) => return close_now(ws, c).await,
+        };
+        info!("connected");
+        let (sink, mut stream) = ws.split();
+        let last_rx = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut writer =
+            tokio::spawn(write_loop(sink, outbox.clone(), last_rx.clone(), started, cfg.heartbeat_timeout));
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut bucket = Bucket::new(cfg.rate_limit);
+        let mut finished: Option<Option<Sink>> = None;
+        loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    let Some(Ok(frame)) = frame else { break };
+                    last_rx.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    match self.on_frame(frame, &outbox, &mut bucket) {
+                        Step::Continue => {}
+                        Step::Send(msg) => {
+                            let m = RoomMsg::Client { conn: self.conn.clone(), session, msg };
+                            if room_tx.send(m).await.is_err() {
+                                outbox.close(Close::Internal);
+                            }
+                        }
+                        Step::Close(c) => outbox.close(c),
+                        Step::Stop => break,
+                    }
+                }
+                res = &mut writer => { finished = Some(res.ok().flatten()); break }
+                _ = shutdown.changed() => {
+                    // Stop reading; the room flushes acks, then closes the outbox with 1001.
+                    break;
+                }
+            }
+        }
+        if finished.is_none() && *self.shared.shutdown.borrow() {
+            // Give the room time to flush its acks and close us with 1001; then close regardless.
+            if let Ok(res) = tokio::time::timeout(Duration::from_secs(10), &mut writer).await {
+                finished = Some(res.ok().flatten());
+            }
+        }
+        let sink = match finished {
+            Some(s) => s,
+            None => {
+                outbox.close(Close::GoingAway);
+                writer.await.ok().flatten()
+            }
+        };
+        // The room may be gone already (shutdown, failure); then there is no one to tell.
+        let _ = room_tx.send(RoomMsg::Leave { conn: self.conn.clone(), session }).await;
+        // Let the close handshake finish: read until the peer answers or a second passes.
+        if sink.is_some() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = stream.next().await {} })
+                    .await;
+        }
+        info!("disconnected");
+    }
+
+    async fn join(&self, outbox: &Arc<Outbox>, session: u64) -> Result<tokio::sync::mpsc::Sender<RoomMsg>, Close> {
+        for _ in 0..5 {
+            let Some(tx) = self.shared.rooms.get_or_spawn(&self.shared, &self.room) else {
+                return Err(Close::GoingAway);
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let join = Join {
+                conn: self.conn.clone(),
+                session,
+                user_id: self.claims.sub.clone(),
+                name: self.claims.name.clone(),
+                avatar: self.claims.avatar.clone(),
+                role: self.claims.role,
+                since: self.since,
+                outbox: outbox.clone(),
+                reply,
+            };
+            if tx.send(RoomMsg::Join(join)).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(())) => return Ok(tx),
+                Ok(Err(c)) => return Err(c),
+                Err(_) => continue,
+            }
+        }
+        Err(Close::Internal)
+    }
+
+    fn on_frame(&self, frame: Message, outbox: &Outbox, bucket: &mut Bucket) -> Step {
+        let cfg = &self.shared.config;
+        let text = match frame {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                outbox.push(error_frame(&Rejection::Binary, None));
+                return Step::Continue;
+            }
+            Message::Close(_) => return Step::Stop,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Step::Continue,
+        };
+        let admitted = bucket.admit(Instant::now());
+        if text.len() > cfg.max_frame {
+            let r = Rejection::FrameTooLarge { len: text.len(), limit: cfg.max_frame };
+            outbox.push(error_frame(&r, None));
+            return Step::Continue;
+        }
+        let msg = match decode_client(text.as_str(), cfg.max_depth) {
+            Ok(m) => m,
+            Err(e) => {
+                outbox.push(error_frame(&Rejection::Decode(e), None));
+                return Step::Continue;
+            }
+        };
+        match admitted {
+            Admit::Yes => {}
+            Admit::Abuse => return Step::Close(Close::RateLimit),
+            Admit::No { tell } => {
+                let r = Rejection::RateLimited { limit: cfg.rate_limit };
+                match msg {
+                    ClientMsg::Operation { op_id, .. } => {
+                        outbox.push(error_frame(&r, op_id));
+                    }
+                    _ if tell => {
+                        outbox.push(error_frame(&r, None));
+                    }
+                    _ => {}
+                }
+                return Step::Continue;
+            }
+        }
+        let viewer = self.claims.role == crate::auth::Role::Viewer;
+        match msg {
+            ClientMsg::Ping => Step::Send(ClientIn::Ping),
+            ClientMsg::Cursor { x, y, selection } => Step::Send(ClientIn::Cursor(CursorPos { x, y, selection })),
+            ClientMsg::Transport { .. } if viewer => {
+                outbox.push(error_frame(&Rejection::Forbidden { what: "transport" }, None));
+                Step::Continue
+            }
+            ClientMsg::Transport { playing, position } => Step::Send(ClientIn::Transport { playing, position }),
+            ClientMsg::Operation { op_id, .. } if viewer => {
+                outbox.push(error_frame(&Rejection::Forbidden { what: "operation" }, op_id));
+                Step::Continue
+            }
+            ClientMsg::Operation { operation, base_version, op_id } => {
+                let ops = match Op::batch_from_value(operation) {
+                    Ok(ops) => ops,
+                    Err(e) => {
+                        outbox.push(error_frame(&Rejection::BadOp(e), op_id));
+                        return Step::Continue;
+                    }
+                };
+                if ops.len() > cfg.max_batch {
+                    let r = Rejection::BatchTooLarge { len: ops.len(), limit: cfg.max_batch };
+                    outbox.push(error_frame(&r, op_id));
+                    return Step::Continue;
+                }
+                Step::Send(ClientIn::Submit(Submit { from: self.conn.to_string(), base: base_version, op_id, ops }))
+            }
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Send(ClientIn),
+    Close(Close),
+    Stop,
+}
+
+type Sink = futures_util::stream::SplitSink<Socket, Message>;
+
+/// Drains the outbox into the socket, pings every third of the heartbeat timeout, and closes a
+/// peer silent for the whole timeout. Returns the sink if the close frame went out.
+async fn write_loop(
+    mut sink: Sink,
+    outbox: Arc<Outbox>,
+    last_rx: Arc<AtomicU64>,
+    started: Instant,
+    timeout: Duration,
+) -> Option<Sink> {
+    let period = (timeout / 3).max(Duration::from_millis(50));
+    let mut ping = tokio::time::interval_at(started + period, period);
+    loop {
+        tokio::select! {
+            next = outbox.next() => match next {
+                Next::Frame(f) => {
+                    match tokio::time::timeout(timeout, sink.send(Message::Text(f))).await {
+                        Ok(Ok(())) => {}
+                        _ => return None,
+                    }
+                }
+                Next::Close(c) => {
+                    debug!(code = c.code(), reason = c.reason(), "closing");
+                    let sent = tokio::time::timeout(Duration::from_secs(2), sink.send(close_msg(c))).await;
+                    return matches!(sent, Ok(Ok(()))).then_some(sink);
+                }
+            },
+            _ = ping.tick() => {
+                let silent_ms = (started.elapsed().as_millis() as u64).saturating_sub(last_rx.load(Ordering::Relaxed));
+                if silent_ms >= timeout.as_millis() as u64 {
+                    outbox.close(Close::HeartbeatTimeout);
+                } else if !matches!(tokio::time::timeout(timeout, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
+                    return None;
+                }
+            }
+        }
+    }
+}

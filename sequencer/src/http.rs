@@ -1,0 +1,302 @@
+//! The HTTP side (PROTOCOL §1) on hyper 1: the WebSocket upgrade on `/parties/main/{room}` and
+//! `/ws/{room}`, the project API with app tokens, `/healthz` and `/metrics`.
+//!
+//! Every response carries `Access-Control-Allow-Origin: *` (the studio app calls the API from
+//! its own origin with a Bearer token, never with cookies), and `OPTIONS` answers preflights.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, Instrument};
+
+use crate::auth::{sign, verify, Claims};
+use crate::conn::{self, valid_id, SocketQuery};
+use crate::room::{ask, RoomMsg};
+use crate::Shared;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves one TCP connection (HTTP/1.1 with upgrades) until it ends or shutdown.
+pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _done = shared.done.clone();
+    let mut shutdown = shared.shutdown.clone();
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let s = svc_shared.clone();
+        async move { Ok::<_, Infallible>(route(s, req).await) }
+    });
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "http connection ended with an error during shutdown");
+            }
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    r
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    respond(status, "application/json", v.to_string())
+}
+
+fn error(status: StatusCode, msg: &str) -> Resp {
+    json_resp(status, &json!({ "error": msg }))
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (percent_decode(k) == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The claims of the Bearer token, or the response to give.
+fn bearer(shared: &Shared, req: &Request<Incoming>, project: &str) -> Result<Claims, Box<Resp>> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+    let claims =
+        verify(&shared.config.secret, token.trim()).map_err(|e| error(StatusCode::UNAUTHORIZED, &e.to_string()))?;
+    if !claims.may_access(project) {
+        return Err(Box::new(error(StatusCode::FORBIDDEN, "project not allowed for this token")));
+    }
+    Ok(claims)
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if req.method() == Method::OPTIONS {
+        let mut r = respond(StatusCode::NO_CONTENT, "text/plain", "");
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+        return r;
+    }
+    match (req.method(), segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => respond(StatusCode::OK, "text/plain", "ok"),
+        (&Method::GET, ["metrics"]) => respond(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render()),
+        (&Method::GET, ["parties", "main", room]) | (&Method::GET, ["ws", room]) => {
+            let room = percent_decode(room);
+            upgrade(shared, req, room)
+        }
+        (&Method::POST, ["api", "projects", id, "join"]) => {
+            with_project(&shared, &req, id, |claims, id| join(&shared, &req, claims, id))
+        }
+        (&Method::GET, ["api", "projects", id, what @ ("state" | "ops" | "collaborators")]) => {
+            if let Err(r) = validate(&shared, &req, id) {
+                return *r;
+            }
+            let id = id.to_string();
+            let span = tracing::info_span!("http", project = %id, what = *what);
+            match *what {
+                "state" => state(&shared, &id).instrument(span).await,
+                "collaborators" => collaborators(&shared, &id).instrument(span).await,
+                _ => ops(&shared, &id, req.uri().query()).instrument(span).await,
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn validate(shared: &Shared, req: &Request<Incoming>, id: &str) -> Result<Claims, Box<Resp>> {
+    if !valid_id(id, 128) {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "project ids are 1-128 chars of [A-Za-z0-9_-]")));
+    }
+    bearer(shared, req, id)
+}
+
+fn with_project(shared: &Shared, req: &Request<Incoming>, id: &str, f: impl FnOnce(Claims, &str) -> Resp) -> Resp {
+    match validate(shared, req, id) {
+        Ok(c) => f(c, id),
+        Err(r) => *r,
+    }
+}
+
+fn join(shared: &Shared, req: &Request<Incoming>, claims: Claims, id: &str) -> Resp {
+    let exp = crate::auth::now_secs() + shared.config.room_token_ttl;
+    let room_claims = Claims { exp, room: Some(id.to_string()), projects: None, ..claims };
+    let token = match sign(&shared.config.secret, &room_claims) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    json_resp(StatusCode::OK, &json!({ "token": token, "partykitHost": host, "host": host, "roomId": id }))
+}
+
+async fn state(shared: &Arc<Shared>, id: &str) -> Resp {
+    match ask(shared, id, RoomMsg::State).await {
+        Some(v) => json_resp(StatusCode::OK, &v),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "room unavailable"),
+    }
+}
+
+async fn collaborators(shared: &Arc<Shared>, id: &str) -> Resp {
+    match ask(shared, id, RoomMsg::Collaborators).await {
+        Some(list) => json_resp(StatusCode::OK, &json!({ "collaborators": list })),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "room unavailable"),
+    }
+}
+
+/// Most ops one `GET …/ops` returns.
+const OPS_PAGE: usize = 10_000;
+
+async fn ops(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Resp {
+    let from = match query_param(query, "from").map(|v| v.parse::<u64>()) {
+        None => 0,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "`from` must be a version number"),
+    };
+    let limit = match query_param(query, "limit").map(|v| v.parse::<usize>()) {
+        None => OPS_PAGE,
+        Some(Ok(v)) => v.min(OPS_PAGE),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "`limit` must be a number"),
+    };
+    let Some(head) = ask(shared, id, RoomMsg::Head).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "room unavailable");
+    };
+    let store = shared.persister.store.clone();
+    let room = id.to_string();
+    let read = move || store.ops(&room, from, head, limit);
+    let result = if shared.persister.store.blocking() {
+        match tokio::task::spawn_blocking(read).await {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    } else {
+        read()
+    };
+    match result {
+        Ok(list) => {
+            let ops: Vec<&ot_core::protocol::OperationMsg> = list.iter().map(|m| &**m).collect();
+            json_resp(StatusCode::OK, &json!({ "ops": ops, "version": head }))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Resp {
+    let is_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    let (true, Some(accept)) = (is_ws, key) else {
+        if !valid_id(&room, 128) {
+            return error(StatusCode::BAD_REQUEST, "room ids are 1-128 chars of [A-Za-z0-9_-]");
+        }
+        return error(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint");
+    };
+    let q = req.uri().query();
+    let query = SocketQuery {
+        token: query_param(q, "token"),
+        pk: query_param(q, "_pk"),
+        since: query_param(q, "since").and_then(|v| v.parse().ok()),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let cfg = &shared.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(cfg.max_frame.saturating_mul(4).max(64 * 1024)))
+        .max_frame_size(Some(cfg.max_frame.saturating_mul(4).max(64 * 1024)));
+    let done = shared.done.clone();
+    tokio::spawn(async move {
+        let _done = done;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config)).await;
+                conn::serve(shared, ws, room, query).await;
+            }
+            Err(e) => debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut r = respond(StatusCode::SWITCHING_PROTOCOLS, "text/plain", "");
+    let h = r.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_decode() {
+        let q = Some("token=a%2Eb&_pk=x-1&since=3&flag");
+        assert_eq!(query_param(q, "token").as_deref(), Some("a.b"));
+        assert_eq!(query_param(q, "since").as_deref(), Some("3"));
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(query_param(q, "none"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,227 @@
+//! The `sequencer` binary: the command line of PROTOCOL §6 over [`sequencer::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sequencer::auth::{self, Claims, Role};
+use sequencer::{Config, Storage};
+
+/// The studio's real-time collaboration server.
+#[derive(Parser, Debug)]
+#[command(name = "sequencer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Print one room token (PROTOCOL §2) on standard output.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed in the `listening on` line).
+    #[arg(long, env = "SEQUENCER_LISTEN", default_value = "127.0.0.1:1999")]
+    listen: SocketAddr,
+    /// Directory of the embedded SQLite store (created if missing).
+    #[arg(long, env = "SEQUENCER_DATA_DIR", default_value = "./data", conflicts_with = "memory")]
+    data_dir: PathBuf,
+    /// Keep everything in memory; nothing is written to disk.
+    #[arg(long, env = "SEQUENCER_MEMORY")]
+    memory: bool,
+    /// HS256 secret of all tokens. Without one, a random secret is made and printed together
+    /// with a demo room token and socket URL.
+    #[arg(long, env = "SEQUENCER_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "SEQUENCER_THREADS")]
+    threads: Option<usize>,
+    /// Messages per second per connection (burst the same); 0 turns the limit off.
+    #[arg(long, env = "SEQUENCER_RATE_LIMIT", default_value_t = 100)]
+    rate_limit: u32,
+    /// Largest text frame taken, in bytes (larger: `too_large`; over 4x: close 1009).
+    #[arg(long, env = "SEQUENCER_MAX_FRAME", default_value_t = 256 * 1024)]
+    max_frame: usize,
+    /// Most ops in one `operation` batch.
+    #[arg(long, env = "SEQUENCER_MAX_BATCH", default_value_t = 1000)]
+    max_batch: usize,
+    /// Deepest JSON nesting taken.
+    #[arg(long, env = "SEQUENCER_MAX_DEPTH", default_value_t = 64)]
+    max_depth: usize,
+    /// Seconds without any frame from a client before it is closed (4000) and leaves.
+    #[arg(long, env = "SEQUENCER_HEARTBEAT_TIMEOUT", default_value_t = 45.0)]
+    heartbeat_timeout: f64,
+    /// Cursor fan-out period in milliseconds (at most one cursor per connection per tick).
+    #[arg(long, env = "SEQUENCER_CURSOR_TICK", default_value_t = 20)]
+    cursor_tick: u64,
+    /// Connections per room (more: close 4029).
+    #[arg(long, env = "SEQUENCER_MAX_ROOM_CONNECTIONS", default_value_t = 256)]
+    max_room_connections: usize,
+    /// Connections in total (more: close 4029).
+    #[arg(long, env = "SEQUENCER_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+    /// Frames queued for a connection that does not read before it is closed (4008).
+    #[arg(long, env = "SEQUENCER_OUTBOX", default_value_t = 1024)]
+    outbox: usize,
+    /// Versions of history kept in memory per room.
+    #[arg(long, env = "SEQUENCER_HISTORY_WINDOW", default_value_t = 1000)]
+    history_window: usize,
+    /// How many versions back a stale op may be rebased (older: `version_too_old`).
+    #[arg(long, env = "SEQUENCER_MAX_REBASE", default_value_t = 100_000)]
+    max_rebase: u64,
+    /// Most ops sent in a `since` catch-up; further back gets the full state.
+    #[arg(long, env = "SEQUENCER_MAX_CATCHUP", default_value_t = 10_000)]
+    max_catchup: u64,
+    /// Store a snapshot every this many versions.
+    #[arg(long, env = "SEQUENCER_SNAPSHOT_EVERY", default_value_t = 500)]
+    snapshot_every: u64,
+    /// Seconds a room without connections stays loaded.
+    #[arg(long, env = "SEQUENCER_ROOM_IDLE", default_value_t = 60.0)]
+    room_idle: f64,
+    /// Lifetime of room tokens minted by `POST /api/projects/{id}/join`, in seconds.
+    #[arg(long, env = "SEQUENCER_ROOM_TOKEN_TTL", default_value_t = 3600)]
+    room_token_ttl: u64,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// HS256 secret.
+    #[arg(long, env = "SEQUENCER_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The room (project id).
+    #[arg(long)]
+    room: String,
+    /// The account id.
+    #[arg(long)]
+    sub: String,
+    /// Display name.
+    #[arg(long)]
+    name: String,
+    /// Avatar URL.
+    #[arg(long)]
+    avatar: Option<String>,
+    /// `editor` or `viewer`.
+    #[arg(long, default_value = "editor")]
+    role: Role,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+}
+
+fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("--{flag} must be a non-negative number of seconds"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(t)) => {
+            let claims = Claims {
+                sub: t.sub,
+                name: t.name,
+                avatar: t.avatar,
+                exp: auth::now_secs() + t.ttl,
+                projects: None,
+                role: t.role,
+                room: Some(t.room),
+            };
+            println!("{}", auth::sign(&t.secret, &claims)?);
+            Ok(())
+        }
+        Some(Command::Serve(s)) => serve(s),
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sequencer=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let (secret, generated) = match a.secret.clone() {
+        Some(s) if !s.is_empty() => (s, false),
+        _ => (format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()), true),
+    };
+    let storage = if a.memory { Storage::Memory } else { Storage::Sqlite(a.data_dir.clone()) };
+    let config = Config {
+        listen: a.listen,
+        secret: secret.clone(),
+        storage,
+        rate_limit: a.rate_limit,
+        max_frame: a.max_frame,
+        max_batch: a.max_batch,
+        max_depth: a.max_depth,
+        max_room_connections: a.max_room_connections,
+        max_connections: a.max_connections,
+        outbox_capacity: a.outbox,
+        heartbeat_timeout: secs(a.heartbeat_timeout, "heartbeat-timeout")?,
+        cursor_tick: Duration::from_millis(a.cursor_tick),
+        history_window: a.history_window,
+        max_rebase: a.max_rebase,
+        max_catchup: a.max_catchup,
+        snapshot_every: a.snapshot_every,
+        room_idle: secs(a.room_idle, "room-idle")?,
+        room_token_ttl: a.room_token_ttl,
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let store = match &config.storage {
+            Storage::Memory => "memory (nothing on disk)".to_string(),
+            Storage::Sqlite(d) => format!("sqlite in {}", d.display()),
+        };
+        if generated {
+            let token = auth::room_token(&secret, "demo", "demo-user", "Demo User", Role::Editor, 24 * 3600)?;
+            println!("no --secret or SEQUENCER_SECRET given; generated secret: {secret}");
+            println!("demo room token (room `demo`, 24 h): {token}");
+            println!("socket URL: ws://{addr}/parties/main/demo?token={token}");
+        }
+        println!("store: {store}");
+        println!("listening on {addr}");
+        sequencer::run(listener, config, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
