@@ -29,9 +29,6 @@ fn plain(ops: &[Op]) -> Vec<serde_json::Value> {
 
 /// TP1 plus totality and payload exactness for two concurrent batches.
 fn check_tp1(seed: u64, max: usize) {
-    if std::env::var("OT_TRACE").is_ok() {
-        eprintln!("seed {seed}");
-    }
     let mut rng = StdRng::seed_from_u64(seed);
     let s = gen_doc(&mut rng);
     let a = gen_batch(&mut rng, &s, max);
@@ -148,16 +145,3 @@ proptest! {
     }
 }
 
-#[test]
-fn debug_seed() {
-    if let Ok(s) = std::env::var("OT_SEED") {
-        let seed: u64 = s.parse().unwrap();
-        let mut rng = StdRng::seed_from_u64(seed);
-        let s = gen_doc(&mut rng);
-        let a = gen_batch(&mut rng, &s, 4);
-        let b = gen_batch(&mut rng, &s, 4);
-        let (_, a) = applied(&s, &a);
-        let (_, b) = applied(&s, &b);
-        eprintln!("S={}\na={}\nb={}", s.to_state_value(0), serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
-    }
-}
