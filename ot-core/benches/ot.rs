@@ -52,7 +52,9 @@ fn op_mix(rng: &mut StdRng, tracks: usize, rounds: usize) -> Vec<Vec<Op>> {
         let clip = format!("c{t}_{c}");
         let to = rng.gen_range(0..CLIPS_PER_TRACK - 1);
         let new = format!("new{r}");
-        out.push(ops(json!({"type": "update", "target": "clip", "id": clip, "path": ["gain"], "value": rng.gen::<f64>()})));
+        out.push(ops(
+            json!({"type": "update", "target": "clip", "id": clip, "path": ["gain"], "value": rng.gen::<f64>()}),
+        ));
         out.push(ops(json!({"type": "move", "target": "clip", "id": clip, "parent": format!("t{u}"), "index": to})));
         out.push(ops(json!({"type": "move", "target": "clip", "id": clip, "parent": format!("t{t}"), "index": c})));
         out.push(ops(json!({"type": "insert", "target": "clip", "id": new, "parent": format!("t{u}"), "index": to,
@@ -94,21 +96,33 @@ fn pair(doc: &Document, a: Value, b: Value) -> (Vec<Op>, Vec<Op>) {
 
 fn bench_transform(c: &mut Criterion) {
     let doc = document(1_000);
-    let clip = |id: &str, parent: &str, index: usize| {
-        json!({"type": "insert", "target": "clip", "id": id, "parent": parent, "index": index, "value": {"start": 1.0}})
-    };
+    let clip = |id: &str, parent: &str, index: usize| json!({"type": "insert", "target": "clip", "id": id, "parent": parent, "index": index, "value": {"start": 1.0}});
     let mv = |id: &str, parent: &str, index: usize| json!({"type": "move", "target": "clip", "id": id, "parent": parent, "index": index});
-    let upd = |id: &str, path: Value, v: f64| json!({"type": "update", "target": "clip", "id": id, "path": path, "value": v});
+    let upd =
+        |id: &str, path: Value, v: f64| json!({"type": "update", "target": "clip", "id": id, "path": path, "value": v});
     let cases = [
         ("insert-insert", pair(&doc, clip("x", "t1", 5), clip("y", "t1", 5))),
         ("move-move", pair(&doc, mv("c1_3", "t2", 7), mv("c1_3", "t4", 0))),
         ("move-move-other", pair(&doc, mv("c1_3", "t2", 7), mv("c2_5", "t1", 1))),
         ("delete-move", pair(&doc, json!({"type": "delete", "target": "track", "id": "t2"}), mv("c1_3", "t2", 7))),
         ("move-delete", pair(&doc, mv("c1_3", "t2", 7), json!({"type": "delete", "target": "track", "id": "t2"}))),
-        ("delete-delete", pair(&doc, json!({"type": "delete", "target": "clip", "id": "c3_3"}), json!({"type": "delete", "target": "track", "id": "t3"}))),
+        (
+            "delete-delete",
+            pair(
+                &doc,
+                json!({"type": "delete", "target": "clip", "id": "c3_3"}),
+                json!({"type": "delete", "target": "track", "id": "t3"}),
+            ),
+        ),
         ("update-update", pair(&doc, upd("c1_3", json!(["gain"]), 0.5), upd("c1_3", json!(["gain"]), 0.7))),
-        ("update-update-prefix", pair(&doc, upd("c1_3", json!(["fx", "reverb"]), 0.5), upd("c1_3", json!(["fx"]), 1.0))),
-        ("update-delete", pair(&doc, upd("c1_3", json!(["gain"]), 0.5), json!({"type": "delete", "target": "track", "id": "t1"}))),
+        (
+            "update-update-prefix",
+            pair(&doc, upd("c1_3", json!(["fx", "reverb"]), 0.5), upd("c1_3", json!(["fx"]), 1.0)),
+        ),
+        (
+            "update-delete",
+            pair(&doc, upd("c1_3", json!(["gain"]), 0.5), json!({"type": "delete", "target": "track", "id": "t1"})),
+        ),
     ];
     let mut g = c.benchmark_group("transform/pair");
     g.throughput(Throughput::Elements(1));
@@ -126,11 +140,17 @@ fn history_op(rng: &mut StdRng, i: usize, tracks: usize) -> Vec<Op> {
     let t = rng.gen_range(1..tracks);
     let c = rng.gen_range(1..CLIPS_PER_TRACK);
     match i % 4 {
-        0 => ops(json!({"type": "update", "target": "clip", "id": format!("c{t}_{c}"), "path": ["gain"], "value": rng.gen::<f64>()})),
-        1 => ops(json!({"type": "insert", "target": "clip", "id": format!("h{i}"), "parent": "t0", "index": rng.gen_range(0..CLIPS_PER_TRACK),
-            "value": {"start": 0.0}})),
+        0 => ops(
+            json!({"type": "update", "target": "clip", "id": format!("c{t}_{c}"), "path": ["gain"], "value": rng.gen::<f64>()}),
+        ),
+        1 => ops(
+            json!({"type": "insert", "target": "clip", "id": format!("h{i}"), "parent": "t0", "index": rng.gen_range(0..CLIPS_PER_TRACK),
+            "value": {"start": 0.0}}),
+        ),
         2 => ops(json!({"type": "delete", "target": "clip", "id": format!("h{}", i - 1)})),
-        _ => ops(json!({"type": "update", "target": "track", "id": format!("t{t}"), "path": ["volume"], "value": rng.gen::<f64>()})),
+        _ => ops(
+            json!({"type": "update", "target": "track", "id": format!("t{t}"), "path": ["volume"], "value": rng.gen::<f64>()}),
+        ),
     }
 }
 
@@ -143,7 +163,12 @@ fn bench_rebase(c: &mut Criterion) {
         let mut rng = StdRng::seed_from_u64(11);
         let mut server = ServerDoc::new(doc.clone(), 0, 2_000, 10_000);
         for i in 0..n as usize {
-            let submit = Submit { from: "h".into(), base: None, op_id: Some(format!("h:{i}")), ops: history_op(&mut rng, i, tracks) };
+            let submit = Submit {
+                from: "h".into(),
+                base: None,
+                op_id: Some(format!("h:{i}")),
+                ops: history_op(&mut rng, i, tracks),
+            };
             server.submit(submit, None).expect("history op applies");
         }
         // Made at version 0 (N versions ago): move a clip within track t0, where the history
