@@ -52,9 +52,11 @@ pub fn transform(a: Vec<Op>, b: &[Op], side: Side) -> Vec<Op> {
 /// Transforms each of `ops` (a sequence) over the single op `b`, carrying `b` along the
 /// sequence.
 fn transform_over_one(a: Vec<Op>, b: &Op, side: Side) -> Vec<Op> {
+    let mut a = a;
     if a.len() == 1 {
-        let mut a = a;
-        return transform_prim(a.pop().unwrap_or_else(|| unreachable_op()), b, side);
+        if let Some(op) = a.pop() {
+            return transform_prim(op, b, side);
+        }
     }
     let mut out = Vec::with_capacity(a.len());
     let mut bcur: Vec<Op> = vec![b.clone()];
@@ -72,19 +74,6 @@ fn transform_over_one(a: Vec<Op>, b: &Op, side: Side) -> Vec<Op> {
         out.extend(a_res);
     }
     out
-}
-
-fn unreachable_op() -> Op {
-    // Only reached if a one-element Vec had no element, which cannot happen.
-    Op::Update(Update {
-        target: Target::Project,
-        id: None,
-        path: vec![String::new()],
-        value: Value::Null,
-        remove: true,
-        prev: None,
-        extra: Default::default(),
-    })
 }
 
 /// Composes two sequential batches into one: `apply(apply(S, a), b)` equals
