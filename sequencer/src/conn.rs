@@ -336,9 +336,15 @@ async fn write_loop(
         tokio::select! {
             next = outbox.next() => match next {
                 Next::Frame(f) => {
-                    match tokio::time::timeout(timeout, sink.send(Message::Text(f))).await {
-                        Ok(Ok(())) => {}
-                        _ => return None,
+                    tokio::select! {
+                        sent = tokio::time::timeout(timeout, sink.send(Message::Text(f))) => {
+                            if !matches!(sent, Ok(Ok(()))) {
+                                return None;
+                            }
+                        }
+                        // Closed (slow consumer, replaced, ...) while the peer does not drain:
+                        // drop the socket rather than wait for it.
+                        _ = outbox.aborted() => return None,
                     }
                 }
                 Next::Close(c) => {

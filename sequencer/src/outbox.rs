@@ -37,6 +37,8 @@ pub enum Next {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when the outbox is closed for a reason that drops what is queued.
+    abort: Notify,
     cap: usize,
     metrics: Arc<Metrics>,
 }
@@ -44,7 +46,13 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox holding at most `cap` non-cursor frames.
     pub fn new(cap: usize, metrics: Arc<Metrics>) -> Self {
-        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), cap: cap.max(1), metrics }
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            abort: Notify::new(),
+            cap: cap.max(1),
+            metrics,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -67,6 +75,7 @@ impl Outbox {
             self.metrics.slow_close();
             drop(s);
             self.notify.notify_one();
+            self.abort.notify_one();
             return false;
         }
         s.queue.push_back(frame);
@@ -105,6 +114,20 @@ impl Outbox {
         s.closed = Some(reason);
         drop(s);
         self.notify.notify_one();
+        if reason != Close::GoingAway {
+            self.abort.notify_one();
+        }
+    }
+
+    /// Resolves once the outbox is closed for a reason other than [`Close::GoingAway`]: the
+    /// writer stops waiting on a socket that does not drain.
+    pub async fn aborted(&self) {
+        loop {
+            if matches!(self.lock().closed, Some(c) if c != Close::GoingAway) {
+                return;
+            }
+            self.abort.notified().await;
+        }
     }
 
     /// Whether [`Outbox::close`] was called (or the queue overflowed).
