@@ -154,44 +154,66 @@ fn history_op(rng: &mut StdRng, i: usize, tracks: usize) -> Vec<Op> {
     }
 }
 
+/// A server at version `n` whose history holds `n` ops from [`history_op`] (fixed seed).
+fn server_with_history(doc: &Document, n: u64) -> ServerDoc {
+    let tracks = doc.tracks().len();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut server = ServerDoc::new(doc.clone(), 0, 2_000, 10_000);
+    for i in 0..n as usize {
+        let submit = Submit {
+            from: "h".into(),
+            base: None,
+            op_id: Some(format!("h:{i}")),
+            ops: history_op(&mut rng, i, tracks),
+        };
+        server.submit(submit, None).expect("history op applies");
+    }
+    server
+}
+
+/// Measures `ServerDoc::submit` of `stale` (based on version 0) on a clone of `server`; the
+/// clone is made outside the timing and the result dropped outside it.
+fn bench_submit(b: &mut criterion::Bencher<'_>, server: &ServerDoc, stale: &Submit) {
+    b.iter_batched(
+        || (server.clone(), stale.clone()),
+        |(mut s, op)| {
+            let out = s.submit(op, None).expect("the stale op is rebased");
+            (s, black_box(out))
+        },
+        BatchSize::SmallInput,
+    )
+}
+
 fn bench_rebase(c: &mut Criterion) {
     let doc = document(10_000);
-    let tracks = 10_000 / (CLIPS_PER_TRACK + 1);
+    // Made at version 0, N versions ago: move a clip within track t0, where the history
+    // inserted and deleted clips (so its indices shift).
+    let one = Submit {
+        from: "client".into(),
+        base: Some(0),
+        op_id: Some("client:1".into()),
+        ops: ops(json!({"type": "move", "target": "clip", "id": "c0_0", "parent": "t0", "index": 50})),
+    };
+    // The same move and a gain change in one batch: the batch path of transform.
+    let two = Submit {
+        ops: ops(json!([
+            {"type": "move", "target": "clip", "id": "c0_0", "parent": "t0", "index": 50},
+            {"type": "update", "target": "clip", "id": "c0_0", "path": ["gain"], "value": 0.25}
+        ])),
+        ..one.clone()
+    };
     let mut g = c.benchmark_group("rebase/stale_by");
     g.throughput(Throughput::Elements(1));
     for n in [1u64, 10, 100, 1_000] {
-        let mut rng = StdRng::seed_from_u64(11);
-        let mut server = ServerDoc::new(doc.clone(), 0, 2_000, 10_000);
-        for i in 0..n as usize {
-            let submit = Submit {
-                from: "h".into(),
-                base: None,
-                op_id: Some(format!("h:{i}")),
-                ops: history_op(&mut rng, i, tracks),
-            };
-            server.submit(submit, None).expect("history op applies");
-        }
-        // Made at version 0 (N versions ago): move a clip within track t0, where the history
-        // inserted and deleted clips, and set its gain.
-        let stale = Submit {
-            from: "client".into(),
-            base: Some(0),
-            op_id: Some("client:1".into()),
-            ops: ops(json!([
-                {"type": "move", "target": "clip", "id": "c0_0", "parent": "t0", "index": 50},
-                {"type": "update", "target": "clip", "id": "c0_0", "path": ["gain"], "value": 0.25}
-            ])),
-        };
-        g.bench_with_input(BenchmarkId::from_parameter(n), &stale, |b, stale| {
-            b.iter_batched(
-                || (server.clone(), stale.clone()),
-                |(mut s, op)| {
-                    let out = s.submit(op, None).expect("the stale op is rebased");
-                    (s, black_box(out))
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        let server = server_with_history(&doc, n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &one, |b, stale| bench_submit(b, &server, stale));
+    }
+    g.finish();
+    let mut g = c.benchmark_group("rebase/batch2_stale_by");
+    g.throughput(Throughput::Elements(2));
+    for n in [1u64, 1_000] {
+        let server = server_with_history(&doc, n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &two, |b, stale| bench_submit(b, &server, stale));
     }
     g.finish();
 }
