@@ -44,7 +44,23 @@
 //! - `since` newer than the room, or older than `--max-catchup` versions, gets the full `state`.
 //! - Exactly-once for an op that has no `baseVersion` covers the in-memory history window; with
 //!   a `baseVersion` (as the Rust client always sends), it also covers the whole stored log.
-//! - The transport is not versioned and not stored: after a restart it is stopped at 0.
+//! - The transport is not versioned and not stored: after a restart (or an idle unload) it is
+//!   stopped at the stored playhead.
+//! - `error` code `internal` (in ot-core's `ErrorCode`, missing from PROTOCOL §3.2) answers an op
+//!   whose older history could not be read from the store; if a *write* fails, the room closes
+//!   every socket with 1011 and reloads from the store on the next join.
+//! - Every text frame counts towards `--rate-limit`, pings included; an `operation` over the limit
+//!   always gets its `rate_limited` error with its `opId`, other messages at most one error per
+//!   second (so a flood is not answered with a flood).
+//! - Frames over `--max-frame` get `too_large` and the socket stays open, up to 4 × the limit;
+//!   beyond that the WebSocket layer refuses to buffer the frame and closes with 1009.
+//! - A slow consumer's 4008 close frame is sent when its socket still drains; when it does not,
+//!   the server drops the TCP connection (the client sees an abnormal close, 1006) rather than
+//!   wait on it. Either way it resyncs with `since`.
+//! - With `--memory`, rooms still unload when idle, but their log stays in the process, so a
+//!   room "lives as long as the process" as PROTOCOL §4 says.
+//! - `lastSeen` is refreshed by every message (ping, cursor, edit); it is reported in `init.users`
+//!   and `user_joined`, not broadcast on every change.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

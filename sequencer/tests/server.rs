@@ -467,3 +467,29 @@ async fn graceful_shutdown_closes_1001_and_keeps_acked_ops() {
     assert_eq!(state["tracks"][0]["id"], "last");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn idle_room_unloads_and_reloads_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { room_idle: Duration::from_millis(200), ..Config::sqlite(SECRET, dir.path().to_path_buf()) };
+    let server = start(config).await.unwrap();
+    let addr = server.addr;
+    let (mut a, _) = Client::join(addr, "idle", "a").await;
+    a.op_acked(track("t", 0), Some(0), "a:1").await;
+    a.ws.close(None).await.unwrap();
+    drop(a);
+    let mut unloaded = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if http(addr, "GET", "/metrics", None).await.1.contains("sequencer_rooms 0") {
+            unloaded = true;
+            break;
+        }
+    }
+    assert!(unloaded, "room was not unloaded");
+    let (mut a, init) = Client::join(addr, "idle", "a").await;
+    assert_eq!((init["version"].as_u64(), init["state"]["tracks"][0]["id"].as_str()), (Some(1), Some("t")));
+    a.op(track("t", 0), Some(0), "a:1").await;
+    assert_eq!(a.recv_type("operation").await["version"], 1);
+    server.shutdown().await.unwrap();
+}
