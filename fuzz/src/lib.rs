@@ -122,7 +122,9 @@ pub fn apply_ops(data: &[u8]) {
 /// With `a` and `b` (batches of up to 3 ops) both valid on the generated state `S`, and `a'`,
 /// `b'` their annotated forms from `apply`: `S·b'·transform(a', b', Later)` equals
 /// `S·a'·transform(b', a', Earlier)`, both transformed batches apply cleanly, and both results
-/// keep the invariants.
+/// keep the invariants, and the transformed batches carry exact payloads: their inverse
+/// (built from the subtree a delete carries, an update's old value, a move's source) undoes
+/// them exactly.
 pub fn tp1_pair(data: &[u8]) {
     let mut src = Source::new(data);
     let base = gen::document(&mut src);
@@ -150,11 +152,31 @@ pub fn tp1_pair(data: &[u8]) {
             show(&b2)
         )
     };
+    let (after_b, after_a) = (right.clone(), left.clone());
     if let Err(e) = apply(&mut right, &a2) {
         panic!("transform(a', b', Later) does not apply after b: {e}\nS·b = {}\n{}", show_doc(&right), scenario());
     }
     if let Err(e) = apply(&mut left, &b2) {
         panic!("transform(b', a', Earlier) does not apply after a: {e}\nS·a = {}\n{}", show_doc(&left), scenario());
+    }
+    // Payload exactness, as undo sees it: the subtree a delete carries, an update's old value
+    // and a move's source, as transform left them, restore the state they were applied to.
+    for (name, ops, after, before) in
+        [("transform(a', b', Later)", &a2, &right, &after_b), ("transform(b', a', Earlier)", &b2, &left, &after_a)]
+    {
+        let inverse = invert(ops);
+        let mut undone = after.clone();
+        match apply(&mut undone, &inverse) {
+            Ok(_) if undone == *before => {}
+            Ok(_) => panic!(
+                "the inverse {} of {name} restores {} instead of {}\n{}",
+                show(&inverse),
+                show_doc(&undone),
+                show_doc(before),
+                scenario()
+            ),
+            Err(e) => panic!("the inverse {} of {name} does not apply: {e}\n{}", show(&inverse), scenario()),
+        }
     }
     assert_invariants(&right, &scenario);
     assert_invariants(&left, &scenario);
