@@ -407,7 +407,17 @@ impl Room {
     }
 
     fn join(&mut self, j: Join) {
-        let replacing = self.members.iter().any(|m| m.conn == j.conn);
+        let replacing = match self.members.iter().find(|m| m.conn == j.conn) {
+            // A connection id is visible to the whole room: only the same account may take it
+            // over, or any member could kick another by reusing its `_pk`.
+            Some(m) if m.presence.user_id != j.user_id => {
+                // The connection closes itself with the reason; it may already be gone.
+                let _ = j.reply.send(Err(Close::BadRequest));
+                return;
+            }
+            Some(_) => true,
+            None => false,
+        };
         if !replacing && self.members.len() >= self.shared.config.max_room_connections {
             // The connection closes itself with the reason; it may already be gone.
             let _ = j.reply.send(Err(Close::Full));

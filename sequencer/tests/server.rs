@@ -343,6 +343,9 @@ async fn reconnect_with_same_pk_replaces_without_flicker() {
     let (mut a2, init) = Client::join(addr, "pk", "a").await;
     assert_eq!(init["users"].as_array().unwrap().len(), 2);
     assert_eq!(a.closed().await.0, 4009);
+    // Another account cannot take over a visible connection id.
+    let mut thief = Client::raw(&url(addr, "pk", Some(&token("pk", "mallory")), Some("a"), None)).await;
+    assert_eq!(thief.closed().await.0, 4400);
     a2.op_acked(track("t", 0), None, "a:1").await;
     // The observer's next message is the op: no user_left / user_joined in between.
     let next = obs.recv().await;
@@ -407,7 +410,7 @@ async fn slow_consumer_does_not_delay_others_and_is_closed() {
         worst = worst.max(t.elapsed());
         assert_eq!(b.recv_type("operation").await["version"], i + 1);
     }
-    assert!(worst < Duration::from_millis(1000), "worst ack latency {worst:?}");
+    assert!(worst < Duration::from_millis(2000), "worst ack latency {worst:?}");
     let metrics = http(addr, "GET", "/metrics", None).await.1;
     assert!(metrics.contains("sequencer_broadcast_overflow_closes_total 1"), "{metrics}");
     // Its presence is gone (the user_left went by among the acks above).
