@@ -60,8 +60,8 @@ fn assert_invariants(doc: &Document, context: &dyn Fn() -> String) {
 ///
 /// Checks after every step: `apply` does not panic; a failing batch leaves the document exactly
 /// as it was (no half-applied batch); `check_invariants` holds; a successful batch is undone
-/// exactly by applying `invert` of its annotated form; and that annotated form (what the server
-/// broadcasts) survives a wire round trip unchanged.
+/// exactly by applying `invert` of its annotated form; that annotated form (what the server
+/// broadcasts) survives a wire round trip unchanged; and so does the state JSON.
 pub fn apply_ops(data: &[u8]) {
     let mut src = Source::new(data);
     let mut doc = gen::document(&mut src);
@@ -95,6 +95,11 @@ pub fn apply_ops(data: &[u8]) {
             }
             Ok(annotated) => {
                 assert_invariants(&doc, &scenario);
+                // The state JSON (what `init` sends) loads back into the same document.
+                match Document::from_state_value(&doc.to_state_value(1)) {
+                    Ok((loaded, 1)) if loaded == doc => {}
+                    other => panic!("state {} does not round-trip: {other:?}\n{}", show_doc(&doc), scenario()),
+                }
                 let inverse = invert(&annotated);
                 let mut back = doc.clone();
                 match apply(&mut back, &inverse) {
