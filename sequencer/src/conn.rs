@@ -321,6 +321,9 @@ enum Step {
 
 type Sink = futures_util::stream::SplitSink<Socket, Message>;
 
+/// Most frames written before one flush.
+const BURST: usize = 64;
+
 /// Drains the outbox into the socket, pings every third of the heartbeat timeout, and closes a
 /// peer silent for the whole timeout. Returns the sink if the close frame went out.
 async fn write_loop(
@@ -336,8 +339,17 @@ async fn write_loop(
         tokio::select! {
             next = outbox.next() => match next {
                 Next::Frame(f) => {
+                    // Write what is ready (up to a bound) and flush once: one syscall for a burst.
+                    let burst = async {
+                        sink.feed(Message::Text(f)).await?;
+                        for _ in 0..BURST {
+                            let Some(f) = outbox.try_frame() else { break };
+                            sink.feed(Message::Text(f)).await?;
+                        }
+                        sink.flush().await
+                    };
                     tokio::select! {
-                        sent = tokio::time::timeout(timeout, sink.send(Message::Text(f))) => {
+                        sent = tokio::time::timeout(timeout, burst) => {
                             if !matches!(sent, Ok(Ok(()))) {
                                 return None;
                             }

@@ -260,7 +260,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Res
     let cfg = &shared.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
         .max_message_size(Some(cfg.max_frame.saturating_mul(4).max(64 * 1024)))
         .max_frame_size(Some(cfg.max_frame.saturating_mul(4).max(64 * 1024)));
     let done = shared.done.clone();

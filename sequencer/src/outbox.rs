@@ -146,6 +146,18 @@ impl Outbox {
         s.cursors.pop_front().map(|(_, f)| Next::Frame(f))
     }
 
+    /// The next frame if one is ready now (never the close), for batching writes.
+    pub fn try_frame(&self) -> Option<Utf8Bytes> {
+        let mut s = self.lock();
+        if let Some(f) = s.queue.pop_front() {
+            return Some(f);
+        }
+        if s.closed.is_some() {
+            return None;
+        }
+        s.cursors.pop_front().map(|(_, f)| f)
+    }
+
     /// Waits for the next thing to send (one consumer: the connection's writer).
     pub async fn next(&self) -> Next {
         loop {
