@@ -15,7 +15,6 @@ fn ops(v: serde_json::Value) -> Vec<Op> {
 /// track's subtree always has its `clips`). Undo still restores the same state, so this is a
 /// representation mismatch, not a divergence.
 #[test]
-#[ignore = "ot-core: the delete built for an insert-id collision (transform.rs t_insert) carries a track value without `clips: []`"]
 fn insert_id_collision_delete_carries_exact_subtree() {
     let s = Document::new();
     let a = ops(json!({"type": "insert", "target": "track", "id": "n2", "index": 0, "value": {"name": "A"}}));

@@ -105,8 +105,12 @@ fn invert_one(op: &Op) -> Option<Op> {
 pub(crate) fn apply_one(doc: &mut Document, op: &Op) -> Result<Op, OpError> {
     match op {
         Op::Insert(o) => apply_insert(doc, o).map(|()| {
+            // Annotated in the subtree form a delete carries: no `id`, a track's `clips` present.
             let mut o = o.clone();
             o.value.remove("id");
+            if o.kind == EntityKind::Track {
+                o.value.entry("clips").or_insert_with(|| Value::Array(Vec::new()));
+            }
             Op::Insert(o)
         }),
         Op::Delete(o) => apply_delete(doc, o),
