@@ -127,9 +127,9 @@ pub fn apply_ops(data: &[u8]) {
 /// With `a` and `b` (batches of up to 3 ops) both valid on the generated state `S`, and `a'`,
 /// `b'` their annotated forms from `apply`: `S·b'·transform(a', b', Later)` equals
 /// `S·a'·transform(b', a', Earlier)`, both transformed batches apply cleanly, and both results
-/// keep the invariants, and the transformed batches carry exact payloads: their inverse
-/// (built from the subtree a delete carries, an update's old value, a move's source) undoes
-/// them exactly.
+/// keep the invariants, and the transformed batches carry exact payloads (the subtree a delete
+/// carries, an update's old value, a move's source are what `apply` reads from the state), so
+/// that their inverse undoes them exactly.
 pub fn tp1_pair(data: &[u8]) {
     let mut src = Source::new(data);
     let base = gen::document(&mut src);
@@ -158,14 +158,26 @@ pub fn tp1_pair(data: &[u8]) {
         )
     };
     let (after_b, after_a) = (right.clone(), left.clone());
-    if let Err(e) = apply(&mut right, &a2) {
-        panic!("transform(a', b', Later) does not apply after b: {e}\nS·b = {}\n{}", show_doc(&right), scenario());
+    let a3 = match apply(&mut right, &a2) {
+        Ok(a3) => a3,
+        Err(e) => {
+            panic!("transform(a', b', Later) does not apply after b: {e}\nS·b = {}\n{}", show_doc(&right), scenario())
+        }
+    };
+    let b3 = match apply(&mut left, &b2) {
+        Ok(b3) => b3,
+        Err(e) => {
+            panic!("transform(b', a', Earlier) does not apply after a: {e}\nS·a = {}\n{}", show_doc(&left), scenario())
+        }
+    };
+    // Payload exactness: the subtree a delete carries, an update's old value and a move's
+    // source, as transform left them, are exactly what apply reads from the state...
+    for (name, ops, applied) in [("transform(a', b', Later)", &a2, &a3), ("transform(b', a', Earlier)", &b2, &b3)] {
+        if ops != applied {
+            panic!("{name} is not annotated exactly: apply annotates it as {}\n{}", show(applied), scenario());
+        }
     }
-    if let Err(e) = apply(&mut left, &b2) {
-        panic!("transform(b', a', Earlier) does not apply after a: {e}\nS·a = {}\n{}", show_doc(&left), scenario());
-    }
-    // Payload exactness, as undo sees it: the subtree a delete carries, an update's old value
-    // and a move's source, as transform left them, restore the state they were applied to.
+    // ...and so they undo it exactly.
     for (name, ops, after, before) in
         [("transform(a', b', Later)", &a2, &right, &after_b), ("transform(b', a', Earlier)", &b2, &left, &after_a)]
     {
