@@ -56,4 +56,4 @@ pub use apply::{apply, invert};
 pub use doc::{Document, Entity, EntityKind, Id, ListKey, Props};
 pub use error::{OpError, StateError};
 pub use op::{Delete, Insert, Loc, Move, Op, Prev, Target, Update};
-pub use transform::{compose, transform, Side};
+pub use transform::{compose, independent, transform, Side};

@@ -192,6 +192,11 @@ impl ServerDoc {
         if base < oldest {
             return Err(SubmitError::VersionTooOld { base, oldest });
         }
+        if base == self.version {
+            // Made on the head: validated, annotated and applied in one step.
+            let annotated = apply(&mut self.doc, &submit.ops)?;
+            return Ok(self.sequence(annotated, submit.from, submit.op_id));
+        }
         let mut ops;
         if base < self.window_start {
             let older = match older {
@@ -224,14 +229,14 @@ impl ServerDoc {
             ops = transform(ops, &m.operation, Side::Later);
         }
         let annotated = apply(&mut self.doc, &ops)?;
-        let msg = Arc::new(OperationMsg {
-            operation: annotated,
-            version: self.version + 1,
-            user_id: submit.from,
-            op_id: submit.op_id,
-        });
+        Ok(self.sequence(annotated, submit.from, submit.op_id))
+    }
+
+    /// Gives applied ops the next version and records them in the history.
+    fn sequence(&mut self, annotated: Vec<Op>, from: String, op_id: Option<String>) -> Outcome {
+        let msg = Arc::new(OperationMsg { operation: annotated, version: self.version + 1, user_id: from, op_id });
         self.push(msg.clone());
-        Ok(Outcome::Sequenced(msg))
+        Outcome::Sequenced(msg)
     }
 
     fn push(&mut self, msg: Sequenced) {

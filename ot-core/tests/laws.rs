@@ -5,7 +5,8 @@
 mod common;
 
 use common::{gen_batch, gen_doc, gen_junk_op, gen_op};
-use ot_core::{apply, compose, invert, transform, Document, Op, Side};
+use ot_core::transform::transform_one;
+use ot_core::{apply, compose, independent, invert, transform, Document, Op, Side};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -71,6 +72,21 @@ proptest! {
     #[test]
     fn tp1_batches(seed in any::<u64>()) {
         check_tp1(seed, 4);
+    }
+
+    #[test]
+    fn independent_ops_transform_to_themselves(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let (_, a) = applied(&s, &[gen_op(&mut rng, &s)]);
+        let (_, b) = applied(&s, &[gen_op(&mut rng, &s)]);
+        if independent(&a[0], &b[0]) {
+            prop_assert!(independent(&b[0], &a[0]), "seed {}: not symmetric", seed);
+            for side in [Side::Later, Side::Earlier] {
+                let full = transform_one(a[0].clone(), &b[0], side);
+                prop_assert_eq!(plain(&full), plain(&a), "seed {}: independent ops changed", seed);
+            }
+        }
     }
 
     #[test]
