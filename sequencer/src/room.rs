@@ -321,14 +321,18 @@ impl Room {
         let mut shutdown = self.shared.shutdown.clone();
         let idle = self.shared.config.room_idle;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let mut inbox_closed = false;
         loop {
             let cursor_at = self.cursor_deadline.unwrap_or(far);
             let idle_at = self.idle_since.map_or(far, |t| t + idle);
             let has_writer = self.writer.is_some();
             tokio::select! {
-                msg = rx.recv(), if !self.blocked => match msg {
+                msg = rx.recv(), if !self.blocked && !inbox_closed => match msg {
                     Some(m) => self.handle(m).await,
-                    None => self.draining = true,
+                    None => {
+                        inbox_closed = true;
+                        self.draining = true;
+                    }
                 },
                 Some(l) = loads_rx.recv() => self.loaded(l).await,
                 changed = self.durable_rx.changed(), if has_writer => {
