@@ -1,0 +1,770 @@
+//! The async shell around [`Session`]: one task owns the socket and the session, the
+//! [`Client`] handle talks to it over a bounded command channel, and the application reads
+//! [`Events`] and [`Snapshot`]s.
+//!
+//! # Slow-consumer policy
+//!
+//! The task never blocks on the application. Events go into a bounded queue
+//! ([`ClientConfig::events_capacity`]); when it is full the event is discarded and counted in
+//! [`Snapshot::events_lagged`]. Events are notifications: the [`Snapshot`] (document, version,
+//! presence, transport) is always current.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use ot_core::protocol::{decode_server, ClientMsg, Presence, TransportState};
+use ot_core::{Document, Op, OpError};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::sleep_until;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::endpoint::{check_id, BaseUrl, EndpointError, UrlForm};
+use crate::session::{ClockEstimate, Effect, Event, Now, Session};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a [`Client`] connects and behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The server, e.g. `ws://127.0.0.1:1999`.
+    pub base_url: String,
+    /// Which socket path to use.
+    pub form: UrlForm,
+    /// The room (project) id.
+    pub room: String,
+    /// A room token for `room`.
+    pub token: String,
+    /// The connection id (`_pk`), kept across reconnects; also the op id prefix.
+    pub pk: String,
+    /// Seed of the reconnect jitter.
+    pub seed: u64,
+    /// Reconnect delays.
+    pub backoff: BackoffConfig,
+    /// How often to ping (for the clock estimate and liveness).
+    pub ping_interval: Duration,
+    /// A socket silent this long (no frame at all) is taken as dead and replaced.
+    pub idle_timeout: Duration,
+    /// How long one connect attempt may take.
+    pub connect_timeout: Duration,
+    /// The event queue's bound (see the module docs).
+    pub events_capacity: usize,
+    /// Added one-way latency on every frame in each direction (for testing; zero normally).
+    pub latency: Duration,
+}
+
+impl ClientConfig {
+    /// A config with the defaults: `/parties/main/` path, 100 ms–10 s backoff, ping every 5 s,
+    /// 30 s idle timeout, 1024 queued events.
+    pub fn new(
+        base_url: impl Into<String>,
+        room: impl Into<String>,
+        token: impl Into<String>,
+        pk: impl Into<String>,
+    ) -> Self {
+        ClientConfig {
+            base_url: base_url.into(),
+            form: UrlForm::Parties,
+            room: room.into(),
+            token: token.into(),
+            pk: pk.into(),
+            seed: 0,
+            backoff: BackoffConfig::default(),
+            ping_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            events_capacity: 1024,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// A bad URL or id.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The edit does not apply to the local document (nothing changed).
+    #[error("edit rejected locally: {0}")]
+    Op(#[from] OpError),
+    /// The client task has stopped (closed, or gave up).
+    #[error("client stopped{}", .0.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Stopped(Option<String>),
+    /// Waiting took longer than allowed.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+}
+
+/// What the application can read at any time.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The local document (server state plus pending local ops), once loaded.
+    pub doc: Option<Document>,
+    /// The last version the server confirmed.
+    pub version: Option<u64>,
+    /// Whether local ops wait for an ack.
+    pub pending: bool,
+    /// Whether the socket is open and `init` arrived.
+    pub live: bool,
+    /// This connection's id.
+    pub your_id: Option<String>,
+    /// Everyone in the room, by connection id.
+    pub users: Arc<BTreeMap<String, Presence>>,
+    /// The transport as last heard or set.
+    pub transport: Option<TransportState>,
+    /// The best server clock estimate.
+    pub clock: Option<ClockEstimate>,
+    /// Successful connects after the first.
+    pub reconnects: u64,
+    /// Events discarded because the queue was full.
+    pub events_lagged: u64,
+    /// Why the client gave up, if it did.
+    pub fatal: Option<String>,
+}
+
+/// An event with the instant the client task produced it.
+#[derive(Clone, Debug)]
+pub struct Stamped {
+    /// When it happened.
+    pub at: Instant,
+    /// What happened.
+    pub event: Event,
+}
+
+/// The stream of [`Event`]s of one client (see the module docs for its bound).
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Stamped>,
+}
+
+impl Events {
+    /// The next event; `None` once the client stopped and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Stamped> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<Stamped> {
+        self.rx.try_recv().ok()
+    }
+}
+
+type EditFn = Box<dyn FnOnce(&Document) -> Vec<Op> + Send>;
+
+enum Command {
+    Submit(Vec<Op>, oneshot::Sender<Result<(), OpError>>),
+    Edit(EditFn, oneshot::Sender<Result<Vec<Op>, OpError>>),
+    Send(ClientMsg),
+    Transport(bool, f64),
+    Disconnect,
+    Kill,
+    Stall(Duration),
+    Duplicate,
+    SetBaseUrl(BaseUrl),
+    Close(oneshot::Sender<()>),
+}
+
+/// A connection to one room. Cheap to share by reference; dropping it stops the client.
+///
+/// See the crate docs for an example.
+#[derive(Debug)]
+pub struct Client {
+    cmd: mpsc::Sender<Command>,
+    state: watch::Receiver<Snapshot>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl Client {
+    /// Starts the client task (it connects, and reconnects, in the background). Call
+    /// [`Client::ready`] to wait for the first `init`.
+    pub fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
+        let base = BaseUrl::parse(&config.base_url)?;
+        check_id(&config.room, 128)?;
+        check_id(&config.pk, 64)?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (ev_tx, ev_rx) = mpsc::channel(config.events_capacity.max(1));
+        let (state_tx, state_rx) = watch::channel(Snapshot::default());
+        let task = Task {
+            session: Session::new(config.pk.clone()),
+            backoff: Backoff::new(config.backoff, config.seed),
+            base,
+            config,
+            cmd_rx,
+            ev_tx,
+            state_tx,
+            reconnects: 0,
+            connects: 0,
+            lagged: 0,
+            fatal: None,
+        };
+        let handle = tokio::spawn(task.run());
+        Ok((Client { cmd: cmd_tx, state: state_rx, task: Some(handle) }, Events { rx: ev_rx }))
+    }
+
+    /// Waits until the session is live (socket open and `init` received).
+    pub async fn ready(&self, timeout: Duration) -> Result<(), ClientError> {
+        self.wait_for(timeout, "init", |s| s.live).await
+    }
+
+    /// Waits until the session is live with nothing pending (every local op acknowledged).
+    pub async fn settled(&self, timeout: Duration) -> Result<(), ClientError> {
+        self.wait_for(timeout, "all local ops to be acknowledged", |s| s.live && !s.pending).await
+    }
+
+    async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &'static str,
+        f: impl Fn(&Snapshot) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut rx = self.state.clone();
+        let res = tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let s = rx.borrow_and_update();
+                    if let Some(reason) = &s.fatal {
+                        return Err(ClientError::Stopped(Some(reason.clone())));
+                    }
+                    if f(&s) {
+                        return Ok(());
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Stopped(rx.borrow().fatal.clone()));
+                }
+            }
+        })
+        .await;
+        res.unwrap_or(Err(ClientError::Timeout(timeout, what)))
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.state.borrow().clone()
+    }
+
+    /// The local document (server state plus pending local edits), once loaded.
+    pub fn document(&self) -> Option<Document> {
+        self.state.borrow().doc.clone()
+    }
+
+    /// Everyone in the room, by connection id.
+    pub fn presence(&self) -> Arc<BTreeMap<String, Presence>> {
+        self.state.borrow().users.clone()
+    }
+
+    /// The transport as last heard or set.
+    pub fn transport_state(&self) -> Option<TransportState> {
+        self.state.borrow().transport.clone()
+    }
+
+    /// A watch on the state, for waiting on changes.
+    pub fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.state.clone()
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), ClientError> {
+        self.cmd.send(cmd).await.map_err(|_| ClientError::Stopped(self.state.borrow().fatal.clone()))
+    }
+
+    /// Applies `ops` locally at once and sends them when the op before them is acknowledged.
+    /// Errors if they do not apply to the local document (which then is unchanged).
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Submit(ops, tx)).await?;
+        rx.await.map_err(|_| ClientError::Stopped(None))?.map_err(ClientError::Op)
+    }
+
+    /// Like [`Client::submit`], with ops made by `make` from the exact local document they will
+    /// be applied to. Returns the ops submitted (none when `make` returns none).
+    pub async fn edit<F>(&self, make: F) -> Result<Vec<Op>, ClientError>
+    where
+        F: FnOnce(&Document) -> Vec<Op> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Edit(Box::new(make), tx)).await?;
+        rx.await.map_err(|_| ClientError::Stopped(None))?.map_err(ClientError::Op)
+    }
+
+    /// Sends a cursor position (dropped while disconnected: cursors are ephemeral).
+    pub async fn cursor(&self, x: f64, y: f64) -> Result<(), ClientError> {
+        self.send(Command::Send(ClientMsg::Cursor { x, y, selection: None })).await
+    }
+
+    /// Play, pause or seek for everyone.
+    pub async fn transport(&self, playing: bool, position: f64) -> Result<(), ClientError> {
+        self.send(Command::Transport(playing, position)).await
+    }
+
+    /// Closes the socket cleanly (code 1000); the client reconnects after its backoff.
+    pub async fn disconnect(&self) -> Result<(), ClientError> {
+        self.send(Command::Disconnect).await
+    }
+
+    /// Drops the TCP connection abruptly (reset, no close frame); the client reconnects.
+    pub async fn kill(&self) -> Result<(), ClientError> {
+        self.send(Command::Kill).await
+    }
+
+    /// Stops reading the socket for `d` (a stalled consumer, for fault tests).
+    pub async fn stall(&self, d: Duration) -> Result<(), ClientError> {
+        self.send(Command::Stall(d)).await
+    }
+
+    /// Sends the op in flight again on the open socket (the server must apply it once).
+    pub async fn duplicate_inflight(&self) -> Result<(), ClientError> {
+        self.send(Command::Duplicate).await
+    }
+
+    /// Connects to another server from the next (re)connect on (after a server moved).
+    pub async fn set_base_url(&self, url: &str) -> Result<(), ClientError> {
+        let base = BaseUrl::parse(url)?;
+        self.send(Command::SetBaseUrl(base)).await
+    }
+
+    /// Closes the socket (code 1000) and stops the task.
+    pub async fn close(mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Close(tx)).await.is_ok() {
+            // The task answers once the socket is closed; an error means it already stopped.
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+        if let Some(task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                tracing::warn!("client task did not stop within 2 s");
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// How a connection ended.
+enum End {
+    /// Reconnect after the backoff.
+    Retry(String),
+    /// Reconnect at once (a reload or a resync).
+    Now(String),
+    /// Stop: closed by the application or a fatal close code.
+    Stop(Option<String>, Option<oneshot::Sender<()>>),
+}
+
+struct Task {
+    session: Session,
+    backoff: Backoff,
+    base: BaseUrl,
+    config: ClientConfig,
+    cmd_rx: mpsc::Receiver<Command>,
+    ev_tx: mpsc::Sender<Stamped>,
+    state_tx: watch::Sender<Snapshot>,
+    reconnects: u64,
+    connects: u64,
+    lagged: u64,
+    fatal: Option<String>,
+}
+
+/// A FIFO of frames held back by the added latency.
+struct Delay<T> {
+    latency: Duration,
+    q: VecDeque<(Instant, T)>,
+}
+
+impl<T> Delay<T> {
+    fn push(&mut self, item: T) {
+        self.q.push_back((Instant::now() + self.latency, item));
+    }
+    fn next_due(&self) -> Option<Instant> {
+        self.q.front().map(|(t, _)| *t)
+    }
+    fn pop_due(&mut self, now: Instant) -> Option<T> {
+        match self.q.front() {
+            Some((t, _)) if *t <= now => self.q.pop_front().map(|(_, x)| x),
+            _ => None,
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+impl Task {
+    fn emit(&mut self, event: Event) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.ev_tx.try_send(Stamped { at: Instant::now(), event }) {
+            // Slow consumer: discard and count (see the module docs). A closed receiver means
+            // the application does not want events: nothing to count.
+            self.lagged += 1;
+        }
+    }
+
+    fn publish(&mut self) {
+        let s = &self.session;
+        self.state_tx.send_replace(Snapshot {
+            doc: s.doc().cloned(),
+            version: s.version(),
+            pending: s.has_pending(),
+            live: s.is_live(),
+            your_id: s.your_id().map(str::to_string),
+            users: s.users().clone(),
+            transport: s.transport().cloned(),
+            clock: s.clock(),
+            reconnects: self.reconnects,
+            events_lagged: self.lagged,
+            fatal: self.fatal.clone(),
+        });
+    }
+
+    async fn run(mut self) {
+        loop {
+            let url = self.base.socket(
+                self.config.form,
+                &self.config.room,
+                &self.config.token,
+                &self.config.pk,
+                self.session.since(),
+            );
+            let attempt = tokio::time::timeout(
+                self.config.connect_timeout,
+                tokio_tungstenite::connect_async_with_config(url, None, true),
+            )
+            .await;
+            let end = match attempt {
+                Ok(Ok((ws, _resp))) => {
+                    self.connects += 1;
+                    if self.connects > 1 {
+                        self.reconnects += 1;
+                    }
+                    self.run_socket(ws).await
+                }
+                Ok(Err(e)) => End::Retry(format!("connect failed: {e}")),
+                Err(_) => End::Retry("connect timed out".into()),
+            };
+            self.session.on_close();
+            let delay = match end {
+                End::Stop(reason, ack) => {
+                    if let Some(r) = &reason {
+                        self.fatal = Some(r.clone());
+                        self.emit(Event::Disconnected { reason: r.clone(), fatal: true });
+                    }
+                    self.publish();
+                    if let Some(ack) = ack {
+                        // The application waits for this; it may have stopped waiting.
+                        let _ = ack.send(());
+                    }
+                    return;
+                }
+                End::Retry(reason) => {
+                    self.emit(Event::Disconnected { reason, fatal: false });
+                    self.backoff.next_delay()
+                }
+                End::Now(reason) => {
+                    self.emit(Event::Disconnected { reason, fatal: false });
+                    Duration::from_millis(1)
+                }
+            };
+            self.publish();
+            if let Some(ack) = self.wait_offline(delay).await {
+                self.publish();
+                // See above: the closer may have given up waiting.
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+
+    /// Sleeps `delay`, serving commands meanwhile. Returns the close acknowledgement if the
+    /// application asked to close.
+    async fn wait_offline(&mut self, delay: Duration) -> Option<oneshot::Sender<()>> {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = sleep_until(until) => return None,
+                cmd = self.cmd_rx.recv() => match cmd {
+                    None => return Some(oneshot::channel().0),
+                    Some(Command::Close(ack)) => return Some(ack),
+                    Some(cmd) => {
+                        // Offline: edits apply locally and wait; socket-only commands are moot.
+                        let _ = self.command(cmd, None).await; // no socket: nothing can fail to send
+                        self.publish();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles a command; with a socket, sends what it produces.
+    async fn command(&mut self, cmd: Command, mut ws: Option<&mut Outbox>) -> Result<Option<End>, String> {
+        let now = Now::system();
+        let mut effects = Vec::new();
+        match cmd {
+            Command::Submit(ops, reply) => {
+                let r = self.session.submit(&ops, now).map(|e| effects = e);
+                // The caller may have stopped waiting; the edit stands either way.
+                let _ = reply.send(r);
+            }
+            Command::Edit(make, reply) => {
+                let r = self.session.edit(make, now).map(|(ops, e)| {
+                    effects = e;
+                    ops
+                });
+                // As above.
+                let _ = reply.send(r);
+            }
+            Command::Send(msg) => {
+                if self.session.is_live() {
+                    effects.push(Effect::Send(msg));
+                }
+            }
+            Command::Transport(playing, position) => {
+                let msg = self.session.set_transport(playing, position, now);
+                if self.session.is_live() {
+                    effects.push(Effect::Send(msg));
+                }
+            }
+            Command::Duplicate => {
+                if let Some(m) = self.session.duplicate() {
+                    effects.push(Effect::Send(m));
+                }
+            }
+            Command::SetBaseUrl(b) => self.base = b,
+            Command::Disconnect => {
+                if let Some(out) = ws.as_deref_mut() {
+                    out.close(CloseCode::Normal).await;
+                    return Ok(Some(End::Retry("disconnected by the application".into())));
+                }
+            }
+            Command::Kill => {
+                if let Some(out) = ws.as_deref_mut() {
+                    out.kill();
+                    return Ok(Some(End::Retry("killed by the application".into())));
+                }
+            }
+            Command::Stall(d) => {
+                if let Some(out) = ws.as_deref_mut() {
+                    out.stall_until = Some(tokio::time::Instant::now() + d);
+                }
+            }
+            Command::Close(ack) => {
+                if let Some(out) = ws.as_deref_mut() {
+                    out.close(CloseCode::Normal).await;
+                }
+                return Ok(Some(End::Stop(None, Some(ack))));
+            }
+        }
+        self.apply(effects, ws).await
+    }
+
+    /// Carries out effects; returns how the connection ends, if it does.
+    async fn apply(&mut self, effects: Vec<Effect>, mut ws: Option<&mut Outbox>) -> Result<Option<End>, String> {
+        let mut end = None;
+        for e in effects {
+            match e {
+                Effect::Send(msg) => {
+                    if let Some(out) = ws.as_deref_mut() {
+                        out.send(serde_json::to_string(&msg).map_err(|e| e.to_string())?).await?;
+                    }
+                }
+                Effect::Event(ev) => self.emit(ev),
+                Effect::Reconnect { reload } => {
+                    end = Some(End::Now(if reload { "reloading the state".into() } else { "resyncing".into() }));
+                }
+            }
+        }
+        if let (Some(out), Some(_)) = (ws, &end) {
+            out.close(CloseCode::Normal).await;
+        }
+        Ok(end)
+    }
+
+    async fn run_socket(&mut self, ws: Ws) -> End {
+        self.session.on_open();
+        let mut out = Outbox {
+            ws: Some(ws),
+            delay: Delay { latency: self.config.latency, q: VecDeque::new() },
+            stall_until: None,
+        };
+        let mut inbox = Delay { latency: self.config.latency, q: VecDeque::new() };
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_rx = Instant::now();
+        let end = loop {
+            let stalled = out.stall_until.is_some_and(|t| t > tokio::time::Instant::now());
+            if !stalled {
+                out.stall_until = None;
+            }
+            let in_due = inbox.next_due().map_or_else(far_future, tokio::time::Instant::from_std);
+            let out_due = out.delay.next_due().map_or_else(far_future, tokio::time::Instant::from_std);
+            let stall_end = out.stall_until.unwrap_or_else(far_future);
+            let Some(ws) = out.ws.as_mut() else { break End::Retry("socket gone".into()) };
+            tokio::select! {
+                frame = ws.next(), if !stalled => {
+                    last_rx = Instant::now();
+                    let frame = match frame {
+                        None => break End::Retry("socket ended".into()),
+                        Some(Err(e)) => break End::Retry(format!("socket error: {e}")),
+                        Some(Ok(f)) => f,
+                    };
+                    if self.config.latency.is_zero() {
+                        match self.frame(frame, &mut out).await {
+                            Ok(None) => {}
+                            Ok(Some(end)) => break end,
+                            Err(e) => break End::Retry(e),
+                        }
+                    } else {
+                        inbox.push(frame);
+                    }
+                }
+                _ = sleep_until(in_due), if !stalled => {
+                    let mut ended = None;
+                    while let Some(frame) = inbox.pop_due(Instant::now()) {
+                        match self.frame(frame, &mut out).await {
+                            Ok(None) => {}
+                            Ok(Some(end)) => { ended = Some(end); break; }
+                            Err(e) => { ended = Some(End::Retry(e)); break; }
+                        }
+                    }
+                    if let Some(end) = ended { break end; }
+                }
+                _ = sleep_until(out_due) => {
+                    if let Err(e) = out.flush_due().await { break End::Retry(e); }
+                }
+                _ = sleep_until(stall_end), if stalled => {}
+                cmd = self.cmd_rx.recv() => {
+                    let Some(cmd) = cmd else {
+                        out.close(CloseCode::Normal).await;
+                        break End::Stop(None, None);
+                    };
+                    match self.command(cmd, Some(&mut out)).await {
+                        Ok(None) => {}
+                        Ok(Some(end)) => break end,
+                        Err(e) => break End::Retry(e),
+                    }
+                    self.publish();
+                }
+                _ = ping.tick() => {
+                    if !stalled && last_rx.elapsed() > self.config.idle_timeout {
+                        out.kill();
+                        break End::Retry(format!("no frame for {:?}", self.config.idle_timeout));
+                    }
+                    if self.session.is_live() {
+                        let msg = self.session.ping(Now::system());
+                        match serde_json::to_string(&msg) {
+                            Ok(text) => if let Err(e) = out.send(text).await { break End::Retry(e); },
+                            Err(e) => break End::Retry(e.to_string()),
+                        }
+                    }
+                }
+            }
+        };
+        if matches!(end, End::Retry(_) | End::Now(_)) {
+            // A failed socket is dropped without a close handshake.
+            out.kill();
+        } else {
+            self.backoff.reset();
+        }
+        end
+    }
+
+    /// Handles one incoming frame.
+    async fn frame(&mut self, frame: Message, out: &mut Outbox) -> Result<Option<End>, String> {
+        let text = match frame {
+            Message::Text(t) => t,
+            Message::Close(f) => {
+                let (code, reason) = f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                return Ok(Some(match code {
+                    4001 | 4400 | 4403 => End::Stop(Some(format!("closed by the server: {code} {reason}")), None),
+                    _ => End::Retry(format!("closed by the server: {code} {reason}")),
+                }));
+            }
+            Message::Binary(_) => return Err("binary frame from the server".into()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(None),
+        };
+        let msg = match decode_server(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(room = %self.config.room, pk = %self.config.pk, "undecodable server frame: {e}");
+                return Ok(None);
+            }
+        };
+        let was_live = self.session.is_live();
+        let effects = match self.session.handle(msg, Now::system()) {
+            Ok(e) => e,
+            Err(e) => return Err(format!("protocol error: {e}")),
+        };
+        if !was_live && self.session.is_live() {
+            self.backoff.reset();
+        }
+        let end = self.apply(effects, Some(out)).await?;
+        self.publish();
+        Ok(end)
+    }
+}
+
+/// The write side of one socket, with the added latency and the stall state.
+struct Outbox {
+    ws: Option<Ws>,
+    delay: Delay<String>,
+    stall_until: Option<tokio::time::Instant>,
+}
+
+impl Outbox {
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        if !self.delay.latency.is_zero() {
+            self.delay.push(text);
+            return Ok(());
+        }
+        match self.ws.as_mut() {
+            Some(ws) => ws.send(Message::text(text)).await.map_err(|e| format!("send failed: {e}")),
+            None => Err("socket gone".into()),
+        }
+    }
+
+    async fn flush_due(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        while let Some(text) = self.delay.pop_due(now) {
+            match self.ws.as_mut() {
+                Some(ws) => ws.send(Message::text(text)).await.map_err(|e| format!("send failed: {e}"))?,
+                None => return Err("socket gone".into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, code: CloseCode) {
+        if let Some(mut ws) = self.ws.take() {
+            let frame = CloseFrame { code, reason: "".into() };
+            // Best effort: the peer may be gone already, and the socket is dropped next anyway.
+            let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(Some(frame))).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(ws) = self.ws.take() {
+            if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+                // Reset instead of FIN; if it fails the drop still closes the socket.
+                let _ = tcp.set_zero_linger();
+            }
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! The sans-IO client session: everything a client does with server messages, without a
+//! socket, a clock or a task. [`crate::Client`] drives it from a socket; tests drive it directly.
+//!
+//! A session wraps ot-core's [`ClientDoc`] (optimistic apply, one op in flight, a composed
+//! buffer) and adds what the connection lifecycle of PROTOCOL §3–4 needs: which `since` to
+//! reconnect with, resending the op in flight with its original `opId` after `init`, reloading
+//! (reconnect without `since`) after `version_too_old`, a rejected op, a version gap or a
+//! divergence, presence, the transport, and a server clock estimate from `pong`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ot_core::protocol::{ClientMsg, CursorPos, ErrorCode, OperationMsg, Presence, ServerMsg, TransportState};
+use ot_core::sync::{ClientDoc, ClientError, Outgoing, Received};
+use ot_core::{Document, Op, OpError};
+
+/// "Now" as the session sees it: a monotonic instant for latencies and the wall clock in
+/// milliseconds since the epoch for the server clock estimate. Injected by the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub epoch_ms: u64,
+}
+
+impl Now {
+    /// The current time from the system clocks.
+    pub fn system() -> Now {
+        let epoch_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Now { instant: Instant::now(), epoch_ms }
+    }
+}
+
+/// Something that happened, for the application.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// `init` arrived: the session is live at `version`. `reloaded` when the document was
+    /// replaced by a full state, `caught_up` is the number of ops received in it.
+    Ready {
+        /// The room's version.
+        version: u64,
+        /// This connection's id.
+        your_id: String,
+        /// Whether a full state replaced the document.
+        reloaded: bool,
+        /// How many missed ops `init` carried.
+        caught_up: usize,
+    },
+    /// A local op was sent (first time or as a resend).
+    Sent {
+        /// Its op id.
+        op_id: String,
+        /// Whether it is a resend of the op in flight.
+        resend: bool,
+    },
+    /// The op in flight was acknowledged.
+    Acked {
+        /// Its op id.
+        op_id: String,
+        /// The version it got.
+        version: u64,
+        /// From the first send to the ack.
+        latency: Duration,
+    },
+    /// Someone else's op was applied locally.
+    Remote {
+        /// The sender's connection id.
+        user_id: String,
+        /// The sender's op id.
+        op_id: Option<String>,
+        /// The version it produced.
+        version: u64,
+        /// The ops as applied locally (after transforming over pending local ops).
+        ops: Vec<Op>,
+    },
+    /// Local ops were dropped: a reload replaced the document (PROTOCOL §3.3). The ops were
+    /// not confirmed by the server; any of them may or may not be in the new state.
+    Dropped {
+        /// Why.
+        reason: ReloadReason,
+        /// The dropped ops (the one in flight first, then the buffer).
+        ops: Vec<Op>,
+    },
+    /// The server answered with an `error`.
+    ServerError {
+        /// Its code.
+        code: ErrorCode,
+        /// Its text.
+        message: String,
+        /// The op it is about.
+        op_id: Option<String>,
+    },
+    /// Someone joined.
+    UserJoined(Presence),
+    /// Someone left.
+    UserLeft {
+        /// Their connection id.
+        user_id: String,
+    },
+    /// Someone's cursor moved.
+    Cursor {
+        /// Their connection id.
+        user_id: String,
+        /// Horizontal position.
+        x: f64,
+        /// Vertical position.
+        y: f64,
+    },
+    /// Someone changed the transport.
+    Transport(TransportState),
+    /// A new clock sample: `offset_ms` is server minus local, `rtt` the ping's round trip.
+    Clock {
+        /// The best estimate of server time minus local time, in milliseconds.
+        offset_ms: i64,
+        /// The round trip of this sample.
+        rtt: Duration,
+    },
+    /// The socket closed or failed; the client reconnects unless `fatal`.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// Whether the client gave up (an auth failure or a bad room).
+        fatal: bool,
+    },
+}
+
+/// Why the session reloads the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadReason {
+    /// The server answered `version_too_old`.
+    VersionTooOld,
+    /// The server rejected the op in flight with this code.
+    Rejected(ErrorCode),
+    /// A server op skipped a version.
+    Gap,
+    /// A server op did not apply to the local document.
+    Diverged,
+    /// The server sent a full state on a reconnect with `since` (its history no longer reaches
+    /// that far, or it lost its memory).
+    StateOnRejoin,
+}
+
+/// What the caller must do after the session handled something.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send this message on the socket.
+    Send(ClientMsg),
+    /// Tell the application.
+    Event(Event),
+    /// Close the socket and reconnect; `reload` means without `since` (fresh state).
+    Reconnect {
+        /// Reconnect without `since`.
+        reload: bool,
+    },
+}
+
+/// A server message the session cannot take.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SessionError {
+    /// `init.state` is not a state of PROTOCOL §5.1.
+    #[error("init state is invalid: {0}")]
+    BadState(#[from] ot_core::StateError),
+    /// `init` carried neither `state` nor `ops`, or `ops` before any state.
+    #[error("init carried no usable state (ops: {has_ops}, local document: {has_doc})")]
+    NoState {
+        /// Whether `ops` was present.
+        has_ops: bool,
+        /// Whether a local document existed.
+        has_doc: bool,
+    },
+    /// A message other than `init` arrived first.
+    #[error("`{got}` arrived before `init`")]
+    BeforeInit {
+        /// The message type.
+        got: &'static str,
+    },
+}
+
+/// The best clock sample so far (the one with the smallest round trip).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClockEstimate {
+    /// Server time minus local time, in milliseconds.
+    pub offset_ms: i64,
+    /// The round trip of the sample it comes from.
+    pub rtt: Duration,
+}
+
+/// The session state. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pk: String,
+    doc: Option<ClientDoc>,
+    your_id: Option<String>,
+    users: Arc<BTreeMap<String, Presence>>,
+    transport: Option<TransportState>,
+    clock: Option<ClockEstimate>,
+    live: bool,
+    reload_next: Option<ReloadReason>,
+    inflight_first_sent: Option<(String, Instant)>,
+    ping_sent: Option<(Instant, u64)>,
+}
+
+fn msg_name(msg: &ServerMsg) -> &'static str {
+    match msg {
+        ServerMsg::Init { .. } => "init",
+        ServerMsg::UserJoined { .. } => "user_joined",
+        ServerMsg::UserLeft { .. } => "user_left",
+        ServerMsg::Cursor { .. } => "cursor",
+        ServerMsg::Operation(_) => "operation",
+        ServerMsg::Transport { .. } => "transport",
+        ServerMsg::Pong { .. } => "pong",
+        ServerMsg::Error { .. } => "error",
+    }
+}
+
+/// The wire message for an outgoing op.
+pub fn operation_msg(out: &Outgoing) -> ClientMsg {
+    ClientMsg::Operation {
+        operation: serde_json::Value::Array(out.ops.iter().map(Op::to_value).collect()),
+        base_version: Some(out.base_version),
+        op_id: Some(out.op_id.clone()),
+    }
+}
+
+impl Session {
+    /// A session for connection id `pk` (also the op id prefix), with no document until the
+    /// first `init`.
+    pub fn new(pk: impl Into<String>) -> Self {
+        Session {
+            pk: pk.into(),
+            doc: None,
+            your_id: None,
+            users: Arc::new(BTreeMap::new()),
+            transport: None,
+            clock: None,
+            live: false,
+            reload_next: None,
+            inflight_first_sent: None,
+            ping_sent: None,
+        }
+    }
+
+    /// The connection id sent as `_pk`.
+    pub fn pk(&self) -> &str {
+        &self.pk
+    }
+
+    /// The `since` to connect with: the confirmed version, unless a reload is due.
+    pub fn since(&self) -> Option<u64> {
+        match (&self.doc, self.reload_next) {
+            (Some(d), None) => Some(d.version()),
+            _ => None,
+        }
+    }
+
+    /// The local document (server state plus pending local ops), once loaded.
+    pub fn doc(&self) -> Option<&Document> {
+        self.doc.as_ref().map(ClientDoc::doc)
+    }
+
+    /// The last version the server confirmed.
+    pub fn version(&self) -> Option<u64> {
+        self.doc.as_ref().map(ClientDoc::version)
+    }
+
+    /// Whether local ops wait for an ack.
+    pub fn has_pending(&self) -> bool {
+        self.doc.as_ref().is_some_and(ClientDoc::has_pending)
+    }
+
+    /// The op id in flight.
+    pub fn inflight_id(&self) -> Option<&str> {
+        self.doc.as_ref().and_then(ClientDoc::inflight_id)
+    }
+
+    /// Whether `init` arrived on the current socket.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// This connection's id as the server named it.
+    pub fn your_id(&self) -> Option<&str> {
+        self.your_id.as_deref()
+    }
+
+    /// Everyone in the room by connection id (this connection included).
+    pub fn users(&self) -> &Arc<BTreeMap<String, Presence>> {
+        &self.users
+    }
+
+    /// The transport as last heard or set.
+    pub fn transport(&self) -> Option<&TransportState> {
+        self.transport.as_ref()
+    }
+
+    /// The best server clock estimate.
+    pub fn clock(&self) -> Option<ClockEstimate> {
+        self.clock
+    }
+
+    /// Server time now, by the estimate (local wall clock when there is none).
+    pub fn server_time_ms(&self, now: Now) -> u64 {
+        let off = self.clock.map_or(0, |c| c.offset_ms);
+        (now.epoch_ms as i64).saturating_add(off).max(0) as u64
+    }
+
+    /// A new socket opened: wait for its `init`.
+    pub fn on_open(&mut self) {
+        self.live = false;
+    }
+
+    /// The socket closed.
+    pub fn on_close(&mut self) {
+        self.live = false;
+        self.ping_sent = None;
+    }
+
+    /// Applies a local edit optimistically; returns the message to send now, if one may go.
+    /// Nothing changes on error. Before the first `init` there is no document to edit.
+    pub fn submit(&mut self, ops: &[Op], now: Now) -> Result<Vec<Effect>, OpError> {
+        let Some(doc) = &mut self.doc else {
+            return Err(OpError::Malformed { reason: "no document yet: wait for the first init".into() });
+        };
+        doc.local(ops)?;
+        Ok(self.flush(now))
+    }
+
+    /// Runs `make` on the current local document and submits what it returns (for edits that
+    /// must be valid against the exact local state). Returns the ops submitted.
+    pub fn edit<F>(&mut self, make: F, now: Now) -> Result<(Vec<Op>, Vec<Effect>), OpError>
+    where
+        F: FnOnce(&Document) -> Vec<Op>,
+    {
+        let Some(doc) = &self.doc else {
+            return Err(OpError::Malformed { reason: "no document yet: wait for the first init".into() });
+        };
+        let ops = make(doc.doc());
+        if ops.is_empty() {
+            return Ok((ops, Vec::new()));
+        }
+        let effects = self.submit(&ops, now)?;
+        Ok((ops, effects))
+    }
+
+    /// The next op to send, if the session is live and none is in flight.
+    fn flush(&mut self, now: Now) -> Vec<Effect> {
+        if !self.live {
+            return Vec::new();
+        }
+        let Some(doc) = &mut self.doc else { return Vec::new() };
+        match doc.take_outgoing() {
+            Some(out) => {
+                self.inflight_first_sent = Some((out.op_id.clone(), now.instant));
+                vec![
+                    Effect::Event(Event::Sent { op_id: out.op_id.clone(), resend: false }),
+                    Effect::Send(operation_msg(&out)),
+                ]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The op in flight again, on the live socket (a deliberate duplicate: the server must
+    /// answer it with the original ack and apply it once).
+    pub fn duplicate(&self) -> Option<ClientMsg> {
+        if !self.live {
+            return None;
+        }
+        self.doc.as_ref()?.resend().map(|o| operation_msg(&o))
+    }
+
+    /// A cursor message.
+    pub fn cursor(&self, x: f64, y: f64, selection: Option<Vec<String>>) -> ClientMsg {
+        ClientMsg::Cursor { x, y, selection }
+    }
+
+    /// A transport message; the local transport changes at once.
+    pub fn set_transport(&mut self, playing: bool, position: f64, now: Now) -> ClientMsg {
+        self.transport = Some(TransportState { playing, position, server_time: self.server_time_ms(now) });
+        ClientMsg::Transport { playing, position }
+    }
+
+    /// A ping; its pong gives a clock sample.
+    pub fn ping(&mut self, now: Now) -> ClientMsg {
+        self.ping_sent = Some((now.instant, now.epoch_ms));
+        ClientMsg::Ping
+    }
+
+    fn reload(&mut self, reason: ReloadReason, dropped: Vec<Op>) -> Vec<Effect> {
+        self.reload_next = Some(reason);
+        let mut out = Vec::new();
+        if !dropped.is_empty() {
+            out.push(Effect::Event(Event::Dropped { reason, ops: dropped }));
+        }
+        out.push(Effect::Reconnect { reload: true });
+        out
+    }
+
+    /// Handles one server message.
+    pub fn handle(&mut self, msg: ServerMsg, now: Now) -> Result<Vec<Effect>, SessionError> {
+        if !self.live && !matches!(msg, ServerMsg::Init { .. } | ServerMsg::Error { .. }) {
+            return Err(SessionError::BeforeInit { got: msg_name(&msg) });
+        }
+        match msg {
+            ServerMsg::Init { users, state, ops, your_id, version, server_time, transport } => {
+                self.handle_init(users, state, ops, your_id, version, server_time, transport, now)
+            }
+            ServerMsg::Operation(m) => Ok(self.handle_op(&m, now)),
+            ServerMsg::Error { code, message, op_id } => {
+                let mut out = vec![Effect::Event(Event::ServerError { code, message, op_id: op_id.clone() })];
+                let about_inflight = op_id.is_some() && op_id.as_deref() == self.inflight_id();
+                let rejected = matches!(
+                    code,
+                    ErrorCode::InvalidOp
+                        | ErrorCode::Forbidden
+                        | ErrorCode::VersionAhead
+                        | ErrorCode::VersionTooOld
+                        | ErrorCode::Internal
+                );
+                if code == ErrorCode::VersionTooOld && (about_inflight || op_id.is_none()) {
+                    let dropped = self.take_all_pending();
+                    out.extend(self.reload(ReloadReason::VersionTooOld, dropped));
+                } else if about_inflight && rejected {
+                    let dropped = self.take_all_pending();
+                    out.extend(self.reload(ReloadReason::Rejected(code), dropped));
+                } else if about_inflight {
+                    // Not applied and not a verdict on the op (rate limited, say): a rejoin with
+                    // `since` resends it with its op id.
+                    out.push(Effect::Reconnect { reload: false });
+                }
+                Ok(out)
+            }
+            ServerMsg::UserJoined { user } => {
+                Arc::make_mut(&mut self.users).insert(user.id.clone(), user.clone());
+                Ok(vec![Effect::Event(Event::UserJoined(user))])
+            }
+            ServerMsg::UserLeft { user_id } => {
+                Arc::make_mut(&mut self.users).remove(&user_id);
+                Ok(vec![Effect::Event(Event::UserLeft { user_id })])
+            }
+            ServerMsg::Cursor { user_id, x, y, selection } => {
+                if let Some(p) = Arc::make_mut(&mut self.users).get_mut(&user_id) {
+                    p.cursor = Some(CursorPos { x, y, selection });
+                }
+                Ok(vec![Effect::Event(Event::Cursor { user_id, x, y })])
+            }
+            ServerMsg::Transport { playing, position, server_time, .. } => {
+                let t = TransportState { playing, position, server_time };
+                self.transport = Some(t.clone());
+                Ok(vec![Effect::Event(Event::Transport(t))])
+            }
+            ServerMsg::Pong { server_time } => {
+                let Some((sent, sent_ms)) = self.ping_sent.take() else { return Ok(Vec::new()) };
+                let rtt = now.instant.saturating_duration_since(sent);
+                let mid = sent_ms as i64 + (rtt.as_millis() as i64) / 2;
+                let sample = ClockEstimate { offset_ms: server_time as i64 - mid, rtt };
+                if self.clock.is_none_or(|c| sample.rtt <= c.rtt) {
+                    self.clock = Some(sample);
+                }
+                let best = self.clock.unwrap_or(sample);
+                Ok(vec![Effect::Event(Event::Clock { offset_ms: best.offset_ms, rtt })])
+            }
+        }
+    }
+
+    /// Takes the pending ops (in flight first) out of the document; the caller reloads.
+    fn take_all_pending(&mut self) -> Vec<Op> {
+        let Some(doc) = &mut self.doc else { return Vec::new() };
+        let mut dropped = doc.reject_inflight().unwrap_or_default();
+        // The document keeps their effect until the reload replaces it; the buffer goes then.
+        let placeholder = doc.doc().clone();
+        let v = doc.version();
+        dropped.extend(doc.reload(placeholder, v));
+        self.inflight_first_sent = None;
+        dropped
+    }
+
+    #[allow(clippy::too_many_arguments)] // the fields of `init`, taken apart by the caller's match
+    fn handle_init(
+        &mut self,
+        users: Vec<Presence>,
+        state: Option<serde_json::Value>,
+        ops: Option<Vec<OperationMsg>>,
+        your_id: String,
+        version: u64,
+        server_time: u64,
+        transport: Option<TransportState>,
+        now: Now,
+    ) -> Result<Vec<Effect>, SessionError> {
+        let mut out = Vec::new();
+        let mut reloaded = false;
+        let mut caught_up = 0;
+        match (state, &mut self.doc) {
+            (Some(state), _) => {
+                let (fresh, v) = ot_core::Document::from_state_value(&state)?;
+                let v = if state.get("version").is_some() { v } else { version };
+                match &mut self.doc {
+                    Some(doc) => {
+                        let dropped = doc.reload(fresh, v);
+                        self.inflight_first_sent = None;
+                        let reason = self.reload_next.unwrap_or(ReloadReason::StateOnRejoin);
+                        if !dropped.is_empty() {
+                            out.push(Effect::Event(Event::Dropped { reason, ops: dropped }));
+                        }
+                        reloaded = true;
+                    }
+                    None => self.doc = Some(ClientDoc::new(fresh, v, self.pk.clone())),
+                }
+            }
+            (None, Some(_)) if ops.is_some() => {}
+            (None, doc) => return Err(SessionError::NoState { has_ops: ops.is_some(), has_doc: doc.is_some() }),
+        }
+        self.reload_next = None;
+        self.your_id = Some(your_id.clone());
+        self.users = Arc::new(users.into_iter().map(|p| (p.id.clone(), p)).collect());
+        if let Some(t) = transport {
+            self.transport = Some(t);
+        }
+        if self.clock.is_none() {
+            // A first, coarse sample: init's serverTime against the local clock.
+            self.clock = Some(ClockEstimate {
+                offset_ms: server_time as i64 - now.epoch_ms as i64,
+                rtt: Duration::from_secs(3600),
+            });
+        }
+        if let Some(ops) = ops {
+            for m in &ops {
+                caught_up += 1;
+                let effects = self.handle_op(m, now);
+                let reconnect = effects.iter().any(|e| matches!(e, Effect::Reconnect { .. }));
+                out.extend(effects);
+                if reconnect {
+                    return Ok(out);
+                }
+            }
+        }
+        self.live = true;
+        let v = self.version().unwrap_or(version);
+        out.insert(0, Effect::Event(Event::Ready { version: v, your_id, reloaded, caught_up }));
+        // Resend the op in flight with its op id, or send the next one.
+        if let Some(out_msg) = self.doc.as_ref().and_then(ClientDoc::resend) {
+            out.push(Effect::Event(Event::Sent { op_id: out_msg.op_id.clone(), resend: true }));
+            out.push(Effect::Send(operation_msg(&out_msg)));
+        } else {
+            out.extend(self.flush(now));
+        }
+        Ok(out)
+    }
+
+    fn handle_op(&mut self, m: &OperationMsg, now: Now) -> Vec<Effect> {
+        let Some(doc) = &mut self.doc else { return Vec::new() };
+        match doc.receive(m) {
+            Ok(Received::Ack) => {
+                let op_id = m.op_id.clone().unwrap_or_default();
+                let latency = match self.inflight_first_sent.take() {
+                    Some((id, at)) if id == op_id => now.instant.saturating_duration_since(at),
+                    _ => Duration::ZERO,
+                };
+                let mut out = vec![Effect::Event(Event::Acked { op_id, version: m.version, latency })];
+                out.extend(self.flush(now));
+                out
+            }
+            Ok(Received::Remote(ops)) => vec![Effect::Event(Event::Remote {
+                user_id: m.user_id.clone(),
+                op_id: m.op_id.clone(),
+                version: m.version,
+                ops,
+            })],
+            Ok(Received::Stale) => Vec::new(),
+            Err(ClientError::Gap { .. }) => {
+                // Rejoin with `since`: the server sends what we missed.
+                vec![Effect::Reconnect { reload: false }]
+            }
+            Err(ClientError::Diverged(_)) => {
+                let dropped = self.take_all_pending();
+                self.reload(ReloadReason::Diverged, dropped)
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Measurements of one simulator run: HDR histograms of ack and remote-delivery latency,
+//! counters, and the report as a human table or JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// A latency histogram in microseconds, 1 µs to 60 s, 3 significant figures.
+#[derive(Clone, Debug)]
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        #[allow(clippy::expect_used)] // constant, valid bounds: this cannot fail
+        Latency(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"))
+    }
+}
+
+impl Latency {
+    /// Records one sample (saturating at the histogram's top).
+    pub fn record(&mut self, d: Duration) {
+        self.0.saturating_record((d.as_micros() as u64).max(1));
+    }
+
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides: adding cannot fail; a failure would only lose samples.
+        let _ = self.0.add(&other.0);
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The value at quantile `q` (0..=1) in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// `{count, p50, p99, p999, max}` in milliseconds.
+    pub fn to_json(&self) -> Value {
+        json!({"count": self.count(), "p50_ms": self.ms(0.5), "p99_ms": self.ms(0.99),
+               "p999_ms": self.ms(0.999), "max_ms": self.0.max() as f64 / 1000.0})
+    }
+}
+
+/// Counters and histograms of one simulated client (merged into the run's total).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Edit steps generated and applied locally.
+    pub steps: u64,
+    /// Outgoing op messages sent (first sends).
+    pub sent: u64,
+    /// Resends of the op in flight after a reconnect.
+    pub resent: u64,
+    /// Deliberate duplicates sent on an open socket.
+    pub duplicates: u64,
+    /// Acks received.
+    pub acked: u64,
+    /// Remote ops received.
+    pub remote: u64,
+    /// Cursor messages received from others.
+    pub cursors_in: u64,
+    /// Cursor messages sent.
+    pub cursors_out: u64,
+    /// Transport messages sent.
+    pub transports_out: u64,
+    /// Successful reconnects.
+    pub reconnects: u64,
+    /// Disconnects seen (any cause).
+    pub disconnects: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, u64>,
+    /// Server `error` messages, by code.
+    pub errors: BTreeMap<String, u64>,
+    /// Local ops dropped by a reload.
+    pub dropped_ops: u64,
+    /// Edits the local document refused (a generator bug if non-zero).
+    pub local_rejects: u64,
+    /// Events lost to a full event queue.
+    pub events_lagged: u64,
+    /// Ack latency: first send to ack.
+    pub ack: Latency,
+    /// Remote delivery: the sender's first send to this client's apply.
+    pub delivery: Latency,
+}
+
+impl Stats {
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &Stats) {
+        self.steps += o.steps;
+        self.sent += o.sent;
+        self.resent += o.resent;
+        self.duplicates += o.duplicates;
+        self.acked += o.acked;
+        self.remote += o.remote;
+        self.cursors_in += o.cursors_in;
+        self.cursors_out += o.cursors_out;
+        self.transports_out += o.transports_out;
+        self.reconnects += o.reconnects;
+        self.disconnects += o.disconnects;
+        for (k, v) in &o.faults {
+            *self.faults.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.dropped_ops += o.dropped_ops;
+        self.local_rejects += o.local_rejects;
+        self.events_lagged += o.events_lagged;
+        self.ack.merge(&o.ack);
+        self.delivery.merge(&o.delivery);
+    }
+}
+
+/// The outcome of one run.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// `sequencer` or `relay`.
+    pub mode: &'static str,
+    /// The seed.
+    pub seed: u64,
+    /// Rooms × clients per room.
+    pub rooms: usize,
+    /// Clients per room.
+    pub clients: usize,
+    /// How long the workload ran.
+    pub elapsed: Duration,
+    /// Merged stats.
+    pub stats: Stats,
+    /// Rooms compared and found equal (sequencer mode).
+    pub rooms_converged: usize,
+    /// Divergences: (room, first difference).
+    pub divergences: Vec<(String, String)>,
+    /// Acknowledged ops missing from the server's log (restart checks).
+    pub lost_acks: Vec<String>,
+    /// Server CPU time during the run, when the server ran in this process (seconds).
+    pub process_cpu: Option<f64>,
+}
+
+impl Report {
+    /// Acked ops per second.
+    pub fn acked_per_sec(&self) -> f64 {
+        self.stats.acked as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Whether every room converged and no acknowledged op was lost.
+    pub fn ok(&self) -> bool {
+        self.divergences.is_empty() && self.lost_acks.is_empty()
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        let s = &self.stats;
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        json!({
+            "mode": self.mode, "seed": self.seed, "rooms": self.rooms, "clientsPerRoom": self.clients,
+            "elapsedSecs": secs, "steps": s.steps, "sent": s.sent, "resent": s.resent,
+            "duplicates": s.duplicates, "acked": s.acked, "ackedPerSec": self.acked_per_sec(),
+            "ack": s.ack.to_json(), "delivery": s.delivery.to_json(), "remote": s.remote,
+            "cursorsDelivered": s.cursors_in, "cursorsDeliveredPerSec": s.cursors_in as f64 / secs,
+            "cursorsSent": s.cursors_out, "reconnects": s.reconnects, "disconnects": s.disconnects,
+            "faults": s.faults, "errors": s.errors, "droppedOps": s.dropped_ops,
+            "localRejects": s.local_rejects, "eventsLagged": s.events_lagged,
+            "processCpuSecs": self.process_cpu,
+            "cpuMicrosPerAckedOp": self.process_cpu.map(|c| c * 1e6 / (s.acked.max(1) as f64)),
+            "roomsConverged": self.rooms_converged,
+            "divergences": self.divergences.iter().map(|(r, d)| json!({"room": r, "firstDifference": d})).collect::<Vec<_>>(),
+            "lostAcks": self.lost_acks, "ok": self.ok(),
+        })
+    }
+
+    /// The report as a human table.
+    pub fn to_table(&self) -> String {
+        let s = &self.stats;
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<26} {v}"); // writing to a String cannot fail
+        };
+        row("mode", format!("{} (seed {})", self.mode, self.seed));
+        row("clients", format!("{} rooms × {} = {}", self.rooms, self.clients, self.rooms * self.clients));
+        row("duration", format!("{secs:.2} s"));
+        row("edit steps", s.steps.to_string());
+        row("acked ops", format!("{} ({:.0}/s)", s.acked, self.acked_per_sec()));
+        row(
+            "ack latency ms",
+            format!(
+                "p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+                s.ack.ms(0.5),
+                s.ack.ms(0.99),
+                s.ack.ms(0.999),
+                s.ack.ms(1.0)
+            ),
+        );
+        row(
+            "remote delivery ms",
+            format!(
+                "p50 {:.2}  p99 {:.2}  p999 {:.2}  ({} deliveries)",
+                s.delivery.ms(0.5),
+                s.delivery.ms(0.99),
+                s.delivery.ms(0.999),
+                s.delivery.count()
+            ),
+        );
+        row("cursor msgs delivered", format!("{} ({:.0}/s)", s.cursors_in, s.cursors_in as f64 / secs));
+        row("reconnects", format!("{} (disconnects {})", s.reconnects, s.disconnects));
+        row("resends / duplicates", format!("{} / {}", s.resent, s.duplicates));
+        row("faults injected", if s.faults.is_empty() { "none".into() } else { fmt_map(&s.faults) });
+        row("server errors by code", if s.errors.is_empty() { "none".into() } else { fmt_map(&s.errors) });
+        row("ops dropped by reloads", s.dropped_ops.to_string());
+        if s.local_rejects > 0 || s.events_lagged > 0 {
+            row("local rejects / lagged", format!("{} / {}", s.local_rejects, s.events_lagged));
+        }
+        if let Some(c) = self.process_cpu {
+            row("process CPU", format!("{c:.2} s ({:.1} µs per acked op)", c * 1e6 / s.acked.max(1) as f64));
+        }
+        if self.mode == "sequencer" {
+            let verdict = if self.ok() {
+                format!("CONVERGED: {} rooms equal to the server", self.rooms_converged)
+            } else {
+                format!("DIVERGED: {} rooms, {} lost acks", self.divergences.len(), self.lost_acks.len())
+            };
+            row("verdict", verdict);
+            for (r, d) in self.divergences.iter().take(5) {
+                row("  divergence", format!("room {r} (seed {}): {d}", self.seed));
+            }
+            for l in self.lost_acks.iter().take(5) {
+                row("  lost ack", l.clone());
+            }
+        }
+        t
+    }
+}
+
+fn fmt_map(m: &BTreeMap<String, u64>) -> String {
+    m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// CPU time (user + system) this process has used so far, in seconds, from `/proc/self/stat`.
+pub fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_and_quantiles() {
+        let mut a = Stats::default();
+        for ms in 1..=100 {
+            a.ack.record(Duration::from_millis(ms));
+        }
+        a.acked = 100;
+        *a.errors.entry("invalid_op".into()).or_default() += 1;
+        let mut total = Stats::default();
+        total.merge(&a);
+        total.merge(&a);
+        assert_eq!(total.acked, 200);
+        assert_eq!(total.ack.count(), 200);
+        assert_eq!(total.errors["invalid_op"], 2);
+        assert!((total.ack.ms(0.5) - 50.0).abs() < 0.5, "{}", total.ack.ms(0.5));
+        assert!(process_cpu_secs().is_some());
+    }
+}
