@@ -674,6 +674,7 @@ async fn drive_relay(
     let total = (cfg.rooms * cfg.clients) as u64;
     let mut grace_until: Option<Instant> = None;
     let mut send_next = cfg.rate <= 0.0;
+    let mut wake = tokio::time::interval(Duration::from_millis(50));
     loop {
         if !done && ((stats.steps >= cfg.ops && inflight.is_none()) || Instant::now() >= end) {
             done = true;
@@ -737,7 +738,7 @@ async fn drive_relay(
                 ws.send(Message::text(frame.to_string())).await.map_err(|e| err(e.to_string()))?;
                 stats.cursors_out += 1;
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = wake.tick() => {}
         }
     }
     // Best effort: the relay may be gone.
