@@ -217,11 +217,7 @@ impl Document {
         let e = self.get(id)?;
         let mut out = e.props.clone();
         if e.kind == EntityKind::Track {
-            let clips = e
-                .clips
-                .iter()
-                .filter_map(|c| self.entity_json(c).map(Value::Object))
-                .collect();
+            let clips = e.clips.iter().filter_map(|c| self.entity_json(c).map(Value::Object)).collect();
             out.insert("clips".into(), Value::Array(clips));
         }
         Some(out)
@@ -277,7 +273,8 @@ impl Document {
                     if let Some(clips) = props.remove("clips") {
                         let clips = clips.as_array().ok_or(StateError::BadField { field: "clips" })?;
                         for clip in clips {
-                            let mut cprops = clip.as_object().cloned().ok_or(StateError::BadField { field: "clips" })?;
+                            let mut cprops =
+                                clip.as_object().cloned().ok_or(StateError::BadField { field: "clips" })?;
                             let cid = take_id(&mut cprops).ok_or(StateError::BadField { field: "clips" })?;
                             if doc.entities.contains_key(&cid) {
                                 return Err(StateError::DuplicateId { id: cid.to_string() });
@@ -285,7 +282,12 @@ impl Document {
                             clip_ids.push_back(cid.clone());
                             doc.insert_entity(
                                 cid,
-                                Entity { kind: EntityKind::Clip, parent: Some(id.clone()), props: cprops, clips: Vector::new() },
+                                Entity {
+                                    kind: EntityKind::Clip,
+                                    parent: Some(id.clone()),
+                                    props: cprops,
+                                    clips: Vector::new(),
+                                },
                             );
                         }
                     }

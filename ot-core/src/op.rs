@@ -282,7 +282,9 @@ impl TryFrom<WireOp> for Op {
                 let id = id()?;
                 let mut value = match w.value {
                     Some(Value::Object(m)) => m,
-                    Some(_) => return Err(OpError::InvalidValue { id: id.to_string(), reason: "value must be an object" }),
+                    Some(_) => {
+                        return Err(OpError::InvalidValue { id: id.to_string(), reason: "value must be an object" })
+                    }
                     None => return Err(OpError::MissingField { op, field: "value" }),
                 };
                 match value.remove("id") {

@@ -312,5 +312,6 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, DecodeError> {
 
 /// Encodes a server message as JSON text.
 pub fn encode<T: Serialize>(msg: &T) -> String {
-    serde_json::to_string(msg).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"code\":\"internal\",\"message\":{:?}}}", e.to_string()))
+    serde_json::to_string(msg)
+        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"code\":\"internal\",\"message\":{:?}}}", e.to_string()))
 }

@@ -471,8 +471,8 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
                 let lb = list_key(b.kind, bf.parent.as_ref());
                 if lb == la_from && bf.index < i {
                     if let Some(f) = a.from.as_mut() {
-                    f.index -= 1;
-                }
+                        f.index -= 1;
+                    }
                 }
                 if lb == la_to && without(bf.index, same_list_at) < a.index {
                     a.index -= 1;

@@ -160,4 +160,3 @@ proptest! {
         d.check_invariants().unwrap();
     }
 }
-

@@ -96,8 +96,10 @@ fn row_delete_vs_delete_deletes_once() {
     let (d, _, second) = concurrent(del.clone(), del);
     assert!(d.get("c1").is_none());
     assert!(second.is_empty(), "the second delete of the same entity becomes a no-op");
-    let (d, _, second) =
-        concurrent(json!({"type":"delete","target":"track","id":"t1"}), json!({"type":"delete","target":"clip","id":"c1"}));
+    let (d, _, second) = concurrent(
+        json!({"type":"delete","target":"track","id":"t1"}),
+        json!({"type":"delete","target":"clip","id":"c1"}),
+    );
     assert!(d.get("t1").is_none() && d.get("c1").is_none());
     assert!(second.is_empty(), "a clip delete after its track's delete is a no-op");
 }
@@ -156,7 +158,8 @@ fn row_insert_into_deleted_track_goes_with_it_and_undo_restores_it() {
 #[test]
 fn row_update_of_deleted_entity_is_dropped_and_undo_restores_latest() {
     let upd = json!({"type":"update","target":"clip","id":"c1","path":["gain"],"value":0.25});
-    for del in [json!({"type":"delete","target":"clip","id":"c1"}), json!({"type":"delete","target":"track","id":"t1"})] {
+    for del in [json!({"type":"delete","target":"clip","id":"c1"}), json!({"type":"delete","target":"track","id":"t1"})]
+    {
         let (d, _, second) = concurrent(del.clone(), upd.clone());
         assert!(d.get("c1").is_none());
         assert!(second.is_empty(), "the update is dropped");

@@ -111,7 +111,9 @@ impl Sim {
         self.links[i].online = true;
         let ops = match self.server.ops_since(since) {
             Some(ops) => Some(ops),
-            None if self.server.window_start() > 0 && self.rng.gen_bool(0.5) => Some(self.log[since as usize..].to_vec()),
+            None if self.server.window_start() > 0 && self.rng.gen_bool(0.5) => {
+                Some(self.log[since as usize..].to_vec())
+            }
             None => None,
         };
         match ops {
@@ -183,8 +185,9 @@ impl Sim {
             }
         }
         for _ in 0..100_000 {
-            let busy: Vec<usize> =
-                (0..self.links.len()).filter(|&i| !self.links[i].up.is_empty() || !self.links[i].down.is_empty()).collect();
+            let busy: Vec<usize> = (0..self.links.len())
+                .filter(|&i| !self.links[i].up.is_empty() || !self.links[i].down.is_empty())
+                .collect();
             if busy.is_empty() {
                 return;
             }

@@ -29,7 +29,8 @@ fn scalar(rng: &mut StdRng) -> Value {
     }
 }
 
-const PATHS: [&[&str]; 6] = [&["gain"], &["name"], &["fx"], &["fx", "reverb"], &["fx", "reverb", "wet"], &["fx", "delay"]];
+const PATHS: [&[&str]; 6] =
+    [&["gain"], &["name"], &["fx"], &["fx", "reverb"], &["fx", "reverb", "wet"], &["fx", "delay"]];
 const PROJECT_PATHS: [&[&str]; 5] = [&["tempo"], &["name"], &["meta"], &["meta", "key"], &["meta", "sig", "num"]];
 
 /// A random valid document with up to a handful of tracks, clips and markers.
@@ -120,7 +121,9 @@ fn try_gen_op(rng: &mut StdRng, doc: &Document) -> Option<Op> {
             let (id, kind) = pick(rng)?;
             match kind {
                 "track" => json!({"type":"move","target":"track","id":id,"index":rng.gen_range(0..doc.tracks().len())}),
-                "marker" => json!({"type":"move","target":"marker","id":id,"index":rng.gen_range(0..doc.markers().len())}),
+                "marker" => {
+                    json!({"type":"move","target":"marker","id":id,"index":rng.gen_range(0..doc.markers().len())})
+                }
                 _ => {
                     let t = doc.tracks()[rng.gen_range(0..doc.tracks().len())].clone();
                     let mut len = doc.get(&t).unwrap().clips.len();
