@@ -83,6 +83,13 @@ struct Args {
     /// Also run the same workload over a bare broadcast relay and print the ratios.
     #[arg(long)]
     relay: bool,
+    /// With --relay: use the relay already running at this URL instead of one in this process.
+    #[arg(long)]
+    relay_url: Option<String>,
+    /// Only serve a bare broadcast relay on this address (e.g. 127.0.0.1:0) until Ctrl-C, for
+    /// measuring it as its own process.
+    #[arg(long)]
+    serve_relay: Option<std::net::SocketAddr>,
     /// Embedded server: messages per second per connection (0 = off).
     #[arg(long, default_value_t = 0)]
     server_rate_limit: u32,
@@ -110,6 +117,13 @@ impl Tokens for SeqTokens {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(addr) = args.serve_relay {
+        let handle = client_sim::relay::start(addr).await.context("starting the relay")?;
+        println!("relay listening on ws://{}", handle.addr);
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        handle.shutdown().await;
+        return Ok(());
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -189,13 +203,23 @@ async fn main() -> anyhow::Result<()> {
         s.shutdown().await.context("stopping the embedded sequencer")?;
     }
     let relay = if args.relay {
-        let handle = client_sim::relay::start(([127, 0, 0, 1], 0).into()).await.context("starting the relay")?;
-        eprintln!("relay baseline on ws://{}", handle.addr);
         let mut rcfg = cfg.clone();
-        rcfg.urls = vec![format!("ws://{}", handle.addr)];
         rcfg.faults = Faults::default();
-        let r = client_sim::sim::run_relay(rcfg).await.context("relay run failed")?;
-        handle.shutdown().await;
+        let r = match &args.relay_url {
+            Some(url) => {
+                rcfg.urls = vec![url.clone()];
+                client_sim::sim::run_relay(rcfg).await.context("relay run failed")?
+            }
+            None => {
+                let handle =
+                    client_sim::relay::start(([127, 0, 0, 1], 0).into()).await.context("starting the relay")?;
+                eprintln!("relay baseline on ws://{}", handle.addr);
+                rcfg.urls = vec![format!("ws://{}", handle.addr)];
+                let r = client_sim::sim::run_relay(rcfg).await.context("relay run failed")?;
+                handle.shutdown().await;
+                r
+            }
+        };
         Some(r)
     } else {
         None
