@@ -66,6 +66,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bus;
 pub mod conn;
 pub mod error;
 pub mod http;
@@ -73,6 +74,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod room;
 pub mod store;
+pub mod store_pg;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -96,6 +98,8 @@ pub enum Storage {
     Memory,
     /// SQLite under this directory (`--data-dir`).
     Sqlite(PathBuf),
+    /// PostgreSQL at this URL (`--store postgres://…`), shared by several nodes.
+    Postgres(String),
 }
 
 /// Everything the server needs to run. Every field has a documented default (see
@@ -138,6 +142,11 @@ pub struct Config {
     pub room_idle: Duration,
     /// Lifetime of the room tokens `join` mints, in seconds. Default 3600.
     pub room_token_ttl: u64,
+    /// The Redis bus between nodes sharing a PostgreSQL store (`--bus`). Default none.
+    pub bus: Option<bus::BusConfig>,
+    /// With a shared store, a room with connections reads other nodes' ops from the store this
+    /// often (the safety net under the bus). Default 200 ms.
+    pub cluster_poll: Duration,
 }
 
 impl Config {
@@ -162,6 +171,8 @@ impl Config {
             snapshot_every: 500,
             room_idle: Duration::from_secs(60),
             room_token_ttl: 3600,
+            bus: None,
+            cluster_poll: Duration::from_millis(200),
         }
     }
 
@@ -181,6 +192,8 @@ pub struct Shared {
     pub persister: Arc<Persister>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The bus to other nodes, when configured.
+    pub bus: Option<Arc<bus::Bus>>,
     /// Permits for open sockets (`max_connections`).
     pub connections: Arc<Semaphore>,
     /// Flips to true when shutdown starts.
@@ -224,14 +237,21 @@ pub fn open_store(storage: &Storage) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match storage {
         Storage::Memory => Arc::new(MemoryStore::new()),
         Storage::Sqlite(dir) => Arc::new(SqliteStore::open(dir)?),
+        Storage::Postgres(url) => Arc::new(store_pg::PgStore::open(url)?),
     })
 }
 
 /// Serves on `listener` until `shutdown` completes, then shuts down gracefully (PROTOCOL §6).
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let store = open_store(&config.storage)?;
+    // Opening a store may block (PostgreSQL connects and migrates).
+    let storage = config.storage.clone();
+    let store = tokio::task::spawn_blocking(move || open_store(&storage)).await.context("opening the store")??;
     let persister = Persister::start(store, metrics.clone())?;
+    let bus = match &config.bus {
+        Some(b) => Some(bus::Bus::start(b).await?),
+        None => None,
+    };
     let (notify_shutdown, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared {
@@ -240,6 +260,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         rooms: Registry::default(),
         persister: persister.clone(),
         metrics,
+        bus: bus.clone(),
         shutdown: shutdown_rx,
         done: done_tx,
     });
@@ -271,6 +292,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Every task holds a clone of `done`; recv returns None once all have finished.
     let _ = done_rx.recv().await;
     tokio::task::spawn_blocking(move || persister.finish()).await.context("store writer join")?;
+    if let Some(b) = bus {
+        b.stop();
+    }
     info!("shutdown complete");
     Ok(())
 }

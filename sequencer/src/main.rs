@@ -38,6 +38,21 @@ struct ServeArgs {
     /// Keep everything in memory; nothing is written to disk.
     #[arg(long, env = "SEQUENCER_MEMORY")]
     memory: bool,
+    /// A shared store instead of the embedded one: `postgres://user@host:port/db`. Several
+    /// nodes on the same database serve the same rooms.
+    #[arg(long, env = "SEQUENCER_STORE", conflicts_with = "memory")]
+    store: Option<String>,
+    /// Redis bus between nodes sharing a `--store`: `redis://host:port`. Optional: without it,
+    /// nodes see each other's ops by polling the store.
+    #[arg(long, env = "SEQUENCER_BUS", requires = "store")]
+    bus: Option<String>,
+    /// Prefix of the bus's channel names (clusters sharing one Redis use different ones).
+    #[arg(long, env = "SEQUENCER_BUS_PREFIX", default_value = "sequencer:")]
+    bus_prefix: String,
+    /// With `--store`, how often (ms) a room with connections polls the store for other
+    /// nodes' ops (the safety net under the bus).
+    #[arg(long, env = "SEQUENCER_CLUSTER_POLL", default_value_t = 200)]
+    cluster_poll: u64,
     /// HS256 secret of all tokens. Without one, a random secret is made and printed together
     /// with a demo room token and socket URL.
     #[arg(long, env = "SEQUENCER_SECRET", hide_env_values = true)]
@@ -153,7 +168,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(s) if !s.is_empty() => (s, false),
         _ => (format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()), true),
     };
-    let storage = if a.memory { Storage::Memory } else { Storage::Sqlite(a.data_dir.clone()) };
+    let storage = match (&a.store, a.memory) {
+        (Some(url), _) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Storage::Postgres(url.clone())
+        }
+        (Some(url), _) => anyhow::bail!("--store {url}: only postgres:// URLs are supported"),
+        (None, true) => Storage::Memory,
+        (None, false) => Storage::Sqlite(a.data_dir.clone()),
+    };
     let config = Config {
         listen: a.listen,
         secret: secret.clone(),
@@ -173,6 +195,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         snapshot_every: a.snapshot_every,
         room_idle: secs(a.room_idle, "room-idle")?,
         room_token_ttl: a.room_token_ttl,
+        bus: a.bus.clone().map(|url| sequencer::bus::BusConfig { url, prefix: a.bus_prefix.clone() }),
+        cluster_poll: Duration::from_millis(a.cluster_poll),
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.threads {
@@ -186,6 +210,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let store = match &config.storage {
             Storage::Memory => "memory (nothing on disk)".to_string(),
             Storage::Sqlite(d) => format!("sqlite in {}", d.display()),
+            Storage::Postgres(_) => "postgres".to_string(),
         };
         if generated {
             let token = auth::room_token(&secret, "demo", "demo-user", "Demo User", Role::Editor, 24 * 3600)?;

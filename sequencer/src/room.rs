@@ -27,6 +27,8 @@ use crate::outbox::Outbox;
 use crate::store::{older_history, restore, Durable, Entry, RoomAppend, StoreError, WriteReq};
 use crate::Shared;
 
+mod cluster;
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -126,6 +128,7 @@ pub enum RoomMsg {
 enum Loaded {
     Older { conn: Arc<str>, session: u64, submit: Submit, result: Result<OlderHistory, StoreError> },
     Catchup { join: Join, since: u64, upto: u64, result: Result<Vec<Sequenced>, StoreError> },
+    Cluster(cluster::Fetched),
 }
 
 #[derive(Default)]
@@ -258,6 +261,8 @@ struct Room {
     idle_since: Option<Instant>,
     draining: bool,
     failed: bool,
+    /// Several nodes on one store: lost races, other nodes' ops (`room/cluster.rs`).
+    cluster: cluster::Cluster,
 }
 
 async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Receiver<RoomMsg>) {
@@ -283,9 +288,11 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     };
     info!(version = doc.version(), "room loaded");
     shared.metrics.room(true);
-    let (durable_tx, durable_rx) = watch::channel(Durable { version: doc.version(), failed: None });
+    let (durable_tx, durable_rx) = watch::channel(Durable { version: doc.version(), failed: None, conflict: None });
     let (loads_tx, mut loads_rx) = mpsc::channel(64);
+    let cluster = cluster::Cluster::new(&shared, &id);
     let mut room = Room {
+        cluster,
         id,
         gen,
         durable_version: doc.version(),
@@ -335,6 +342,7 @@ impl Room {
                     }
                 },
                 Some(l) = loads_rx.recv() => self.loaded(l).await,
+                ev = self.cluster.next(), if self.cluster.active() => self.on_cluster(ev).await,
                 changed = self.durable_rx.changed(), if has_writer => {
                     if changed.is_ok() { self.on_durable() }
                 }
@@ -605,6 +613,9 @@ impl Room {
         match self.doc.submit(s.clone(), older) {
             Ok(Outcome::Sequenced(msg)) => {
                 self.shared.metrics.sequenced(head - base.unwrap_or(head).min(head));
+                if self.writer.is_some() {
+                    self.cluster.record(msg.version, &conn, session, s);
+                }
                 self.sequenced(msg).await;
             }
             Ok(Outcome::Duplicate(msg)) => {
@@ -673,7 +684,12 @@ impl Room {
                 self.durable_version = m.version;
                 self.durable_doc = doc;
                 self.broadcast_op(&m);
+                self.cluster_durable(&m);
             }
+        }
+        if let Some(version) = d.conflict {
+            self.lost_race(version);
+            return;
         }
         let durable = self.durable_version;
         let waiting = std::mem::take(&mut self.dup_waiting);
@@ -715,6 +731,7 @@ impl Room {
                         self.reply_to(&conn, session, f);
                     }
                 }
+                self.drain_redo().await;
             }
             Loaded::Catchup { join, since, upto, result } => {
                 self.outstanding -= 1;
@@ -737,6 +754,7 @@ impl Room {
                 };
                 self.finish_join(join, ops);
             }
+            Loaded::Cluster(f) => self.cluster_fetched(f).await,
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL server or the connection to it failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
     /// A stored record does not decode.
     #[error("corrupt record in room `{room}` at version {version}: {reason}")]
     Corrupt {
@@ -424,6 +427,10 @@ pub struct Durable {
     pub version: u64,
     /// Set when a write failed: the room must stop and reload.
     pub failed: Option<String>,
+    /// Set when another node stored this version first: nothing queued on this channel is
+    /// stored any more (it was sequenced on a stale head); the room resyncs from the store and
+    /// resubmits on a fresh channel.
+    pub conflict: Option<u64>,
 }
 
 /// One room's request to the writer.
@@ -490,6 +497,11 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<WriteReq>, metrics:
                 Err(_) => break,
             }
         }
+        // A request queued behind a conflict of its room was sequenced on a stale head.
+        batch.retain(|r| r.durable.borrow().conflict.is_none());
+        if batch.is_empty() {
+            continue;
+        }
         let groups: Vec<RoomAppend> = batch.iter().map(|r| r.group.clone()).collect();
         let started = Instant::now();
         let result = store.append(&groups);
@@ -499,8 +511,15 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<WriteReq>, metrics:
             Err(e) => {
                 tracing::warn!(error = %e, groups = batch.len(), "group commit failed; retrying one by one");
                 for r in &batch {
+                    if r.durable.borrow().conflict.is_some() {
+                        continue;
+                    }
                     match store.append(std::slice::from_ref(&r.group)) {
                         Ok(()) => publish_ok(r),
+                        Err(StoreError::Conflict { version, .. }) => {
+                            tracing::info!(room = %r.group.room, version, "version taken by another node");
+                            r.durable.send_modify(|d| d.conflict = Some(version));
+                        }
                         Err(e) => {
                             tracing::error!(room = %r.group.room, error = %e, "append failed");
                             r.durable.send_modify(|d| d.failed = Some(e.to_string()));
