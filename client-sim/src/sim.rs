@@ -479,6 +479,7 @@ async fn drive(
     let mut done = false;
     let mut want_step = cfg.rate <= 0.0;
     let mut in_step = false;
+    let mut readies = 0u64;
     let (step_tx, mut step_rx) = tokio::sync::mpsc::channel::<Result<usize, ClientError>>(4);
     if client.ready(Duration::from_secs(30)).await.is_err() {
         tracing::warn!(pk = %plan.pk, "client did not get init in 30 s");
@@ -533,7 +534,8 @@ async fn drive(
                     Event::Dropped { ops, .. } => stats.dropped_ops += ops.len() as u64,
                     Event::Disconnected { .. } => stats.disconnects += 1,
                     Event::Ready { .. } => {
-                        live.reconnects.store(live.reconnects.load(Ordering::Relaxed), Ordering::Relaxed);
+                        readies += 1;
+                        if readies > 1 { live.reconnects.fetch_add(1, Ordering::Relaxed); }
                         if cfg.rate <= 0.0 && !client.snapshot().pending { want_step = true; }
                     }
                     _ => {}
