@@ -155,11 +155,7 @@ impl Tester {
                     Ok(Some(Ok(Message::Text(t)))) => {
                         let m: Value = serde_json::from_str(t.as_str()).unwrap();
                         match m["type"].as_str() {
-                            Some("operation") => {
-                                if self.take(&m, &op_id) {
-                                    return;
-                                }
-                            }
+                            Some("operation") if self.take(&m, &op_id) => return,
                             Some("error") => panic!("{}: {m}", self.pk),
                             _ => {}
                         }

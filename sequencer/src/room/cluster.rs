@@ -55,7 +55,7 @@ pub(super) enum Event {
 /// A store read the cluster logic started.
 pub(super) enum Fetched {
     /// The rebuilt document and the ops after the old durable version.
-    Resync(Result<(ServerDoc, Vec<Sequenced>), StoreError>),
+    Resync(Result<Box<(ServerDoc, Vec<Sequenced>)>, StoreError>),
     /// Ops after `from`.
     Ops { from: u64, result: Result<Vec<Sequenced>, StoreError> },
 }
@@ -163,9 +163,11 @@ impl Room {
         let (room, tx) = (self.id.clone(), self.loads_tx.clone());
         tokio::spawn(async move {
             let r = room.clone();
-            let result = tokio::task::spawn_blocking(move || rebuild(&*store, &r, from, durable, window, max_rebase))
-                .await
-                .unwrap_or_else(|e| Err(join_error(&room, e)));
+            let result = tokio::task::spawn_blocking(move || {
+                rebuild(&*store, &r, from, durable, window, max_rebase).map(Box::new)
+            })
+            .await
+            .unwrap_or_else(|e| Err(join_error(&room, e)));
             // The room may have stopped (shutdown); its clients resend after reconnecting.
             let _ = tx.send(Loaded::Cluster(Fetched::Resync(result))).await;
         });
@@ -257,7 +259,8 @@ impl Room {
                 }
             }
             Fetched::Resync(result) => match result {
-                Ok((sd, missed)) => {
+                Ok(rebuilt) => {
+                    let (sd, missed) = *rebuilt;
                     self.doc = sd;
                     self.doc.doc_mut().set_transport(self.transport.playing, self.transport.position);
                     for m in &missed {
