@@ -581,3 +581,88 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> Now {
+        Now { instant: Instant::now(), epoch_ms: 1_000 }
+    }
+
+    fn init(version: u64) -> ServerMsg {
+        ot_core::protocol::decode_server(
+            &json!({"type":"init","users":[],"yourId":"me","version":version,"serverTime":1_000,
+                    "state":{"version":version,"tracks":[],"markers":[]}})
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    fn remote(version: u64, id: &str) -> ServerMsg {
+        ServerMsg::Operation(OperationMsg {
+            operation: Op::batch_from_value(
+                json!({"type":"insert","target":"marker","id":id,"index":0,"value":{"time":1.0}}),
+            )
+            .unwrap(),
+            version,
+            user_id: "other".into(),
+            op_id: None,
+        })
+    }
+
+    #[test]
+    fn nothing_before_init_and_no_edit_without_a_document() {
+        let mut s = Session::new("me");
+        assert_eq!(s.handle(remote(1, "m"), now()), Err(SessionError::BeforeInit { got: "operation" }));
+        assert!(s.submit(&[], now()).is_err());
+        assert_eq!(s.since(), None);
+    }
+
+    #[test]
+    fn a_gap_resyncs_with_since_and_a_divergence_reloads() {
+        let mut s = Session::new("me");
+        s.on_open();
+        s.handle(init(4), now()).unwrap();
+        assert_eq!(s.since(), Some(4));
+        assert_eq!(s.handle(remote(6, "m1"), now()).unwrap(), vec![Effect::Reconnect { reload: false }]);
+        assert_eq!(s.since(), Some(4), "a gap keeps since");
+        s.handle(remote(5, "m1"), now()).unwrap();
+        // The same id again does not apply: the replica is out of step and reloads.
+        let e = s.handle(remote(6, "m1"), now()).unwrap();
+        assert!(e.contains(&Effect::Reconnect { reload: true }), "{e:?}");
+        assert_eq!(s.since(), None, "a reload connects without since");
+    }
+
+    #[test]
+    fn stale_duplicates_are_ignored_and_offline_edits_wait() {
+        let mut s = Session::new("me");
+        s.on_open();
+        s.handle(init(0), now()).unwrap();
+        s.on_close();
+        let ops =
+            Op::batch_from_value(json!({"type":"update","target":"project","path":["tempo"],"value":99})).unwrap();
+        assert!(s.submit(&ops, now()).unwrap().is_empty(), "offline: nothing is sent");
+        assert!(s.has_pending());
+        s.on_open();
+        let rejoin = ServerMsg::Init {
+            users: vec![],
+            state: None,
+            ops: Some(vec![]),
+            your_id: "me".into(),
+            version: 0,
+            server_time: 1_000,
+            transport: None,
+        };
+        let e = s.handle(rejoin, now()).unwrap();
+        let sent: Vec<_> = e.iter().filter(|e| matches!(e, Effect::Send(_))).collect();
+        assert_eq!(sent.len(), 1, "sent once on rejoin: {e:?}");
+        assert_eq!(s.inflight_id(), Some("me:1"));
+        let ack = OperationMsg { operation: ops.clone(), version: 1, user_id: "me".into(), op_id: Some("me:1".into()) };
+        s.handle(ServerMsg::Operation(ack.clone()), now()).unwrap();
+        assert!(!s.has_pending());
+        assert!(s.handle(ServerMsg::Operation(ack), now()).unwrap().is_empty(), "a duplicate ack is stale");
+        assert_eq!(s.version(), Some(1));
+    }
+}
