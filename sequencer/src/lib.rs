@@ -16,6 +16,9 @@
 //! - [`outbox`]: a connection's bounded outbound queue: the slow-client policy.
 //! - [`store`]: the [`store::Store`] trait, [`store::MemoryStore`], [`store::SqliteStore`] and the
 //!   group-commit writer thread.
+//! - [`store_pg`]: the PostgreSQL store (`--store postgres://…`) shared by several nodes;
+//!   [`bus`]: the Redis fan-out between them (`--bus`). A room's multi-node logic (lost races,
+//!   other nodes' ops) is in `room/cluster.rs`; `docs/scale-out.md` explains the whole.
 //! - [`auth`]: app and room tokens (HS256 JWT).
 //! - [`error`]: every refusal and its one mapping to wire error codes and close codes.
 //! - [`metrics`]: Prometheus text for `/metrics`.
