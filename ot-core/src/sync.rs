@@ -178,10 +178,9 @@ impl ServerDoc {
     /// [`SubmitError::NeedHistory`]). Nothing changes on error.
     pub fn submit(&mut self, submit: Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         if let Some(id) = &submit.op_id {
-            if let Some(v) = self.op_ids.get(id) {
-                if let Some((m, _)) = self.history.get((*v - self.window_start - 1) as usize) {
-                    return Ok(Outcome::Duplicate(m.clone()));
-                }
+            let slot = self.op_ids.get(id).and_then(|v| v.checked_sub(self.window_start + 1));
+            if let Some((m, _)) = slot.and_then(|i| self.history.get(i as usize)) {
+                return Ok(Outcome::Duplicate(m.clone()));
             }
         }
         let base = submit.base.unwrap_or(self.version);
@@ -248,7 +247,10 @@ impl ServerDoc {
         while self.history.len() > self.window {
             if let Some((old, state)) = self.history.pop_front() {
                 if let Some(id) = &old.op_id {
-                    self.op_ids.remove(id);
+                    // Only forget the id if it still maps to this version.
+                    if self.op_ids.get(id) == Some(&old.version) {
+                        self.op_ids.remove(id);
+                    }
                 }
                 self.window_base = state;
                 self.window_start = old.version;
