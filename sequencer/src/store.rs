@@ -95,7 +95,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether calls may block on IO (then they run on the writer thread or `spawn_blocking`).
     fn blocking(&self) -> bool;
     /// The latest snapshot of `room` and the ops after it.
-    fn load(&self, room: &str) -> Result<Loaded, StoreError>;
+    fn load(&self, room: &str) -> Result<Loaded, StoreError> {
+        let snapshot = self.snapshot_at_or_before(room, u64::MAX >> 1)?;
+        let from = snapshot.as_ref().map_or(0, |(v, _)| *v);
+        let ops = self.ops(room, from, u64::MAX >> 1, usize::MAX)?;
+        Ok(Loaded { snapshot, ops })
+    }
     /// Stores every group atomically, in one transaction. A version already stored is a
     /// [`StoreError::Conflict`] and nothing of the call is stored.
     fn append(&self, groups: &[RoomAppend]) -> Result<(), StoreError>;
@@ -330,13 +335,6 @@ fn is_conflict(e: &rusqlite::Error) -> bool {
 impl Store for SqliteStore {
     fn blocking(&self) -> bool {
         true
-    }
-
-    fn load(&self, room: &str) -> Result<Loaded, StoreError> {
-        let snapshot = self.snapshot_at_or_before(room, u64::MAX >> 1)?;
-        let from = snapshot.as_ref().map_or(0, |(v, _)| *v);
-        let ops = self.ops(room, from, u64::MAX >> 1, usize::MAX)?;
-        Ok(Loaded { snapshot, ops })
     }
 
     fn append(&self, groups: &[RoomAppend]) -> Result<(), StoreError> {

@@ -21,7 +21,7 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 use serde_json::Value;
 
-use crate::store::{Loaded, RoomAppend, Store, StoreError};
+use crate::store::{RoomAppend, Store, StoreError};
 
 /// Migrations in order; `schema_version` holds how many were applied.
 const MIGRATIONS: &[&str] = &["
@@ -180,13 +180,6 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 impl Store for PgStore {
     fn blocking(&self) -> bool {
         true
-    }
-
-    fn load(&self, room: &str) -> Result<Loaded, StoreError> {
-        let snapshot = self.snapshot_at_or_before(room, u64::MAX >> 1)?;
-        let from = snapshot.as_ref().map_or(0, |(v, _)| *v);
-        let ops = self.ops(room, from, u64::MAX >> 1, usize::MAX)?;
-        Ok(Loaded { snapshot, ops })
     }
 
     fn append(&self, groups: &[RoomAppend]) -> Result<(), StoreError> {
