@@ -466,13 +466,8 @@ async fn drive(
     let workload = Arc::new(Mutex::new(Workload::new(plan.pk.clone(), plan.seed, Limits::default())));
     let start = Instant::now();
     let end = start + cfg.duration;
-    let step_every = if cfg.rate > 0.0 { Duration::from_secs_f64(1.0 / cfg.rate) } else { Duration::from_millis(100) };
-    let mut step_tick = tokio::time::interval(step_every);
-    step_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let cursor_every =
-        if cfg.cursor_hz > 0.0 { Duration::from_secs_f64(1.0 / cfg.cursor_hz) } else { Duration::from_secs(3600) };
-    let mut cursor_tick = tokio::time::interval(cursor_every);
-    cursor_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut step_tick = ticker(cfg.rate, Duration::from_millis(100));
+    let mut cursor_tick = ticker(cfg.cursor_hz, Duration::from_secs(3600));
     let fault_dt = Duration::from_millis(100);
     let mut fault_tick = tokio::time::interval(fault_dt);
     let mut stall_at = plan.stall_at.map(|d| tokio::time::Instant::now() + d);
@@ -662,12 +657,8 @@ async fn drive_relay(
     let mut doc = Document::new();
     let start = Instant::now();
     let end = start + cfg.duration;
-    let step_every = if cfg.rate > 0.0 { Duration::from_secs_f64(1.0 / cfg.rate) } else { Duration::from_secs(3600) };
-    let mut step_tick = tokio::time::interval(step_every);
-    step_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let cursor_every =
-        if cfg.cursor_hz > 0.0 { Duration::from_secs_f64(1.0 / cfg.cursor_hz) } else { Duration::from_secs(3600) };
-    let mut cursor_tick = tokio::time::interval(cursor_every);
+    let mut step_tick = ticker(cfg.rate, Duration::from_secs(3600));
+    let mut cursor_tick = ticker(cfg.cursor_hz, Duration::from_secs(3600));
     let mut inflight: Option<(String, Instant)> = None;
     let mut seq = 0u64;
     let mut done = false;
@@ -746,4 +737,13 @@ async fn drive_relay(
     // Best effort: the relay may be gone.
     let _ = ws.close(None).await;
     Ok(stats)
+}
+
+/// An interval ticking `hz` times a second (every `idle` when `hz` is 0), delaying rather than
+/// bursting after a missed tick.
+fn ticker(hz: f64, idle: Duration) -> tokio::time::Interval {
+    let every = if hz > 0.0 { Duration::from_secs_f64(1.0 / hz) } else { idle };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }

@@ -112,6 +112,19 @@ pub fn verify_room(secret: &str, token: Option<&str>, room: &str) -> Result<Clai
     Ok(claims)
 }
 
+/// The claims of a user with no avatar, project list or room, valid `ttl_secs` from now.
+fn user_claims(sub: &str, name: &str, role: Role, ttl_secs: u64) -> Claims {
+    Claims {
+        sub: sub.into(),
+        name: name.into(),
+        avatar: None,
+        exp: now_secs() + ttl_secs,
+        projects: None,
+        role,
+        room: None,
+    }
+}
+
 /// Mints a room token for `room`, valid `ttl_secs`.
 pub fn room_token(
     secret: &str,
@@ -121,15 +134,7 @@ pub fn room_token(
     role: Role,
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
-    let claims = Claims {
-        sub: sub.into(),
-        name: name.into(),
-        avatar: None,
-        exp: now_secs() + ttl_secs,
-        projects: None,
-        role,
-        room: Some(room.into()),
-    };
+    let claims = Claims { room: Some(room.into()), ..user_claims(sub, name, role, ttl_secs) };
     Ok(sign(secret, &claims)?)
 }
 
@@ -142,15 +147,7 @@ pub fn app_token(
     role: Role,
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
-    let claims = Claims {
-        sub: sub.into(),
-        name: name.into(),
-        avatar: None,
-        exp: now_secs() + ttl_secs,
-        projects,
-        role,
-        room: None,
-    };
+    let claims = Claims { projects, ..user_claims(sub, name, role, ttl_secs) };
     Ok(sign(secret, &claims)?)
 }
 
