@@ -121,12 +121,38 @@ pub struct Config {
     pub max_frame: usize,
     /// Most ops in one `operation` batch. Default 1000.
     pub max_batch: usize,
-    /// Deepest JSON nesting taken. Default 64.
+    /// Deepest nesting of any JSON value in an op, and of every property value the server
+    /// stores (PROTOCOL §3.3). Default 32; at most [`ot_core::protocol::HARD_MAX_DEPTH`].
     pub max_depth: usize,
+    /// Most keys in an update's `path`. Default 32; at most [`ot_core::protocol::HARD_MAX_PATH`].
+    pub max_path: usize,
+    /// Longest `opId`, in characters. Default 128.
+    pub max_op_id: usize,
+    /// Most ids in a cursor's `selection`. Default 256.
+    pub max_selection: usize,
+    /// A room's document cap in bytes of JSON; an op that would pass it is `too_large`.
+    /// Default 32 MiB.
+    pub max_doc_bytes: usize,
     /// Connections per room. Default 256.
     pub max_room_connections: usize,
     /// Connections in total. Default 20,000.
     pub max_connections: usize,
+    /// Connections of one account (token `sub`) in one room. Default 8.
+    pub max_account_connections: usize,
+    /// Rooms loaded at once; past it a new room is refused (503, close 4029). Default 10,000.
+    pub max_rooms: usize,
+    /// TCP connections not (yet) an authenticated socket: HTTP requests in flight, idle
+    /// keep-alive connections and upgrades in progress. Default 1024.
+    pub max_pending: usize,
+    /// An HTTP request must complete its headers within this long, and an idle keep-alive
+    /// connection is closed after it. Default 10 s.
+    pub header_timeout: Duration,
+    /// Largest reply body built at once, in bytes: `GET …/ops` pages stop there, and a `since`
+    /// catch-up larger than the state is sent as the state. Default 8 MiB.
+    pub max_reply_bytes: usize,
+    /// The URL clients should connect to (`join`'s `host`/`partykitHost`); when unset, the
+    /// request's `Host` header if it is a valid host\[:port\], else the listen address.
+    pub public_host: Option<String>,
     /// Frames queued for one connection before it is closed as a slow consumer. Default 1024.
     pub outbox_capacity: usize,
     /// A connection that answers nothing for this long is closed. Default 45 s.
@@ -162,9 +188,19 @@ impl Config {
             rate_limit: 100,
             max_frame: 256 * 1024,
             max_batch: 1000,
-            max_depth: 64,
+            max_depth: 32,
+            max_path: 32,
+            max_op_id: 128,
+            max_selection: 256,
+            max_doc_bytes: 32 * 1024 * 1024,
             max_room_connections: 256,
             max_connections: 20_000,
+            max_account_connections: 8,
+            max_rooms: 10_000,
+            max_pending: 1024,
+            header_timeout: Duration::from_secs(10),
+            max_reply_bytes: 8 * 1024 * 1024,
+            public_host: None,
             outbox_capacity: 1024,
             heartbeat_timeout: Duration::from_secs(45),
             cursor_tick: Duration::from_millis(20),

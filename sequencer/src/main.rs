@@ -69,9 +69,21 @@ struct ServeArgs {
     /// Most ops in one `operation` batch.
     #[arg(long, env = "SEQUENCER_MAX_BATCH", default_value_t = 1000)]
     max_batch: usize,
-    /// Deepest JSON nesting taken.
-    #[arg(long, env = "SEQUENCER_MAX_DEPTH", default_value_t = 64)]
+    /// Deepest nesting of a JSON value in an op and of every stored property value (at most 64).
+    #[arg(long, env = "SEQUENCER_MAX_DEPTH", default_value_t = 32)]
     max_depth: usize,
+    /// Most keys in an update's `path` (at most 64).
+    #[arg(long, env = "SEQUENCER_MAX_PATH", default_value_t = 32)]
+    max_path: usize,
+    /// Longest `opId` in characters.
+    #[arg(long, env = "SEQUENCER_MAX_OP_ID", default_value_t = 128)]
+    max_op_id: usize,
+    /// Most ids in a cursor's `selection`.
+    #[arg(long, env = "SEQUENCER_MAX_SELECTION", default_value_t = 256)]
+    max_selection: usize,
+    /// A room's document cap in bytes of JSON (an op that would pass it: `too_large`).
+    #[arg(long, env = "SEQUENCER_MAX_DOC_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_doc_bytes: usize,
     /// Seconds without any frame from a client before it is closed (4000) and leaves.
     #[arg(long, env = "SEQUENCER_HEARTBEAT_TIMEOUT", default_value_t = 45.0)]
     heartbeat_timeout: f64,
@@ -84,6 +96,26 @@ struct ServeArgs {
     /// Connections in total (more: close 4029).
     #[arg(long, env = "SEQUENCER_MAX_CONNECTIONS", default_value_t = 20_000)]
     max_connections: usize,
+    /// Connections of one account in one room (more: close 4029).
+    #[arg(long, env = "SEQUENCER_MAX_ACCOUNT_CONNECTIONS", default_value_t = 8)]
+    max_account_connections: usize,
+    /// Rooms loaded at once (a new room past it: HTTP 503, close 4029).
+    #[arg(long, env = "SEQUENCER_MAX_ROOMS", default_value_t = 10_000)]
+    max_rooms: usize,
+    /// TCP connections not yet an authenticated socket (HTTP requests, idle keep-alives,
+    /// upgrades in progress); further connections wait in the kernel's backlog.
+    #[arg(long, env = "SEQUENCER_MAX_PENDING", default_value_t = 1024)]
+    max_pending: usize,
+    /// Seconds an HTTP request may take to send its headers; also the idle keep-alive timeout.
+    #[arg(long, env = "SEQUENCER_HEADER_TIMEOUT", default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Largest reply built at once in bytes (`GET …/ops` pages, `since` catch-ups).
+    #[arg(long, env = "SEQUENCER_MAX_REPLY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_reply_bytes: usize,
+    /// The host[:port] clients should connect to, returned by `join` (default: the request's
+    /// valid `Host` header, else the listen address).
+    #[arg(long, env = "SEQUENCER_PUBLIC_HOST")]
+    public_host: Option<String>,
     /// Frames queued for a connection that does not read before it is closed (4008).
     #[arg(long, env = "SEQUENCER_OUTBOX", default_value_t = 1024)]
     outbox: usize,
@@ -184,8 +216,18 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         max_frame: a.max_frame,
         max_batch: a.max_batch,
         max_depth: a.max_depth,
+        max_path: a.max_path,
+        max_op_id: a.max_op_id,
+        max_selection: a.max_selection,
+        max_doc_bytes: a.max_doc_bytes,
         max_room_connections: a.max_room_connections,
         max_connections: a.max_connections,
+        max_account_connections: a.max_account_connections,
+        max_rooms: a.max_rooms,
+        max_pending: a.max_pending,
+        header_timeout: secs(a.header_timeout, "header-timeout")?,
+        max_reply_bytes: a.max_reply_bytes,
+        public_host: a.public_host.clone(),
         outbox_capacity: a.outbox,
         heartbeat_timeout: secs(a.heartbeat_timeout, "heartbeat-timeout")?,
         cursor_tick: Duration::from_millis(a.cursor_tick),
