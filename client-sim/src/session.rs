@@ -514,6 +514,10 @@ impl Session {
             (None, doc) => return Err(SessionError::NoState { has_ops: ops.is_some(), has_doc: doc.is_some() }),
         }
         self.reload_next = None;
+        if let Some(doc) = &mut self.doc {
+            // Acks are recognised by op id *and* this connection id (op ids are per account).
+            doc.set_connection(your_id.clone());
+        }
         self.your_id = Some(your_id.clone());
         self.users = Arc::new(users.into_iter().map(|p| (p.id.clone(), p)).collect());
         if let Some(t) = transport {
@@ -609,6 +613,7 @@ mod tests {
             version,
             user_id: "other".into(),
             op_id: None,
+            account: None,
         })
     }
 
@@ -659,7 +664,7 @@ mod tests {
         let sent: Vec<_> = e.iter().filter(|e| matches!(e, Effect::Send(_))).collect();
         assert_eq!(sent.len(), 1, "sent once on rejoin: {e:?}");
         assert_eq!(s.inflight_id(), Some("me:1"));
-        let ack = OperationMsg { operation: ops.clone(), version: 1, user_id: "me".into(), op_id: Some("me:1".into()) };
+        let ack = OperationMsg { operation: ops.clone(), version: 1, user_id: "me".into(), op_id: Some("me:1".into()), account: None };
         s.handle(ServerMsg::Operation(ack.clone()), now()).unwrap();
         assert!(!s.has_pending());
         assert!(s.handle(ServerMsg::Operation(ack), now()).unwrap().is_empty(), "a duplicate ack is stale");

@@ -161,6 +161,7 @@ fn server_with_history(doc: &Document, n: u64) -> ServerDoc {
     let mut server = ServerDoc::new(doc.clone(), 0, 2_000, 10_000);
     for i in 0..n as usize {
         let submit = Submit {
+            account: None,
             from: "h".into(),
             base: None,
             op_id: Some(format!("h:{i}")),
@@ -189,6 +190,7 @@ fn bench_rebase(c: &mut Criterion) {
     // Made at version 0, N versions ago: move a clip within track t0, where the history
     // inserted and deleted clips (so its indices shift).
     let one = Submit {
+            account: None,
         from: "client".into(),
         base: Some(0),
         op_id: Some("client:1".into()),
@@ -196,6 +198,7 @@ fn bench_rebase(c: &mut Criterion) {
     };
     // The same move and a gain change in one batch: the batch path of transform.
     let two = Submit {
+            account: None,
         ops: ops(json!([
             {"type": "move", "target": "clip", "id": "c0_0", "parent": "t0", "index": 50},
             {"type": "update", "target": "clip", "id": "c0_0", "path": ["gain"], "value": 0.25}
@@ -278,6 +281,7 @@ fn bench_codec(c: &mut Criterion) {
         version: 1235,
         user_id: "V1StGXR8_Z5jdHi6B-myT".into(),
         op_id: Some("V1StGXR8_Z5jdHi6B-myT:42".into()),
+        account: None,
     });
     let server_len = encode(&server).len();
 

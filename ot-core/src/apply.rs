@@ -3,7 +3,7 @@
 use imbl::Vector;
 use serde_json::Value;
 
-use crate::doc::{Document, Entity, EntityKind, Id, ListKey, Props, PROJECT_STRUCTURAL_KEYS};
+use crate::doc::{Document, Entity, EntityKind, Id, ListKey, PropMap, Props, PROJECT_STRUCTURAL_KEYS};
 use crate::error::OpError;
 use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Prev, Target, Update};
 
@@ -82,8 +82,7 @@ fn invert_one(op: &Op) -> Option<Op> {
         }
         Op::Update(o) => {
             let prev = o.prev.as_ref()?;
-            let mut after = prev.clone();
-            write_into_prev(&mut after, &o.path[1..], &o.value, o.remove);
+            let after = if o.remove { Prev::Absent } else { Prev::Value(o.value.clone()) };
             let (value, remove) = match prev {
                 Prev::Absent => (Value::Null, true),
                 Prev::Value(v) => (v.clone(), false),
@@ -91,7 +90,7 @@ fn invert_one(op: &Op) -> Option<Op> {
             Op::Update(Update {
                 target: o.target,
                 id: o.id.clone(),
-                path: vec![o.path[0].clone()],
+                path: o.path.clone(),
                 value,
                 remove,
                 prev: Some(after),
@@ -177,9 +176,15 @@ fn apply_insert(doc: &mut Document, o: &Insert) -> Result<(), OpError> {
         clip_ids.push_back(cid.clone());
         doc.insert_entity(
             cid,
-            Entity { kind: EntityKind::Clip, parent: Some(o.id.clone()), props: cprops, clips: Vector::new() },
+            Entity {
+                kind: EntityKind::Clip,
+                parent: Some(o.id.clone()),
+                props: PropMap::from(cprops),
+                clips: Vector::new(),
+            },
         );
     }
+    let props = PropMap::from(props);
     doc.insert_entity(o.id.clone(), Entity { kind: o.kind, parent: o.parent.clone(), props, clips: clip_ids });
     if let Some(list) = doc.list_mut(&key) {
         list.insert(o.index, o.id.clone());
@@ -268,10 +273,6 @@ fn apply_update(doc: &mut Document, o: &Update) -> Result<Op, OpError> {
         }
         (Some(_), None) => return Err(OpError::MissingField { op: "update", field: "id" }),
     };
-    let prev = match props.get(key) {
-        Some(v) => Prev::Value(v.clone()),
-        None => Prev::Absent,
-    };
     let mut out = o.clone();
     if !o.remove {
         // A write through a missing (or non-object) intermediate is a write of the outer value:
@@ -281,7 +282,14 @@ fn apply_update(doc: &mut Document, o: &Update) -> Result<Op, OpError> {
             out.path.truncate(k + 1);
         }
     }
-    write_path(props, &out.path, &out.value, out.remove);
+    // The old value at the path written, and nothing more: an update's annotation (and so its
+    // broadcast and its stored record) is as large as what it replaced, not as the whole
+    // top-level property.
+    let prev = match get_path(props, &out.path) {
+        Some(v) => Prev::Value(v.clone()),
+        None => Prev::Absent,
+    };
+    write_props(props, &out.path, &out.value, out.remove);
     out.prev = Some(prev);
     if o.target == Target::Project {
         out.id = None;
@@ -289,16 +297,49 @@ fn apply_update(doc: &mut Document, o: &Update) -> Result<Op, OpError> {
     Ok(Op::Update(out))
 }
 
+/// The value at `path` inside `obj`, if every key along it is there.
+fn get_path<'a>(obj: &'a PropMap, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter().try_fold(obj.get(first)?, |v, k| v.as_object()?.get(k))
+}
+
 /// The index of the first intermediate key of `path` that is missing or not an object.
-fn first_missing_intermediate(obj: &Props, path: &[String]) -> Option<usize> {
-    let mut cur = obj;
-    for (i, k) in path[..path.len() - 1].iter().enumerate() {
+fn first_missing_intermediate(obj: &PropMap, path: &[String]) -> Option<usize> {
+    let (first, rest) = path.split_first()?;
+    if rest.is_empty() {
+        return None;
+    }
+    let Some(Value::Object(top)) = obj.get(first) else { return Some(0) };
+    let mut cur = top;
+    for (i, k) in rest[..rest.len() - 1].iter().enumerate() {
         match cur.get(k) {
             Some(Value::Object(m)) => cur = m,
-            _ => return Some(i),
+            _ => return Some(i + 1),
         }
     }
     None
+}
+
+/// [`write_path`] on a document's properties: only the top-level value written into is copied.
+fn write_props(obj: &mut PropMap, path: &[String], value: &Value, remove: bool) {
+    let Some((first, rest)) = path.split_first() else { return };
+    if rest.is_empty() {
+        if remove {
+            obj.remove(first);
+        } else {
+            obj.insert(first.clone(), value.clone());
+        }
+        return;
+    }
+    match obj.get_mut(first) {
+        Some(Value::Object(m)) => write_path(m, rest, value, remove),
+        _ if remove => {}
+        _ => {
+            let mut m = Props::new();
+            write_path(&mut m, rest, value, false);
+            obj.insert(first.clone(), Value::Object(m));
+        }
+    }
 }
 
 /// `value` wrapped in objects along `path` (`["a","b"]`, 1 → `{"a":{"b":1}}`).
@@ -333,7 +374,7 @@ pub(crate) fn write_path(obj: &mut Props, path: &[String], value: &Value, remove
     }
 }
 
-/// Applies a write at `rel` (the path below the top-level key) to a top-level old value.
+/// Applies a write at `rel` (the path below the one `prev` annotates) to that old value.
 pub(crate) fn write_into_prev(prev: &mut Prev, rel: &[String], value: &Value, remove: bool) {
     if rel.is_empty() {
         *prev = if remove { Prev::Absent } else { Prev::Value(value.clone()) };

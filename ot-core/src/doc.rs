@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use imbl::{HashMap, Vector};
+use imbl::{HashMap, OrdMap, Vector};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -21,6 +21,65 @@ pub type Id = Arc<str>;
 
 /// A JSON object: the properties of an entity or of the project.
 pub type Props = Map<String, Value>;
+
+/// Properties as the document holds them (an entity's, or the project's): a persistent ordered
+/// map with each value behind its own `Arc`. Cloning it is O(1) and shares every value, so the
+/// state kept at each version of the server's history window costs what its ops changed, not
+/// a copy of every property: an update copies only the one top-level value it writes into.
+/// Iterates in key order, as the JSON form does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PropMap(OrdMap<String, Arc<Value>>);
+
+impl PropMap {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).map(|v| &**v)
+    }
+
+    /// Whether `key` is set.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Keys and values in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(k, v)| (k, &**v))
+    }
+
+    /// A plain JSON object with the same keys and values.
+    pub fn to_props(&self) -> Props {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    pub(crate) fn insert(&mut self, key: String, value: Value) {
+        self.0.insert(key, Arc::new(value));
+    }
+
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+        self.0.remove(key)
+    }
+
+    /// The value of `key`, made unique (copied if another version shares it) for writing.
+    pub(crate) fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.0.get_mut(key).map(Arc::make_mut)
+    }
+}
+
+impl From<Props> for PropMap {
+    fn from(props: Props) -> Self {
+        PropMap(props.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
 
 /// Keys at the top of the state that only structural operations (or the transport) change.
 pub const PROJECT_STRUCTURAL_KEYS: [&str; 5] = ["version", "playhead", "isPlaying", "tracks", "markers"];
@@ -89,7 +148,7 @@ pub struct Entity {
     /// The track a clip lives in; `None` for tracks and markers.
     pub parent: Option<Id>,
     /// Every property but `id` (and `clips` for tracks).
-    pub props: Props,
+    pub props: PropMap,
     /// The clip ids of a track, in order; empty for other kinds.
     pub clips: Vector<Id>,
 }
@@ -97,7 +156,7 @@ pub struct Entity {
 /// The whole project. Cheap to clone (persistent structures).
 #[derive(Clone, Debug, Default)]
 pub struct Document {
-    props: Arc<Props>,
+    props: PropMap,
     playhead: f64,
     is_playing: bool,
     tracks: Vector<Id>,
@@ -123,13 +182,13 @@ impl Document {
     }
 
     /// The project properties (tempo, name, …): every top-level key that is not structural.
-    pub fn props(&self) -> &Props {
+    pub fn props(&self) -> &PropMap {
         &self.props
     }
 
     /// Mutable project properties.
-    pub(crate) fn props_mut(&mut self) -> &mut Props {
-        Arc::make_mut(&mut self.props)
+    pub(crate) fn props_mut(&mut self) -> &mut PropMap {
+        &mut self.props
     }
 
     /// The transport position stored in the state, in seconds.
@@ -215,7 +274,7 @@ impl Document {
     /// the form an insert's `value` and a delete's carried subtree take.
     pub fn entity_value(&self, id: &str) -> Option<Props> {
         let e = self.get(id)?;
-        let mut out = e.props.clone();
+        let mut out = e.props.to_props();
         if e.kind == EntityKind::Track {
             let clips = e.clips.iter().filter_map(|c| self.entity_json(c).map(Value::Object)).collect();
             out.insert("clips".into(), Value::Array(clips));
@@ -261,7 +320,7 @@ impl Document {
                 props.insert(k.clone(), v.clone());
             }
         }
-        doc.props = Arc::new(props);
+        doc.props = PropMap::from(props);
         for (field, kind) in [("tracks", EntityKind::Track), ("markers", EntityKind::Marker)] {
             let Some(list) = obj.get(field) else { continue };
             let list = list.as_array().ok_or(StateError::BadField { field })?;
@@ -285,7 +344,7 @@ impl Document {
                                 Entity {
                                     kind: EntityKind::Clip,
                                     parent: Some(id.clone()),
-                                    props: cprops,
+                                    props: PropMap::from(cprops),
                                     clips: Vector::new(),
                                 },
                             );
@@ -295,7 +354,7 @@ impl Document {
                 if doc.entities.contains_key(&id) {
                     return Err(StateError::DuplicateId { id: id.to_string() });
                 }
-                doc.insert_entity(id.clone(), Entity { kind, parent: None, props, clips: clip_ids });
+                doc.insert_entity(id.clone(), Entity { kind, parent: None, props: PropMap::from(props), clips: clip_ids });
                 match kind {
                     EntityKind::Track => doc.tracks.push_back(id),
                     _ => doc.markers.push_back(id),
@@ -380,7 +439,7 @@ impl Serialize for EntityView<'_> {
         };
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("id", &**self.id)?;
-        for (k, v) in &e.props {
+        for (k, v) in e.props.iter() {
             m.serialize_entry(k, v)?;
         }
         if e.kind == EntityKind::Track {

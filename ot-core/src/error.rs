@@ -67,6 +67,14 @@ pub enum OpError {
         /// The structural key.
         key: String,
     },
+    /// An update's path is longer than any server takes ([`crate::protocol::HARD_MAX_PATH`]).
+    #[error("update path of {len} keys is over the limit of {limit}")]
+    PathTooLong {
+        /// Keys given.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An update with an empty path.
     #[error("update path is empty")]
     EmptyPath,

@@ -2,8 +2,7 @@
 //!
 //! An op as a client sends it names what to do; an op as [`crate::apply`] returns it is
 //! *annotated* with what the state held: a move's and a delete's `from`, a delete's `value`
-//! (the whole subtree it removed), an update's `prev` (the old value of the top-level property
-//! its path starts at). Transform needs these annotations and keeps them exact; the server
+//! (the whole subtree it removed), an update's `prev` (the old value at the path it wrote). Transform needs these annotations and keeps them exact; the server
 //! broadcasts them, and clients keep them as they are. Unknown extra fields are kept.
 
 use serde::ser::SerializeMap;
@@ -57,7 +56,7 @@ pub struct Loc {
     pub index: usize,
 }
 
-/// The value a top-level property held before an update: absent, or a JSON value.
+/// The value at an update's path before it: absent, or a JSON value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Prev {
     /// The key did not exist.
@@ -135,7 +134,7 @@ pub struct Update {
     pub value: Value,
     /// Delete the key instead of setting it.
     pub remove: bool,
-    /// Annotation: what `path[0]` held before.
+    /// Annotation: what `path` held before.
     pub prev: Option<Prev>,
     /// Unknown fields, kept as they came.
     pub extra: Map<String, Value>,
@@ -324,6 +323,9 @@ impl TryFrom<WireOp> for Op {
                 let path = w.path.ok_or(OpError::MissingField { op, field: "path" })?;
                 if path.is_empty() {
                     return Err(OpError::EmptyPath);
+                }
+                if path.len() > crate::protocol::HARD_MAX_PATH {
+                    return Err(OpError::PathTooLong { len: path.len(), limit: crate::protocol::HARD_MAX_PATH });
                 }
                 let value = match (w.value, w.remove) {
                     (_, true) => Value::Null,

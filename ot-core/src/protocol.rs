@@ -4,10 +4,12 @@
 //! fields are ignored, and [`decode_client`] tells `bad_json` from `bad_message` so the server
 //! answers with the right [`ErrorCode`].
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::op::Op;
+use crate::op::{Op, Update};
 
 /// A presence object (PROTOCOL §3.2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +83,9 @@ pub enum ClientMsg {
 }
 
 /// One sequenced operation as broadcast (and as listed in `init.ops` and `GET …/ops`).
+///
+/// `account` is the sender's account (the token's `sub`), which scopes its `opId` (PROTOCOL §4):
+/// the server keeps it with the op in memory and in its stores, and it is never on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationMsg {
@@ -93,6 +98,9 @@ pub struct OperationMsg {
     /// The sender's op id, if it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op_id: Option<String>,
+    /// The sender's account (server side only; not serialized).
+    #[serde(skip)]
+    pub account: Option<Arc<str>>,
 }
 
 /// The transport as the server last stamped it.
@@ -310,8 +318,197 @@ pub fn decode_server(text: &str) -> Result<ServerMsg, DecodeError> {
     })
 }
 
+/// The length of `v`'s JSON text, counted without building it.
+pub fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Serializing our own types to a counter cannot fail; a failure would count what was written.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 /// Encodes a server message as JSON text.
 pub fn encode<T: Serialize>(msg: &T) -> String {
     serde_json::to_string(msg)
         .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"code\":\"internal\",\"message\":{:?}}}", e.to_string()))
+}
+
+/// The ceiling of [`Limits::max_depth`]: with it, every stored record and every state nests
+/// well inside serde_json's recursion limit of 128, so whatever the server acknowledged it can
+/// always decode again.
+pub const HARD_MAX_DEPTH: usize = 64;
+
+/// The ceiling of [`Limits::max_path`].
+pub const HARD_MAX_PATH: usize = 64;
+
+/// The longest id in a cursor's `selection`, in bytes.
+pub const MAX_SELECTED_ID: usize = 256;
+
+/// How deep a client frame nests around a property value: the message, the batch array, the
+/// op, an insert's `value`, a track's `clips`, one clip.
+pub const ENVELOPE_DEPTH: usize = 6;
+
+/// The size limits of PROTOCOL §3.3 on what a client sends, checked before anything is built
+/// from it. The server takes them from its configuration; [`Limits::default`] is the protocol's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest nesting of a JSON value in an op, and of every property value that results from
+    /// applying it (an update of `["a","b"]` to `{}` stores `{"b":{}}` at `a`: depth 2).
+    pub max_depth: usize,
+    /// Most keys in an update's `path`.
+    pub max_path: usize,
+    /// Longest `opId`, in bytes.
+    pub max_op_id: usize,
+    /// Most ids in a cursor's `selection`.
+    pub max_selection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_depth: 32, max_path: 32, max_op_id: 128, max_selection: 256 }
+    }
+}
+
+/// A message over one of the [`Limits`]: answered with `too_large`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// An update's `path` has too many keys.
+    #[error("update path of {len} keys is over the limit of {limit}")]
+    PathTooLong {
+        /// Keys given.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A value nests too deep (counting the objects its path creates).
+    #[error("value nested {depth} deep is over the limit of {limit}")]
+    TooDeep {
+        /// The depth it would have.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An `opId` is too long.
+    #[error("opId of {len} bytes is over the limit of {limit}")]
+    OpIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An id in a cursor `selection` is longer than any id worth drawing.
+    #[error("selected id of {len} bytes is over the limit of {limit}")]
+    SelectedIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A cursor `selection` lists too many ids.
+    #[error("selection of {len} ids is over the limit of {limit}")]
+    SelectionTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl Limits {
+    /// These limits with `max_depth` and `max_path` held to their ceilings.
+    pub fn clamped(self) -> Limits {
+        Limits { max_depth: self.max_depth.min(HARD_MAX_DEPTH), max_path: self.max_path.min(HARD_MAX_PATH), ..self }
+    }
+
+    /// The deepest client frame worth parsing: [`Limits::max_depth`] plus the envelope.
+    pub fn frame_depth(&self) -> usize {
+        self.max_depth.min(HARD_MAX_DEPTH) + ENVELOPE_DEPTH
+    }
+
+    /// Checks every op of a batch: path lengths, and the depth of every property value it
+    /// carries or would create.
+    pub fn check_ops(&self, ops: &[Op]) -> Result<(), LimitError> {
+        let limit = self.max_depth.min(HARD_MAX_DEPTH);
+        let deep = |depth: usize| if depth > limit { Err(LimitError::TooDeep { depth, limit }) } else { Ok(()) };
+        for op in ops {
+            match op {
+                Op::Update(Update { path, value, .. }) => {
+                    let max_path = self.max_path.min(HARD_MAX_PATH);
+                    if path.len() > max_path {
+                        return Err(LimitError::PathTooLong { len: path.len(), limit: max_path });
+                    }
+                    deep(path.len().saturating_sub(1) + value_depth(value))?;
+                }
+                Op::Insert(o) => {
+                    for (k, v) in &o.value {
+                        match (k.as_str(), v) {
+                            ("clips", Value::Array(clips)) if o.kind == crate::EntityKind::Track => {
+                                for clip in clips {
+                                    match clip {
+                                        Value::Object(props) => {
+                                            for v in props.values() {
+                                                deep(value_depth(v))?;
+                                            }
+                                        }
+                                        other => deep(value_depth(other))?,
+                                    }
+                                }
+                            }
+                            _ => deep(value_depth(v))?,
+                        }
+                    }
+                }
+                // Their annotations are recomputed by the server from its own state.
+                Op::Delete(_) | Op::Move(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a client message's `opId` and cursor `selection`.
+    pub fn check_client(&self, msg: &ClientMsg) -> Result<(), LimitError> {
+        match msg {
+            ClientMsg::Operation { op_id: Some(id), .. } if id.len() > self.max_op_id => {
+                Err(LimitError::OpIdTooLong { len: id.len(), limit: self.max_op_id })
+            }
+            ClientMsg::Cursor { selection: Some(sel), .. } if sel.len() > self.max_selection => {
+                Err(LimitError::SelectionTooLong { len: sel.len(), limit: self.max_selection })
+            }
+            ClientMsg::Cursor { selection: Some(sel), .. } => match sel.iter().find(|id| id.len() > MAX_SELECTED_ID) {
+                Some(id) => Err(LimitError::SelectedIdTooLong { len: id.len(), limit: MAX_SELECTED_ID }),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The nesting depth of a JSON value: 0 for a scalar, 1 for `{}` or `[1]`, and so on. Walks
+/// with an explicit stack, so no input can overflow the call stack.
+pub fn value_depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack: Vec<(&Value, usize)> = vec![(v, 0)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(items) => {
+                max = max.max(d + 1);
+                stack.extend(items.iter().map(|x| (x, d + 1)));
+            }
+            Value::Object(m) => {
+                max = max.max(d + 1);
+                stack.extend(m.values().map(|x| (x, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
 }

@@ -75,6 +75,9 @@ pub struct OlderHistory {
 pub struct Submit {
     /// The sender's connection id.
     pub from: String,
+    /// The sender's account (the token's `sub`): op ids are unique per account (PROTOCOL §4),
+    /// so a resend is recognised by (account, op id) and never matches another account's op.
+    pub account: Option<Arc<str>>,
     /// The version the op was made on; `None` means the current version.
     pub base: Option<u64>,
     /// The sender's op id.
@@ -95,7 +98,8 @@ pub struct ServerDoc {
     window_start: u64,
     /// Ops `window_start+1 ..= version`, each with the state after it.
     history: VecDeque<(Sequenced, Document)>,
-    op_ids: HashMap<String, u64>,
+    /// (account → op id → version) for the ops in the window.
+    op_ids: HashMap<Option<Arc<str>>, HashMap<String, u64>>,
     window: usize,
     /// How far back a stale op may reach through [`SubmitError::NeedHistory`]; older ones get
     /// `version_too_old`.
@@ -178,7 +182,8 @@ impl ServerDoc {
     /// [`SubmitError::NeedHistory`]). Nothing changes on error.
     pub fn submit(&mut self, submit: Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         if let Some(id) = &submit.op_id {
-            let slot = self.op_ids.get(id).and_then(|v| v.checked_sub(self.window_start + 1));
+            let known = self.op_ids.get(&submit.account).and_then(|ids| ids.get(id));
+            let slot = known.and_then(|v| v.checked_sub(self.window_start + 1));
             if let Some((m, _)) = slot.and_then(|i| self.history.get(i as usize)) {
                 return Ok(Outcome::Duplicate(m.clone()));
             }
@@ -194,7 +199,7 @@ impl ServerDoc {
         if base == self.version {
             // Made on the head: validated, annotated and applied in one step.
             let annotated = apply(&mut self.doc, &submit.ops)?;
-            return Ok(self.sequence(annotated, submit.from, submit.op_id));
+            return Ok(self.sequence(annotated, submit.from, submit.op_id, submit.account));
         }
         let mut ops;
         if base < self.window_start {
@@ -202,7 +207,7 @@ impl ServerDoc {
                 Some(o) if o.base == base => o,
                 _ => return Err(SubmitError::NeedHistory { base }),
             };
-            if let Some(known) = &older.known {
+            if let Some(known) = older.known.as_ref().filter(|k| k.account == submit.account) {
                 return Ok(Outcome::Duplicate(known.clone()));
             }
             let mut at_base = older.state.clone();
@@ -228,12 +233,13 @@ impl ServerDoc {
             ops = transform(ops, &m.operation, Side::Later);
         }
         let annotated = apply(&mut self.doc, &ops)?;
-        Ok(self.sequence(annotated, submit.from, submit.op_id))
+        Ok(self.sequence(annotated, submit.from, submit.op_id, submit.account))
     }
 
     /// Gives applied ops the next version and records them in the history.
-    fn sequence(&mut self, annotated: Vec<Op>, from: String, op_id: Option<String>) -> Outcome {
-        let msg = Arc::new(OperationMsg { operation: annotated, version: self.version + 1, user_id: from, op_id });
+    fn sequence(&mut self, annotated: Vec<Op>, from: String, op_id: Option<String>, account: Option<Arc<str>>) -> Outcome {
+        let version = self.version + 1;
+        let msg = Arc::new(OperationMsg { operation: annotated, version, user_id: from, op_id, account });
         self.push(msg.clone());
         Outcome::Sequenced(msg)
     }
@@ -241,15 +247,20 @@ impl ServerDoc {
     fn push(&mut self, msg: Sequenced) {
         self.version = msg.version;
         if let Some(id) = &msg.op_id {
-            self.op_ids.insert(id.clone(), msg.version);
+            self.op_ids.entry(msg.account.clone()).or_default().insert(id.clone(), msg.version);
         }
         self.history.push_back((msg, self.doc.clone()));
         while self.history.len() > self.window {
             if let Some((old, state)) = self.history.pop_front() {
                 if let Some(id) = &old.op_id {
                     // Only forget the id if it still maps to this version.
-                    if self.op_ids.get(id) == Some(&old.version) {
-                        self.op_ids.remove(id);
+                    if let Some(ids) = self.op_ids.get_mut(&old.account) {
+                        if ids.get(id) == Some(&old.version) {
+                            ids.remove(id);
+                        }
+                        if ids.is_empty() {
+                            self.op_ids.remove(&old.account);
+                        }
                     }
                 }
                 self.window_base = state;
@@ -303,6 +314,10 @@ struct InFlight {
     op_id: String,
     base: u64,
     ops: Vec<Op>,
+    /// The connection ids it was sent under: its ack carries one of them as `userId`. Another
+    /// account may send an op with the same id (ids are scoped per account), and that is never
+    /// mistaken for this op's ack.
+    sent_as: Vec<String>,
 }
 
 /// The client's side: the local document with pending ops applied optimistically, the version
@@ -315,13 +330,36 @@ pub struct ClientDoc {
     buffer: Vec<Op>,
     id_prefix: String,
     next_seq: u64,
+    /// This client's current connection id (`yourId`), when known.
+    connection: Option<String>,
 }
 
 impl ClientDoc {
     /// A client document loaded from a server state at `version`. Op ids are
     /// `"{id_prefix}:{seq}"`; use the connection id (`_pk`).
     pub fn new(doc: Document, version: u64, id_prefix: impl Into<String>) -> Self {
-        ClientDoc { doc, version, inflight: None, buffer: Vec::new(), id_prefix: id_prefix.into(), next_seq: 0 }
+        ClientDoc {
+            doc,
+            version,
+            inflight: None,
+            buffer: Vec::new(),
+            id_prefix: id_prefix.into(),
+            next_seq: 0,
+            connection: None,
+        }
+    }
+
+    /// Sets this client's connection id (`init.yourId`). Acks are then recognised by the op id
+    /// *and* a `userId` the op was sent under, so an op of another account that reuses the
+    /// same op id is taken as a remote op, not as this client's ack.
+    pub fn set_connection(&mut self, id: impl Into<String>) {
+        let id = id.into();
+        if let Some(f) = &mut self.inflight {
+            if !f.sent_as.contains(&id) {
+                f.sent_as.push(id.clone());
+            }
+        }
+        self.connection = Some(id);
     }
 
     /// The local document (server state plus pending ops).
@@ -363,6 +401,7 @@ impl ClientDoc {
             op_id: format!("{}:{}", self.id_prefix, self.next_seq),
             base: self.version,
             ops: std::mem::take(&mut self.buffer),
+            sent_as: self.connection.iter().cloned().collect(),
         };
         let out = Outgoing { op_id: f.op_id.clone(), base_version: f.base, ops: f.ops.clone() };
         self.inflight = Some(f);
@@ -385,7 +424,7 @@ impl ClientDoc {
             return Err(ClientError::Gap { expected: self.version + 1, got: msg.version });
         }
         if let (Some(f), Some(id)) = (&self.inflight, &msg.op_id) {
-            if *id == f.op_id {
+            if *id == f.op_id && (f.sent_as.is_empty() || f.sent_as.contains(&msg.user_id)) {
                 self.inflight = None;
                 self.version = msg.version;
                 return Ok(Received::Ack);

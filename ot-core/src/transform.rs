@@ -555,8 +555,10 @@ fn t_update(mut a: Update, b: &Op, later: bool) -> Vec<Op> {
                     // The outer write wins; the inner write is dropped.
                     return vec![];
                 }
-                if let Some(prev) = &mut a.prev {
-                    write_into_prev(prev, &q[1..], &b.value, b.remove);
+                // `a` survives: it is the later write of the same path, or the outer one. Its
+                // `prev` (the old value at its path) now holds what `b` wrote inside it.
+                if let Some(prev) = a.prev.as_mut().filter(|_| a_outer) {
+                    write_into_prev(prev, &q[p.len()..], &b.value, b.remove);
                 }
             }
         }

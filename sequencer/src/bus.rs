@@ -15,6 +15,7 @@
 //! to its room's bounded queue. Publishing goes through a [`ConnectionManager`], which
 //! reconnects on its own.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,7 +119,8 @@ impl Bus {
     /// Publishes a durable op of `room` without waiting. A failure is only logged: the other
     /// nodes find the op in the store on their next poll.
     pub fn publish(&self, room: &str, msg: &OperationMsg) {
-        let payload = match serde_json::to_string(msg) {
+        let frame = BusOp { account: msg.account.as_deref().map(Cow::Borrowed), op: Cow::Borrowed(msg) };
+        let payload = match serde_json::to_string(&frame) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot encode op for the bus");
@@ -205,6 +207,15 @@ async fn subscriber(bus: std::sync::Weak<Bus>, changed: Arc<Notify>, client: red
     }
 }
 
+/// An op on the bus: the broadcast form plus the sender's account, which scopes its op id
+/// (PROTOCOL §4) and is never sent to clients.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BusOp<'a> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account: Option<Cow<'a, str>>,
+    op: Cow<'a, OperationMsg>,
+}
+
 fn dispatch(bus: &Bus, m: &redis::Msg) {
     let channel = m.get_channel_name();
     let Some(room) = channel.strip_prefix(&bus.prefix).and_then(|c| c.strip_prefix("room:")) else { return };
@@ -215,8 +226,8 @@ fn dispatch(bus: &Bus, m: &redis::Msg) {
             return;
         }
     };
-    let op: OperationMsg = match serde_json::from_slice(&payload) {
-        Ok(op) => op,
+    let op: OperationMsg = match serde_json::from_slice::<BusOp>(&payload) {
+        Ok(BusOp { account, op }) => OperationMsg { account: account.map(|a| Arc::from(&*a)), ..op.into_owned() },
         Err(e) => {
             warn!(error = %e, channel, "bus message does not decode");
             return;

@@ -20,7 +20,7 @@ use ot_core::Op;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, Instrument};
 
@@ -86,7 +86,8 @@ pub async fn serve(shared: Arc<Shared>, ws: Socket, room: String, query: SocketQ
     let conn: Arc<str> = Arc::from(query.pk.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
     let span = tracing::info_span!("conn", %conn, %room, user = %claims.sub);
     shared.metrics.connection(true);
-    Connection { shared: shared.clone(), room, conn, claims, since: query.since }.run(ws).instrument(span).await;
+    let account = Arc::from(claims.sub.as_str());
+    Connection { shared: shared.clone(), room, conn, claims, account, since: query.since }.run(ws).instrument(span).await;
     shared.metrics.connection(false);
 }
 
@@ -95,6 +96,8 @@ struct Connection {
     room: String,
     conn: Arc<str>,
     claims: Claims,
+    /// `claims.sub`, shared by every op this connection submits.
+    account: Arc<str>,
     since: Option<u64>,
 }
 
@@ -165,7 +168,16 @@ impl Connection {
         loop {
             tokio::select! {
                 frame = stream.next() => {
-                    let Some(Ok(frame)) = frame else { break };
+                    let frame = match frame {
+                        Some(Ok(f)) => f,
+                        Some(Err(WsError::Capacity(e))) => {
+                            // Over the hard limit: the socket layer refused to buffer the frame.
+                            debug!(error = %e, "frame over the hard limit");
+                            outbox.close(Close::MessageTooBig);
+                            break;
+                        }
+                        _ => break,
+                    };
                     last_rx.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     match self.on_frame(frame, &outbox, &mut bucket) {
                         Step::Continue => {}
@@ -212,9 +224,7 @@ impl Connection {
 
     async fn join(&self, outbox: &Arc<Outbox>, session: u64) -> Result<tokio::sync::mpsc::Sender<RoomMsg>, Close> {
         for _ in 0..5 {
-            let Some(tx) = self.shared.rooms.get_or_spawn(&self.shared, &self.room) else {
-                return Err(Close::GoingAway);
-            };
+            let tx = self.shared.rooms.get_or_spawn(&self.shared, &self.room)?;
             let (reply, answer) = tokio::sync::oneshot::channel();
             let join = Join {
                 conn: self.conn.clone(),
@@ -241,44 +251,57 @@ impl Connection {
 
     fn on_frame(&self, frame: Message, outbox: &Outbox, bucket: &mut Bucket) -> Step {
         let cfg = &self.shared.config;
+        let frame = match frame {
+            Message::Close(_) => return Step::Stop,
+            // Answered by the WebSocket layer, or nothing to answer.
+            Message::Pong(_) | Message::Frame(_) => return Step::Continue,
+            other => other,
+        };
+        // Every frame counts, malformed ones and WebSocket pings included, before any of it is
+        // parsed: a flood of garbage is closed as fast as a flood of edits.
+        let (over, tell) = match bucket.admit(Instant::now()) {
+            Admit::Yes => (false, true),
+            Admit::No { tell } => (true, tell),
+            Admit::Abuse => return Step::Close(Close::RateLimit),
+        };
+        let say = |r: Rejection, op_id: Option<String>| {
+            if tell {
+                outbox.push(error_frame(&r, op_id));
+            }
+            Step::Continue
+        };
         let text = match frame {
             Message::Text(t) => t,
-            Message::Binary(_) => {
-                outbox.push(error_frame(&Rejection::Binary, None));
-                return Step::Continue;
-            }
-            Message::Close(_) => return Step::Stop,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Step::Continue,
+            Message::Binary(_) => return say(Rejection::Binary, None),
+            _ => return Step::Continue,
         };
-        let admitted = bucket.admit(Instant::now());
         if text.len() > cfg.max_frame {
-            let r = Rejection::FrameTooLarge { len: text.len(), limit: cfg.max_frame };
-            outbox.push(error_frame(&r, None));
-            return Step::Continue;
+            return say(Rejection::FrameTooLarge { len: text.len(), limit: cfg.max_frame }, None);
         }
-        let msg = match decode_client(text.as_str(), cfg.max_depth) {
+        let limits = cfg.limits();
+        let msg = match decode_client(text.as_str(), limits.frame_depth()) {
             Ok(m) => m,
-            Err(e) => {
-                outbox.push(error_frame(&Rejection::Decode(e), None));
-                return Step::Continue;
-            }
+            Err(e) => return say(Rejection::Decode(e), None),
         };
-        match admitted {
-            Admit::Yes => {}
-            Admit::Abuse => return Step::Close(Close::RateLimit),
-            Admit::No { tell } => {
-                let r = Rejection::RateLimited { limit: cfg.rate_limit };
-                match msg {
-                    ClientMsg::Operation { op_id, .. } => {
-                        outbox.push(error_frame(&r, op_id));
-                    }
-                    _ if tell => {
-                        outbox.push(error_frame(&r, None));
-                    }
-                    _ => {}
+        if over {
+            let r = Rejection::RateLimited { limit: cfg.rate_limit };
+            return match msg {
+                // An edit always learns its fate, so its sender can send it again.
+                ClientMsg::Operation { op_id, .. } => {
+                    outbox.push(error_frame(&r, op_id));
+                    Step::Continue
                 }
-                return Step::Continue;
-            }
+                _ => say(r, None),
+            };
+        }
+        if let Err(e) = limits.check_client(&msg) {
+            let op_id = match &msg {
+                // An op id over the limit is not echoed back.
+                ClientMsg::Operation { op_id, .. } => op_id.clone().filter(|id| id.len() <= limits.max_op_id),
+                _ => None,
+            };
+            outbox.push(error_frame(&Rejection::Limit(e), op_id));
+            return Step::Continue;
         }
         let viewer = self.claims.role == crate::auth::Role::Viewer;
         match msg {
@@ -306,7 +329,17 @@ impl Connection {
                     outbox.push(error_frame(&r, op_id));
                     return Step::Continue;
                 }
-                Step::Send(ClientIn::Submit(Submit { from: self.conn.to_string(), base: base_version, op_id, ops }))
+                if let Err(e) = limits.check_ops(&ops) {
+                    outbox.push(error_frame(&Rejection::Limit(e), op_id));
+                    return Step::Continue;
+                }
+                Step::Send(ClientIn::Submit(Submit {
+                    from: self.conn.to_string(),
+                    account: Some(self.account.clone()),
+                    base: base_version,
+                    op_id,
+                    ops,
+                }))
             }
         }
     }

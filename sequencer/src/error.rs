@@ -1,7 +1,7 @@
 //! Every refusal the server gives, and the ONE place that maps it to a wire code
 //! ([`Rejection::code`]) or a close code ([`Close`]).
 
-use ot_core::protocol::{DecodeError, ErrorCode};
+use ot_core::protocol::{DecodeError, ErrorCode, LimitError};
 use ot_core::sync::SubmitError;
 use ot_core::OpError;
 
@@ -51,6 +51,17 @@ pub enum Rejection {
     /// The store failed; nothing was applied.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// Over a size limit of PROTOCOL §3.3 (path, depth, op id, selection).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The op would take the room's document past its size cap.
+    #[error("the project would grow to {bytes} bytes, over the cap of {limit}")]
+    DocTooLarge {
+        /// Its size after the op, estimated.
+        bytes: usize,
+        /// The cap.
+        limit: usize,
+    },
 }
 
 impl Rejection {
@@ -59,7 +70,11 @@ impl Rejection {
         match self {
             Rejection::Decode(e) => e.code(),
             Rejection::Binary => ErrorCode::BadJson,
-            Rejection::FrameTooLarge { .. } | Rejection::BatchTooLarge { .. } => ErrorCode::TooLarge,
+            Rejection::FrameTooLarge { .. }
+            | Rejection::BatchTooLarge { .. }
+            | Rejection::Limit(_)
+            | Rejection::DocTooLarge { .. }
+            | Rejection::BadOp(OpError::PathTooLong { .. }) => ErrorCode::TooLarge,
             Rejection::BadOp(_) => ErrorCode::BadMessage,
             Rejection::Submit(SubmitError::VersionAhead { .. }) => ErrorCode::VersionAhead,
             Rejection::Submit(SubmitError::VersionTooOld { .. } | SubmitError::NeedHistory { .. }) => {

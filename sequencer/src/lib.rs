@@ -215,6 +215,17 @@ impl Config {
         }
     }
 
+    /// The size limits every client message is checked against (held to their ceilings).
+    pub fn limits(&self) -> ot_core::protocol::Limits {
+        ot_core::protocol::Limits {
+            max_depth: self.max_depth,
+            max_path: self.max_path,
+            max_op_id: self.max_op_id,
+            max_selection: self.max_selection,
+        }
+        .clamped()
+    }
+
     /// Defaults with the SQLite store under `data_dir`.
     pub fn sqlite(secret: impl Into<String>, data_dir: PathBuf) -> Config {
         Config { storage: Storage::Sqlite(data_dir), ..Config::memory(secret) }

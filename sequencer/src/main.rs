@@ -208,6 +208,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         (None, true) => Storage::Memory,
         (None, false) => Storage::Sqlite(a.data_dir.clone()),
     };
+    use ot_core::protocol::{HARD_MAX_DEPTH, HARD_MAX_PATH};
+    anyhow::ensure!(a.max_depth <= HARD_MAX_DEPTH, "--max-depth is at most {HARD_MAX_DEPTH}");
+    anyhow::ensure!(a.max_path <= HARD_MAX_PATH, "--max-path is at most {HARD_MAX_PATH}");
     let config = Config {
         listen: a.listen,
         secret: secret.clone(),

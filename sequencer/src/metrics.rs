@@ -52,6 +52,8 @@ pub struct Metrics {
     ops_sequenced: AtomicU64,
     cursor_drops: AtomicU64,
     slow_closes: AtomicU64,
+    rooms_refused: AtomicU64,
+    limit_refusals: AtomicU64,
     rebase_depth: Histogram,
     storage_latency: Histogram,
     group_size: Histogram,
@@ -65,6 +67,8 @@ impl Default for Metrics {
             ops_sequenced: AtomicU64::new(0),
             cursor_drops: AtomicU64::new(0),
             slow_closes: AtomicU64::new(0),
+            rooms_refused: AtomicU64::new(0),
+            limit_refusals: AtomicU64::new(0),
             rebase_depth: Histogram::new(&[0.0, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0]),
             storage_latency: Histogram::new(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
             group_size: Histogram::new(&[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0]),
@@ -107,6 +111,16 @@ impl Metrics {
         self.slow_closes.fetch_add(1, Relaxed);
     }
 
+    /// A new room was refused because `max_rooms` were loaded.
+    pub fn room_refused(&self) {
+        self.rooms_refused.fetch_add(1, Relaxed);
+    }
+
+    /// A connection was refused, or a message answered, for a limit (account slots, sizes).
+    pub fn limit_refused(&self) {
+        self.limit_refusals.fetch_add(1, Relaxed);
+    }
+
     /// One group commit took `d` for `groups` room requests.
     pub fn storage_append(&self, d: Duration, groups: usize) {
         self.storage_latency.observe(d.as_secs_f64());
@@ -146,6 +160,20 @@ impl Metrics {
             "counter",
             "Connections closed because their operation queue overflowed.",
             self.slow_closes.load(Relaxed),
+        );
+        g(
+            &mut out,
+            "sequencer_rooms_refused_total",
+            "counter",
+            "New rooms refused because the loaded-room cap was reached.",
+            self.rooms_refused.load(Relaxed),
+        );
+        g(
+            &mut out,
+            "sequencer_limit_refusals_total",
+            "counter",
+            "Messages answered too_large and connections refused for a per-account or size limit.",
+            self.limit_refusals.load(Relaxed),
         );
         self.rebase_depth.render(&mut out, "sequencer_rebase_depth", "Versions an op was transformed over.");
         self.storage_latency.render(&mut out, "sequencer_storage_append_seconds", "Latency of one group commit.");

@@ -11,9 +11,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ot_core::protocol::{encode, CursorPos, OperationMsg, Presence, ServerMsg, TransportState};
+use ot_core::protocol::{encode, json_len, CursorPos, OperationMsg, Presence, ServerMsg, TransportState};
 use ot_core::sync::{OlderHistory, Outcome, Sequenced, ServerDoc, Submit, SubmitError};
-use ot_core::Document;
+use ot_core::{Document, Op, Prev};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -144,6 +144,9 @@ pub struct Registry {
     inner: Mutex<RegInner>,
 }
 
+/// How long a room that nobody joined stays loaded after an HTTP read.
+const HTTP_ONLY_IDLE: Duration = Duration::from_secs(2);
+
 /// Capacity of a room's inbox.
 const INBOX: usize = 1024;
 
@@ -153,14 +156,20 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The inbox of `room`, starting its task if it is not loaded. `None` once shutdown began.
-    pub fn get_or_spawn(&self, shared: &Arc<Shared>, room: &str) -> Option<mpsc::Sender<RoomMsg>> {
+    /// The inbox of `room`, starting its task if it is not loaded: refused once shutdown began,
+    /// and for a room that is not loaded while `max_rooms` are (a room someone is in is never
+    /// evicted to make space).
+    pub fn get_or_spawn(&self, shared: &Arc<Shared>, room: &str) -> Result<mpsc::Sender<RoomMsg>, Close> {
         let mut g = self.lock();
         if g.closed {
-            return None;
+            return Err(Close::GoingAway);
         }
         if let Some((_, tx)) = g.rooms.get(room) {
-            return Some(tx.clone());
+            return Ok(tx.clone());
+        }
+        if g.rooms.len() >= shared.config.max_rooms {
+            shared.metrics.room_refused();
+            return Err(Close::Full);
         }
         let (tx, rx) = mpsc::channel(INBOX);
         g.next_gen += 1;
@@ -170,7 +179,7 @@ impl Registry {
         drop(g);
         let span = tracing::info_span!("room", room = %id);
         tokio::spawn(room_task(shared.clone(), id, gen, rx).instrument(span));
-        Some(tx)
+        Ok(tx)
     }
 
     /// Removes `room` if it is still generation `gen` and `rx` is empty (so no message can be
@@ -214,7 +223,7 @@ impl Registry {
 /// Sends `make(reply)` to `room` and awaits the answer, retrying once if the room was unloading.
 pub async fn ask<T>(shared: &Arc<Shared>, room: &str, make: impl Fn(oneshot::Sender<T>) -> RoomMsg) -> Option<T> {
     for _ in 0..5 {
-        let tx = shared.rooms.get_or_spawn(shared, room)?;
+        let tx = shared.rooms.get_or_spawn(shared, room).ok()?;
         let (reply, answer) = oneshot::channel();
         if tx.send(make(reply)).await.is_err() {
             continue;
@@ -259,6 +268,11 @@ struct Room {
     blocked: bool,
     outstanding: usize,
     idle_since: Option<Instant>,
+    /// Whether anyone ever joined: a room loaded only for an HTTP read unloads sooner.
+    ever_joined: bool,
+    /// The document's JSON size, kept up to date from each op's annotations (an estimate
+    /// within a few bytes per op; recomputed exactly at every load).
+    doc_bytes: usize,
     draining: bool,
     failed: bool,
     /// Several nodes on one store: lost races, other nodes' ops (`room/cluster.rs`).
@@ -286,7 +300,8 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
             return;
         }
     };
-    info!(version = doc.version(), "room loaded");
+    let doc_bytes = json_len(&doc.doc().state(doc.version()));
+    info!(version = doc.version(), bytes = doc_bytes, "room loaded");
     shared.metrics.room(true);
     let (durable_tx, durable_rx) = watch::channel(Durable { version: doc.version(), failed: None, conflict: None });
     let (loads_tx, mut loads_rx) = mpsc::channel(64);
@@ -314,6 +329,8 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
         blocked: false,
         outstanding: 0,
         idle_since: Some(Instant::now()),
+        ever_joined: false,
+        doc_bytes,
         draining: false,
         failed: false,
         shared: shared.clone(),
@@ -326,11 +343,14 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
 impl Room {
     async fn run(&mut self, rx: &mut mpsc::Receiver<RoomMsg>, loads_rx: &mut mpsc::Receiver<Loaded>) {
         let mut shutdown = self.shared.shutdown.clone();
-        let idle = self.shared.config.room_idle;
+        let room_idle = self.shared.config.room_idle;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let mut inbox_closed = false;
         loop {
             let cursor_at = self.cursor_deadline.unwrap_or(far);
+            // A room nobody joined (loaded for an HTTP read) unloads within a few seconds, so
+            // reads of many room ids cannot keep many rooms loaded.
+            let idle = if self.ever_joined { room_idle } else { room_idle.min(HTTP_ONLY_IDLE) };
             let idle_at = self.idle_since.map_or(far, |t| t + idle);
             let has_writer = self.writer.is_some();
             tokio::select! {
@@ -430,18 +450,26 @@ impl Room {
             Some(_) => true,
             None => false,
         };
-        if !replacing && self.members.len() >= self.shared.config.max_room_connections {
+        let cfg = &self.shared.config;
+        let same_account = self.members.iter().filter(|m| m.presence.user_id == j.user_id).count();
+        if !replacing && (self.members.len() >= cfg.max_room_connections || same_account >= cfg.max_account_connections)
+        {
             // The connection closes itself with the reason; it may already be gone.
             let _ = j.reply.send(Err(Close::Full));
+            self.shared.metrics.limit_refused();
             return;
         }
         self.idle_since = None;
+        self.ever_joined = true;
         let durable = self.durable_version;
         match j.since {
             None => self.finish_join(j, None),
             Some(s) if s > durable || durable - s > self.shared.config.max_catchup => self.finish_join(j, None),
             Some(s) => match self.ops_in_memory(s) {
-                Some(ops) => self.finish_join(j, Some(ops)),
+                Some(ops) => {
+                    let ops = self.within_reply_bound(ops);
+                    self.finish_join(j, ops)
+                }
                 None => {
                     let store = self.shared.persister.store.clone();
                     let (room, tx) = (self.id.clone(), self.loads_tx.clone());
@@ -458,6 +486,20 @@ impl Room {
                 }
             },
         }
+    }
+
+    /// The catch-up `ops`, or `None` (send the state instead) when they are larger than the
+    /// state or than `max_reply_bytes`: a catch-up never costs more than a fresh load.
+    fn within_reply_bound(&self, ops: Vec<Sequenced>) -> Option<Vec<Sequenced>> {
+        let bound = self.shared.config.max_reply_bytes.min(self.doc_bytes);
+        let mut bytes = 0usize;
+        for m in &ops {
+            bytes += json_len(&**m);
+            if bytes > bound {
+                return None;
+            }
+        }
+        Some(ops)
     }
 
     /// The durable ops after `since`, if the memory window still holds them all.
@@ -610,6 +652,13 @@ impl Room {
         let base = s.base;
         let op_id = s.op_id.clone();
         let head = self.doc.version();
+        let limit = self.shared.config.max_doc_bytes;
+        let bytes = self.doc_bytes.saturating_add(growth(&s.ops));
+        if bytes > limit {
+            self.shared.metrics.limit_refused();
+            self.reply_to(&conn, session, error_frame(&Rejection::DocTooLarge { bytes, limit }, op_id));
+            return;
+        }
         match self.doc.submit(s.clone(), older) {
             Ok(Outcome::Sequenced(msg)) => {
                 self.shared.metrics.sequenced(head - base.unwrap_or(head).min(head));
@@ -632,9 +681,10 @@ impl Room {
                 self.blocked = true;
                 tokio::spawn(async move {
                     let r = room.clone();
-                    let id = s.op_id.clone();
-                    let result =
-                        tokio::task::spawn_blocking(move || older_history(&*store, &r, base, until, id.as_deref()))
+                    let (account, id) = (s.account.clone(), s.op_id.clone());
+                    let result = tokio::task::spawn_blocking(move || {
+                        older_history(&*store, &r, base, until, account.as_deref(), id.as_deref())
+                    })
                             .await
                             .unwrap_or_else(|e| Err(join_error(&room, e)));
                     // The room may have stopped (shutdown); the client resends after reconnecting.
@@ -646,6 +696,7 @@ impl Room {
     }
 
     async fn sequenced(&mut self, msg: Sequenced) {
+        self.doc_bytes = resized(self.doc_bytes, &msg.operation);
         let every = self.shared.config.snapshot_every.max(1);
         let snapshot = (msg.version % every == 0).then(|| self.doc.doc().to_state_value(msg.version));
         let group = RoomAppend { room: self.id.clone(), entries: vec![Entry { msg: msg.clone(), snapshot }] };
@@ -737,14 +788,15 @@ impl Room {
                 self.outstanding -= 1;
                 let ops = match result {
                     Ok(mut ops) if ops.len() as u64 == upto - since => {
-                        if upto == self.durable_version {
+                        let ops = if upto == self.durable_version {
                             Some(ops)
                         } else {
                             self.ops_in_memory(upto).map(|more| {
                                 ops.extend(more);
                                 ops
                             })
-                        }
+                        };
+                        ops.and_then(|ops| self.within_reply_bound(ops))
                     }
                     Ok(_) => None,
                     Err(e) => {
@@ -761,6 +813,34 @@ impl Room {
 
 fn join_error(room: &str, e: tokio::task::JoinError) -> StoreError {
     StoreError::Corrupt { room: room.to_string(), version: 0, reason: format!("store task failed: {e}") }
+}
+
+/// How much `ops` can grow a document at most: what their inserts and writes carry.
+fn growth(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Insert(o) => json_len(&o.value) + o.id.len() + 16,
+            Op::Update(o) => json_len(&o.value) + o.path.iter().map(|k| k.len() + 4).sum::<usize>(),
+            Op::Delete(_) | Op::Move(_) => 0,
+        })
+        .sum()
+}
+
+/// The document size `bytes` after the annotated `ops` applied to it.
+pub(crate) fn resized(bytes: usize, ops: &[Op]) -> usize {
+    ops.iter().fold(bytes, |b, op| match op {
+        Op::Insert(o) => b + json_len(&o.value) + o.id.len() + 16,
+        Op::Delete(o) => b.saturating_sub(o.value.as_ref().map_or(0, json_len) + o.id.len() + 16),
+        Op::Update(o) => {
+            let old = match &o.prev {
+                Some(Prev::Value(v)) => json_len(v),
+                _ => 0,
+            };
+            let new = if o.remove { 0 } else { json_len(&o.value) };
+            (b + new).saturating_sub(old)
+        }
+        Op::Move(_) => b,
+    })
 }
 
 /// Encodes a server message once, as a shareable text frame.
@@ -812,7 +892,7 @@ mod tests {
 
     #[test]
     fn op_frame_has_type_first() {
-        let m = OperationMsg { operation: vec![], version: 3, user_id: "u".into(), op_id: None };
+        let m = OperationMsg { operation: vec![], version: 3, user_id: "u".into(), op_id: None, account: None };
         let f = op_frame(&m);
         let back = ot_core::protocol::decode_server(f.as_str()).unwrap();
         assert_eq!(back, ServerMsg::Operation(m));

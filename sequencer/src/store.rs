@@ -108,8 +108,10 @@ pub trait Store: Send + Sync + 'static {
     fn ops(&self, room: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Sequenced>, StoreError>;
     /// The latest snapshot at or before `version`.
     fn snapshot_at_or_before(&self, room: &str, version: u64) -> Result<Option<(u64, Value)>, StoreError>;
-    /// The op stored under `op_id`, for exactly-once across restarts.
-    fn find_op(&self, room: &str, op_id: &str) -> Result<Option<Sequenced>, StoreError>;
+    /// The op `account` stored under `op_id`, for exactly-once across restarts (op ids are
+    /// scoped per account, PROTOCOL §4). Stores keep each op's account beside it, and every op
+    /// they return carries it in [`OperationMsg::account`].
+    fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError>;
 }
 
 fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreError {
@@ -118,16 +120,17 @@ fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreError {
 
 /// Builds the [`OlderHistory`] for a stale op based on `base`: the state at `base` (the snapshot
 /// at or before it plus replay), the ops `base+1 ..= until`, and the op already stored under
-/// `op_id`.
+/// `op_id` by `account`.
 pub fn older_history(
     store: &dyn Store,
     room: &str,
     base: u64,
     until: u64,
+    account: Option<&str>,
     op_id: Option<&str>,
 ) -> Result<OlderHistory, StoreError> {
     let known = match op_id {
-        Some(id) => store.find_op(room, id)?,
+        Some(id) => store.find_op(room, account, id)?,
         None => None,
     };
     let (snap_v, mut state) = match store.snapshot_at_or_before(room, base)? {
@@ -170,7 +173,18 @@ pub fn restore(
 struct MemRoom {
     ops: Vec<Sequenced>,
     snapshots: BTreeMap<u64, Value>,
-    op_ids: HashMap<String, u64>,
+    /// (account, op id) → version.
+    op_ids: HashMap<(String, String), u64>,
+}
+
+/// How a store keeps an op's account: the account, or the empty string for none.
+pub fn account_key(account: Option<&str>) -> &str {
+    account.unwrap_or("")
+}
+
+/// The account as kept by a store, back as [`OperationMsg::account`].
+pub fn account_of(stored: &str) -> Option<Arc<str>> {
+    (!stored.is_empty()).then(|| Arc::from(stored))
 }
 
 /// Everything in process memory (`--memory`): the full log lives as long as the process.
@@ -223,7 +237,8 @@ impl Store for MemoryStore {
                 let r = rooms.entry(g.room.to_string()).or_default();
                 for e in &g.entries {
                     if let Some(id) = &e.msg.op_id {
-                        r.op_ids.insert(id.clone(), e.msg.version);
+                        let account = account_key(e.msg.account.as_deref()).to_string();
+                        r.op_ids.insert((account, id.clone()), e.msg.version);
                     }
                     if let Some(s) = &e.snapshot {
                         r.snapshots.insert(e.msg.version, s.clone());
@@ -250,10 +265,10 @@ impl Store for MemoryStore {
         }))
     }
 
-    fn find_op(&self, room: &str, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
+    fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
         Ok(self.with(|rooms| {
             let r = rooms.get(room)?;
-            let v = *r.op_ids.get(op_id)?;
+            let v = *r.op_ids.get(&(account_key(account).to_string(), op_id.to_string()))?;
             r.ops.get((v as usize).checked_sub(1)?).cloned()
         }))
     }
@@ -275,9 +290,9 @@ CREATE TABLE IF NOT EXISTS ops (
     version INTEGER NOT NULL,
     op_id TEXT,
     body TEXT NOT NULL,
+    account TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (room, version)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ops_by_id ON ops (room, op_id) WHERE op_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS snapshots (
     room TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -293,6 +308,17 @@ impl SqliteStore {
         let path = dir.join("sequencer.db");
         let conn = Self::connect(&path)?;
         conn.execute_batch(SCHEMA)?;
+        // Logs written before op ids were scoped per account have no `account` column.
+        let has_account: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'account'")?
+            .exists([])?;
+        if !has_account {
+            conn.execute_batch("ALTER TABLE ops ADD COLUMN account TEXT NOT NULL DEFAULT ''")?;
+        }
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS ops_by_id;
+             CREATE INDEX IF NOT EXISTS ops_by_account_id ON ops (room, account, op_id) WHERE op_id IS NOT NULL;",
+        )?;
         Ok(SqliteStore { path, writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
     }
 
@@ -318,8 +344,9 @@ impl SqliteStore {
         out
     }
 
-    fn decode(room: &str, version: u64, body: &str) -> Result<Sequenced, StoreError> {
-        let m: OperationMsg = serde_json::from_str(body).map_err(|e| corrupt(room, version, e))?;
+    fn decode(room: &str, version: u64, account: &str, body: &str) -> Result<Sequenced, StoreError> {
+        let mut m: OperationMsg = serde_json::from_str(body).map_err(|e| corrupt(room, version, e))?;
+        m.account = account_of(account);
         Ok(Arc::new(m))
     }
 
@@ -341,14 +368,17 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached("INSERT INTO ops (room, version, op_id, body) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO ops (room, version, op_id, body, account) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             let mut snap =
                 tx.prepare_cached("INSERT OR REPLACE INTO snapshots (room, version, state) VALUES (?1, ?2, ?3)")?;
             for g in groups {
                 for e in &g.entries {
                     let body = serde_json::to_string(&*e.msg).map_err(|err| corrupt(&g.room, e.msg.version, err))?;
                     let version = e.msg.version as i64;
-                    ins.execute(rusqlite::params![&*g.room, version, e.msg.op_id, body]).map_err(|err| {
+                    let account = account_key(e.msg.account.as_deref());
+                    ins.execute(rusqlite::params![&*g.room, version, e.msg.op_id, body, account]).map_err(|err| {
                         if is_conflict(&err) {
                             StoreError::Conflict { room: g.room.to_string(), version: e.msg.version }
                         } else {
@@ -368,17 +398,19 @@ impl Store for SqliteStore {
     fn ops(&self, room: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Sequenced>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT version, body FROM ops WHERE room = ?1 AND version > ?2 AND version <= ?3 ORDER BY version LIMIT ?4",
+                "SELECT version, account, body FROM ops WHERE room = ?1 AND version > ?2 AND version <= ?3 \
+                 ORDER BY version LIMIT ?4",
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let from = i64::try_from(from).unwrap_or(i64::MAX);
             let to = i64::try_from(to).unwrap_or(i64::MAX);
-            let rows = st.query_map(rusqlite::params![room, from as i64, to, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            let rows = st.query_map(rusqlite::params![room, from, to, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (v, body) = row?;
-                out.push(Self::decode(room, v as u64, &body)?);
+                let (v, account, body) = row?;
+                out.push(Self::decode(room, v as u64, &account, &body)?);
             }
             Ok(out)
         })
@@ -402,16 +434,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn find_op(&self, room: &str, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
+    fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare_cached("SELECT version, body FROM ops WHERE room = ?1 AND op_id = ?2 LIMIT 1")?;
-            let mut rows = st.query(rusqlite::params![room, op_id])?;
+            let mut st = c.prepare_cached(
+                "SELECT version, account, body FROM ops WHERE room = ?1 AND account = ?2 AND op_id = ?3 LIMIT 1",
+            )?;
+            let mut rows = st.query(rusqlite::params![room, account_key(account), op_id])?;
             match rows.next()? {
                 None => Ok(None),
                 Some(r) => {
                     let v: i64 = r.get(0)?;
-                    let body: String = r.get(1)?;
-                    Ok(Some(Self::decode(room, v as u64, &body)?))
+                    let account: String = r.get(1)?;
+                    let body: String = r.get(2)?;
+                    Ok(Some(Self::decode(room, v as u64, &account, &body)?))
                 }
             }
         })
@@ -548,7 +583,7 @@ mod tests {
             json!({"type":"insert","target":"track","id":format!("t{v}"),"index":0,"value":{"name":"x"}}),
         )
         .unwrap();
-        Arc::new(OperationMsg { operation: op, version: v, user_id: "c".into(), op_id: Some(id.into()) })
+        Arc::new(OperationMsg { operation: op, version: v, user_id: "c".into(), op_id: Some(id.into()), account: Some(Arc::from("acct")) })
     }
 
     fn exercise(store: &dyn Store) {
@@ -561,8 +596,11 @@ mod tests {
             Err(StoreError::Conflict { version: 3, .. })
         ));
         assert_eq!(store.ops("r", 1, 3, 10).unwrap().len(), 2);
-        assert_eq!(store.find_op("r", "o4").unwrap().unwrap().version, 4);
-        assert!(store.find_op("r", "nope").unwrap().is_none());
+        assert_eq!(store.find_op("r", Some("acct"), "o4").unwrap().unwrap().version, 4);
+        assert_eq!(store.find_op("r", Some("acct"), "o4").unwrap().unwrap().account.as_deref(), Some("acct"));
+        assert!(store.find_op("r", Some("other"), "o4").unwrap().is_none(), "op ids are scoped per account");
+        assert!(store.find_op("r", Some("acct"), "nope").unwrap().is_none());
+        assert_eq!(store.ops("r", 0, 2, 10).unwrap()[0].account.as_deref(), Some("acct"));
         let mut sd = restore("r", store.load("r").unwrap(), 2, 100).unwrap();
         assert_eq!(sd.version(), 5);
         let mut doc = sd.doc().clone();
@@ -574,7 +612,7 @@ mod tests {
         let loaded = store.load("r").unwrap();
         assert_eq!(loaded.snapshot.as_ref().map(|s| s.0), Some(6));
         assert!(loaded.ops.is_empty());
-        let older = older_history(store, "r", 2, 6, Some("o5")).unwrap();
+        let older = older_history(store, "r", 2, 6, Some("acct"), Some("o5")).unwrap();
         assert_eq!(older.state.tracks().len(), 2);
         assert_eq!(older.ops.len(), 4);
         assert_eq!(older.known.unwrap().version, 5);

@@ -21,7 +21,7 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 use serde_json::Value;
 
-use crate::store::{RoomAppend, Store, StoreError};
+use crate::store::{account_key, account_of, RoomAppend, Store, StoreError};
 
 /// Migrations in order; `schema_version` holds how many were applied.
 const MIGRATIONS: &[&str] = &["
@@ -39,6 +39,10 @@ CREATE TABLE snapshots (
     state TEXT NOT NULL,
     PRIMARY KEY (room, version)
 );
+", "
+ALTER TABLE ops ADD COLUMN account TEXT NOT NULL DEFAULT '';
+DROP INDEX ops_op_id;
+CREATE UNIQUE INDEX ops_account_op_id ON ops (room, account, op_id) WHERE op_id IS NOT NULL;
 "];
 
 /// Key of the advisory lock held while migrating (any constant shared by every node).
@@ -60,20 +64,23 @@ impl Conn {
     fn connect(config: &postgres::Config) -> Result<Conn, StoreError> {
         let mut client = config.connect(NoTls)?;
         Ok(Conn {
-            insert_op: client.prepare("INSERT INTO ops (room, version, op_id, body) VALUES ($1, $2, $3, $4)")?,
+            insert_op: client
+                .prepare("INSERT INTO ops (room, version, op_id, body, account) VALUES ($1, $2, $3, $4, $5)")?,
             insert_snapshot: client.prepare(
                 "INSERT INTO snapshots (room, version, state) VALUES ($1, $2, $3) \
                  ON CONFLICT (room, version) DO UPDATE SET state = EXCLUDED.state",
             )?,
             select_ops: client.prepare(
-                "SELECT version, body FROM ops WHERE room = $1 AND version > $2 AND version <= $3 \
+                "SELECT version, account, body FROM ops WHERE room = $1 AND version > $2 AND version <= $3 \
                  ORDER BY version LIMIT $4",
             )?,
             select_snapshot: client.prepare(
                 "SELECT version, state FROM snapshots WHERE room = $1 AND version <= $2 \
                  ORDER BY version DESC LIMIT 1",
             )?,
-            select_op_id: client.prepare("SELECT version, body FROM ops WHERE room = $1 AND op_id = $2 LIMIT 1")?,
+            select_op_id: client.prepare(
+                "SELECT version, account, body FROM ops WHERE room = $1 AND account = $2 AND op_id = $3 LIMIT 1",
+            )?,
             client,
         })
     }
@@ -98,12 +105,13 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn decode(room: &str, version: i64, body: &str) -> Result<Sequenced, StoreError> {
-    let m: OperationMsg = serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+fn decode(room: &str, version: i64, account: &str, body: &str) -> Result<Sequenced, StoreError> {
+    let mut m: OperationMsg = serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
         room: room.to_string(),
         version: version as u64,
         reason: e.to_string(),
     })?;
+    m.account = account_of(account);
     Ok(Arc::new(m))
 }
 
@@ -194,7 +202,8 @@ impl Store for PgStore {
                         reason: err.to_string(),
                     })?;
                     let version = i64_of(e.msg.version);
-                    if let Err(err) = tx.execute(&c.insert_op, &[&room, &version, &e.msg.op_id, &body]) {
+                    let account = account_key(e.msg.account.as_deref());
+                    if let Err(err) = tx.execute(&c.insert_op, &[&room, &version, &e.msg.op_id, &body, &account]) {
                         // Either key: the version was taken by another node, or the same opId
                         // was sequenced there (a resend after a failover). The room resyncs
                         // from the log in both cases and then finds the op by its id.
@@ -227,7 +236,7 @@ impl Store for PgStore {
         self.with(|c| {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = c.client.query(&c.select_ops, &[&room, &i64_of(from), &i64_of(to), &limit])?;
-            rows.iter().map(|r| decode(room, r.get(0), r.get(1))).collect()
+            rows.iter().map(|r| decode(room, r.get(0), r.get(1), r.get(2))).collect()
         })
     }
 
@@ -247,10 +256,11 @@ impl Store for PgStore {
         })
     }
 
-    fn find_op(&self, room: &str, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
-        self.with(|c| match c.client.query_opt(&c.select_op_id, &[&room, &op_id])? {
+    fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
+        let account = account_key(account);
+        self.with(|c| match c.client.query_opt(&c.select_op_id, &[&room, &account, &op_id])? {
             None => Ok(None),
-            Some(row) => Ok(Some(decode(room, row.get(0), row.get(1))?)),
+            Some(row) => Ok(Some(decode(room, row.get(0), row.get(1), row.get(2))?)),
         })
     }
 }

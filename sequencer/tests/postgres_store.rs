@@ -18,7 +18,7 @@ fn msg(v: u64, op_id: &str) -> Sequenced {
         json!({"type":"insert","target":"track","id":format!("t{v}-{op_id}"),"index":0,"value":{"name":op_id}}),
     )
     .unwrap();
-    Arc::new(OperationMsg { operation: op, version: v, user_id: "c".into(), op_id: Some(op_id.into()) })
+    Arc::new(OperationMsg { operation: op, version: v, user_id: "c".into(), op_id: Some(op_id.into()), account: Some(Arc::from("acct")) })
 }
 
 fn group(room: &str, entries: Vec<Entry>) -> RoomAppend {
@@ -100,9 +100,11 @@ fn load_replay_round_trip_find_op_and_older_history() {
     store.append(&[group("r", entries)]).unwrap();
     assert_eq!(store.ops("r", 1, 3, 10).unwrap().len(), 2);
     assert_eq!(store.ops("r", 0, 5, 2).unwrap().len(), 2);
-    assert_eq!(store.find_op("r", "o4").unwrap().unwrap().version, 4);
-    assert!(store.find_op("r", "nope").unwrap().is_none());
-    assert!(store.find_op("elsewhere", "o4").unwrap().is_none());
+    assert_eq!(store.find_op("r", Some("acct"), "o4").unwrap().unwrap().version, 4);
+    assert_eq!(store.find_op("r", Some("acct"), "o4").unwrap().unwrap().account.as_deref(), Some("acct"));
+    assert!(store.find_op("r", Some("other"), "o4").unwrap().is_none(), "op ids are scoped per account");
+    assert!(store.find_op("r", Some("acct"), "nope").unwrap().is_none());
+    assert!(store.find_op("elsewhere", Some("acct"), "o4").unwrap().is_none());
 
     let mut sd = restore("r", store.load("r").unwrap(), 2, 100).unwrap();
     assert_eq!(sd.version(), 5);
@@ -124,7 +126,7 @@ fn load_replay_round_trip_find_op_and_older_history() {
     assert_eq!(from_snapshot.tracks().len(), 6);
     assert!(store.snapshot_at_or_before("r", 5).unwrap().is_none());
 
-    let older = older_history(&store, "r", 2, 6, Some("o5")).unwrap();
+    let older = older_history(&store, "r", 2, 6, Some("acct"), Some("o5")).unwrap();
     assert_eq!(older.state.tracks().len(), 2);
     assert_eq!(older.ops.len(), 4);
     assert_eq!(older.known.unwrap().version, 5);

@@ -241,6 +241,7 @@ impl Room {
                 return;
             }
             self.durable_version = v;
+            self.doc_bytes = super::resized(self.doc_bytes, &m.operation);
             self.broadcast_op(&m);
         }
         self.durable_doc = self.doc.doc().clone();
