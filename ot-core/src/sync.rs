@@ -98,6 +98,11 @@ pub struct ServerDoc {
     window_start: u64,
     /// Ops `window_start+1 ..= version`, each with the state after it.
     history: VecDeque<(Sequenced, Document)>,
+    /// What each version in `history` keeps alive beyond what it shares with its neighbours
+    /// (see [`ServerDoc::set_history_bytes`]), and their sum.
+    history_cost: VecDeque<usize>,
+    history_bytes: usize,
+    max_history_bytes: usize,
     /// (account → op id → version) for the ops in the window.
     op_ids: HashMap<Option<Arc<str>>, HashMap<String, u64>>,
     window: usize,
@@ -116,10 +121,23 @@ impl ServerDoc {
             version,
             window_start: version,
             history: VecDeque::new(),
+            history_cost: VecDeque::new(),
+            history_bytes: 0,
+            max_history_bytes: usize::MAX,
             op_ids: HashMap::new(),
             window: window.max(1),
             max_rebase,
         }
+    }
+
+    /// Bounds the memory the history window keeps alive, in bytes of JSON: each version costs
+    /// a fixed overhead plus the top-level values its updates wrote *into* (writing `blob.n`
+    /// copies `blob`, and the previous version keeps the old copy). Past the bound the oldest
+    /// versions leave memory early; ops based on them are rebased from the store
+    /// ([`SubmitError::NeedHistory`]). Unbounded by default.
+    pub fn set_history_bytes(&mut self, max: usize) {
+        self.max_history_bytes = max;
+        self.trim();
     }
 
     /// Replays sequenced ops (from a store's log) onto the room. Each must be the next version.
@@ -249,8 +267,19 @@ impl ServerDoc {
         if let Some(id) = &msg.op_id {
             self.op_ids.entry(msg.account.clone()).or_default().insert(id.clone(), msg.version);
         }
+        let cost = VERSION_COST + copy_cost(&self.doc, &msg.operation);
         self.history.push_back((msg, self.doc.clone()));
-        while self.history.len() > self.window {
+        self.history_cost.push_back(cost);
+        self.history_bytes += cost;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.history.len() > self.window || (self.history_bytes > self.max_history_bytes && self.history.len() > 1)
+        {
+            if let Some(cost) = self.history_cost.pop_front() {
+                self.history_bytes -= cost;
+            }
             if let Some((old, state)) = self.history.pop_front() {
                 if let Some(id) = &old.op_id {
                     // Only forget the id if it still maps to this version.
@@ -268,6 +297,28 @@ impl ServerDoc {
             }
         }
     }
+}
+
+/// What a version of the history costs besides the values it copied: its op, its document
+/// root and the persistent nodes its changes path-copied.
+const VERSION_COST: usize = 512;
+
+/// The JSON size of the top-level values that `ops` wrote into below their first key: the
+/// document copied each of them (see [`crate::PropMap`]), and the version before keeps the old
+/// copy alive.
+fn copy_cost(doc: &Document, ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Update(u) if u.path.len() > 1 => {
+                let props = match &u.id {
+                    None => Some(doc.props()),
+                    Some(id) => doc.get(id).map(|e| &e.props),
+                };
+                props.and_then(|p| p.get(&u.path[0])).map_or(0, crate::protocol::json_len)
+            }
+            _ => 0,
+        })
+        .sum()
 }
 
 /// An op the client should send: `{"type":"operation", operation, baseVersion, opId}`.

@@ -161,6 +161,10 @@ pub struct Config {
     pub cursor_tick: Duration,
     /// Versions of history kept in memory per room. Default 1000.
     pub history_window: usize,
+    /// Bytes of JSON the history window may keep alive per room beyond the document (see
+    /// [`ot_core::sync::ServerDoc::set_history_bytes`]); older versions are then read from the
+    /// store. Default 8 MiB.
+    pub max_history_bytes: usize,
     /// How many versions back a stale op may be rebased (older: `version_too_old`). Default 100,000.
     pub max_rebase: u64,
     /// Most ops sent in a `since` catch-up; further back gets the full state. Default 10,000.
@@ -205,6 +209,7 @@ impl Config {
             heartbeat_timeout: Duration::from_secs(45),
             cursor_tick: Duration::from_millis(20),
             history_window: 1000,
+            max_history_bytes: 8 * 1024 * 1024,
             max_rebase: 100_000,
             max_catchup: 10_000,
             snapshot_every: 500,

@@ -122,6 +122,10 @@ struct ServeArgs {
     /// Versions of history kept in memory per room.
     #[arg(long, env = "SEQUENCER_HISTORY_WINDOW", default_value_t = 1000)]
     history_window: usize,
+    /// Bytes of JSON the history window may keep alive per room beyond the document; older
+    /// versions are then read from the store.
+    #[arg(long, env = "SEQUENCER_MAX_HISTORY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_history_bytes: usize,
     /// How many versions back a stale op may be rebased (older: `version_too_old`).
     #[arg(long, env = "SEQUENCER_MAX_REBASE", default_value_t = 100_000)]
     max_rebase: u64,
@@ -235,6 +239,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         heartbeat_timeout: secs(a.heartbeat_timeout, "heartbeat-timeout")?,
         cursor_tick: Duration::from_millis(a.cursor_tick),
         history_window: a.history_window,
+        max_history_bytes: a.max_history_bytes,
         max_rebase: a.max_rebase,
         max_catchup: a.max_catchup,
         snapshot_every: a.snapshot_every,

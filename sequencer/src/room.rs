@@ -283,14 +283,14 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     let _done = shared.done.clone();
     let store = shared.persister.store.clone();
     let cfg = &shared.config;
-    let (window, max_rebase) = (cfg.history_window, cfg.max_rebase);
+    let (window, max_rebase, bytes) = (cfg.history_window, cfg.max_rebase, cfg.max_history_bytes);
     let room_id = id.clone();
     let loaded = if store.blocking() {
-        tokio::task::spawn_blocking(move || store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase)))
+        tokio::task::spawn_blocking(move || store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes)))
             .await
             .unwrap_or_else(|e| Err(StoreError::Corrupt { room: id.to_string(), version: 0, reason: e.to_string() }))
     } else {
-        store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase))
+        store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes))
     };
     let doc = match loaded {
         Ok(d) => d,

@@ -153,6 +153,7 @@ pub fn restore(
     loaded: Loaded,
     window: usize,
     max_rebase: u64,
+    history_bytes: usize,
 ) -> Result<ot_core::sync::ServerDoc, StoreError> {
     let (doc, version) = match &loaded.snapshot {
         Some((v, value)) => {
@@ -162,6 +163,7 @@ pub fn restore(
         None => (Document::new(), 0),
     };
     let mut sd = ot_core::sync::ServerDoc::new(doc, version, window, max_rebase);
+    sd.set_history_bytes(history_bytes);
     for m in loaded.ops {
         let v = m.version;
         sd.replay(m).map_err(|e| corrupt(room, v, e))?;
@@ -601,7 +603,7 @@ mod tests {
         assert!(store.find_op("r", Some("other"), "o4").unwrap().is_none(), "op ids are scoped per account");
         assert!(store.find_op("r", Some("acct"), "nope").unwrap().is_none());
         assert_eq!(store.ops("r", 0, 2, 10).unwrap()[0].account.as_deref(), Some("acct"));
-        let mut sd = restore("r", store.load("r").unwrap(), 2, 100).unwrap();
+        let mut sd = restore("r", store.load("r").unwrap(), 2, 100, usize::MAX).unwrap();
         assert_eq!(sd.version(), 5);
         let mut doc = sd.doc().clone();
         let snap = Entry { msg: msg(6, "o6"), snapshot: None };

@@ -106,7 +106,7 @@ fn load_replay_round_trip_find_op_and_older_history() {
     assert!(store.find_op("r", Some("acct"), "nope").unwrap().is_none());
     assert!(store.find_op("elsewhere", Some("acct"), "o4").unwrap().is_none());
 
-    let mut sd = restore("r", store.load("r").unwrap(), 2, 100).unwrap();
+    let mut sd = restore("r", store.load("r").unwrap(), 2, 100, usize::MAX).unwrap();
     assert_eq!(sd.version(), 5);
     let mut doc = sd.doc().clone();
     let six = msg(6, "o6");
@@ -118,7 +118,7 @@ fn load_replay_round_trip_find_op_and_older_history() {
     let loaded = store.load("r").unwrap();
     assert_eq!(loaded.snapshot.as_ref().map(|s| s.0), Some(6));
     assert!(loaded.ops.is_empty());
-    let back = restore("r", loaded, 10, 100).unwrap();
+    let back = restore("r", loaded, 10, 100, usize::MAX).unwrap();
     assert_eq!(back.version(), 6);
     assert_eq!(back.doc().to_state_value(6), sd.doc().to_state_value(6));
     let (from_snapshot, _) =

@@ -116,12 +116,13 @@ fn rebuild(
     durable: u64,
     window: usize,
     max_rebase: u64,
+    history_bytes: usize,
 ) -> Result<(ServerDoc, Vec<Sequenced>), StoreError> {
     let snapshot = store.snapshot_at_or_before(room, from)?;
     let snap_v = snapshot.as_ref().map_or(0, |(v, _)| *v);
     let ops = store.ops(room, snap_v, u64::MAX >> 1, usize::MAX)?;
     let missed = ops.iter().filter(|m| m.version > durable).cloned().collect();
-    let sd = restore(room, crate::store::Loaded { snapshot, ops }, window, max_rebase)?;
+    let sd = restore(room, crate::store::Loaded { snapshot, ops }, window, max_rebase, history_bytes)?;
     Ok((sd, missed))
 }
 
@@ -158,13 +159,14 @@ impl Room {
         self.durable_rx = rx;
         self.blocked = true;
         let from = self.cluster.redo.iter().filter_map(|(_, _, s)| s.base).fold(durable, u64::min);
-        let (window, max_rebase) = (self.shared.config.history_window, self.shared.config.max_rebase);
+        let cfg = &self.shared.config;
+        let (window, max_rebase, bytes) = (cfg.history_window, cfg.max_rebase, cfg.max_history_bytes);
         let store = self.shared.persister.store.clone();
         let (room, tx) = (self.id.clone(), self.loads_tx.clone());
         tokio::spawn(async move {
             let r = room.clone();
             let result = tokio::task::spawn_blocking(move || {
-                rebuild(&*store, &r, from, durable, window, max_rebase).map(Box::new)
+                rebuild(&*store, &r, from, durable, window, max_rebase, bytes).map(Box::new)
             })
             .await
             .unwrap_or_else(|e| Err(join_error(&room, e)));
