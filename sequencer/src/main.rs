@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print one room token (PROTOCOL §2) on standard output.
     Token(TokenArgs),
 }
@@ -184,7 +184,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", auth::sign(&t.secret, &claims)?);
             Ok(())
         }
-        Some(Command::Serve(s)) => serve(s),
+        Some(Command::Serve(s)) => serve(*s),
         None => serve(cli.serve),
     }
 }
