@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
-use crate::auth::{sign, verify, Claims};
+use crate::auth::{now_secs, sign, verify, Claims};
 use crate::conn::{self, valid_id, SocketQuery};
 use crate::room::{ask, RoomMsg};
 use crate::Shared;
@@ -170,8 +170,7 @@ fn with_project(shared: &Shared, req: &Request<Incoming>, id: &str, f: impl FnOn
 }
 
 fn join(shared: &Shared, req: &Request<Incoming>, claims: Claims, id: &str) -> Resp {
-    let exp = crate::auth::now_secs() + shared.config.room_token_ttl;
-    let room_claims = Claims { exp, room: Some(id.to_string()), projects: None, ..claims };
+    let room_claims = claims.into_room(id, now_secs(), shared.config.room_token_ttl);
     let token = match sign(&shared.config.secret, &room_claims) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

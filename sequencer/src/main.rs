@@ -172,15 +172,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(t)) => {
-            let claims = Claims {
-                sub: t.sub,
-                name: t.name,
-                avatar: t.avatar,
-                exp: auth::now_secs() + t.ttl,
-                projects: None,
-                role: t.role,
-                room: Some(t.room),
-            };
+            let now = auth::now_secs();
+            let user = Claims { avatar: t.avatar, ..Claims::user(&t.sub, &t.name, t.role, now, t.ttl)? };
+            let claims = user.into_room(&t.room, now, t.ttl);
             println!("{}", auth::sign(&t.secret, &claims)?);
             Ok(())
         }
