@@ -164,6 +164,9 @@ struct TokenArgs {
     ttl: u64,
 }
 
+/// Shorter secrets get a warning at start: HS256 wants a key at least as long as its 32-byte hash.
+const MIN_SECRET_BYTES: usize = 32;
+
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v).with_context(|| format!("--{flag} must be a non-negative number of seconds"))
 }
@@ -194,6 +197,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(s) if !s.is_empty() => (s, false),
         _ => (format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()), true),
     };
+    if secret.len() < MIN_SECRET_BYTES {
+        tracing::warn!(
+            bytes = secret.len(),
+            "the secret is shorter than {MIN_SECRET_BYTES} bytes: anyone holding one token can try to guess it \
+             offline and then mint any token; use at least {MIN_SECRET_BYTES} random bytes"
+        );
+    }
     let storage = match (&a.store, a.memory) {
         (Some(url), _) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Storage::Postgres(url.clone())
