@@ -103,16 +103,24 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme is matched in any
+/// case (RFC 7235 §2.1), separated from the token by spaces or tabs.
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let token = token.trim_start_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The claims of the Bearer token, or the response to give.
 fn bearer(shared: &Shared, req: &Request<Incoming>, project: &str) -> Result<Claims, Box<Resp>> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(bearer_token)
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    let claims =
-        verify(&shared.config.secret, token.trim()).map_err(|e| error(StatusCode::UNAUTHORIZED, &e.to_string()))?;
+    let claims = verify(&shared.config.secret, token).map_err(|e| error(StatusCode::UNAUTHORIZED, &e.to_string()))?;
     if !claims.may_access(project) {
         return Err(Box::new(error(StatusCode::FORBIDDEN, "project not allowed for this token")));
     }
@@ -175,14 +183,65 @@ fn join(shared: &Shared, req: &Request<Incoming>, claims: Claims, id: &str) -> R
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+    let host = public_host(shared, req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
     json_resp(StatusCode::OK, &json!({ "token": token, "partykitHost": host, "host": host, "roomId": id }))
+}
+
+/// The host clients should connect to: `--public-host` when set, else the request's `Host`
+/// header when it is a valid host\[:port\] (it is the client's own view of the server, which
+/// works behind a port mapping), else the address the server listens on. A forged `Host` is
+/// never echoed.
+fn public_host(shared: &Shared, host_header: Option<&str>) -> String {
+    match (&shared.config.public_host, host_header) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) if valid_host(h) => h.to_string(),
+        (None, _) => shared.addr.to_string(),
+    }
+}
+
+/// Longest host\[:port\] taken from a `Host` header or `--public-host` (a DNS name is at most
+/// 253 characters; a bracketed IPv6 address and a port fit as well).
+const MAX_HOST: usize = 261;
+
+/// Whether `s` is a syntactically valid `host[:port]`: a DNS name or IPv4 address
+/// (`[A-Za-z0-9.-]`, labels not starting or ending with `-`), or a bracketed IPv6 address
+/// (`[` hex digits, `:` and `.` `]`), optionally followed by `:` and a port 0–65535.
+pub fn valid_host(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_HOST {
+        return false;
+    }
+    let (host_ok, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else { return false };
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        let ipv6 = ip.contains(':') && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        (ipv6, port)
+    } else {
+        match s.split_once(':') {
+            Some((name, port)) => (valid_dns_name(name), Some(port)),
+            None => (valid_dns_name(s), None),
+        }
+    };
+    host_ok
+        && port.map_or(true, |p| {
+            (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        })
+}
+
+/// Dot-separated labels of 1–63 `[A-Za-z0-9-]`, none starting or ending with `-` (an IPv4
+/// address is such a name too).
+fn valid_dns_name(s: &str) -> bool {
+    s.split('.').all(|label| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
 }
 
 async fn state(shared: &Arc<Shared>, id: &str) -> Resp {

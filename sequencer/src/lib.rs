@@ -235,6 +235,12 @@ pub struct Shared {
     pub bus: Option<Arc<bus::Bus>>,
     /// Permits for open sockets (`max_connections`).
     pub connections: Arc<Semaphore>,
+    /// Permits for TCP connections that are not (yet) an authenticated socket
+    /// (`max_pending`): taken before `accept`, released when the connection ends or upgrades.
+    pub pending: Arc<Semaphore>,
+    /// The address the server listens on (`join`'s host when neither `public_host` nor a valid
+    /// `Host` header gives one).
+    pub addr: SocketAddr,
     /// Flips to true when shutdown starts.
     pub shutdown: watch::Receiver<bool>,
     /// Dropped by every task when it ends; the server waits for all of them.
@@ -282,6 +288,10 @@ pub fn open_store(storage: &Storage) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Serves on `listener` until `shutdown` completes, then shuts down gracefully (PROTOCOL §6).
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Some(host) = config.public_host.as_deref().filter(|h| !http::valid_host(h)) {
+        anyhow::bail!("public host `{host}` is not a host[:port]");
+    }
+    let addr = listener.local_addr().context("reading the listen address")?;
     let metrics = Arc::new(Metrics::default());
     // Opening a store may block (PostgreSQL connects and migrates).
     let storage = config.storage.clone();
@@ -295,6 +305,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        // Zero would never accept anything.
+        pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
+        addr,
         config,
         rooms: Registry::default(),
         persister: persister.clone(),
