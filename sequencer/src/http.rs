@@ -3,6 +3,17 @@
 //!
 //! Every response carries `Access-Control-Allow-Origin: *` (the studio app calls the API from
 //! its own origin with a Bearer token, never with cookies), and `OPTIONS` answers preflights.
+//!
+//! # Limits (PROTOCOL §3.3)
+//!
+//! - A connection holds one of `max_pending` permits, taken in the accept loop, from before it
+//!   is accepted until it ends or becomes a WebSocket.
+//! - A request must complete its head within `header_timeout`; the same clock runs from the end
+//!   of each response, so an idle keep-alive connection is closed after it (hyper restarts its
+//!   header-read timer whenever it waits for a new request head). No response is sent; the
+//!   connection is closed.
+//! - A request head over [`MAX_HEAD_BYTES`] is answered 431 and the connection closed.
+//! - `GET …/ops` pages at `max_reply_bytes` of JSON.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +25,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -29,8 +41,19 @@ use crate::Shared;
 
 type Resp = Response<Full<Bytes>>;
 
-/// Serves one TCP connection (HTTP/1.1 with upgrades) until it ends or shutdown.
-pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// The most bytes hyper buffers for one connection's reads, so the largest request line plus
+/// headers taken (larger: 431 and the connection is closed). hyper's own default is ~400 KB,
+/// which lets a few hundred slow connections hold hundreds of MB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serves one TCP connection (HTTP/1.1 with upgrades) until it ends, upgrades, or shutdown.
+///
+/// `pending` is the connection's `max_pending` permit. It is dropped when this function returns:
+/// hyper's connection future completes at the moment it hands the socket over to a WebSocket
+/// upgrade, so an upgraded socket stops counting here and is counted by `max_connections` in
+/// [`conn::serve`] instead.
+pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, pending: OwnedSemaphorePermit) {
+    let _pending = pending;
     let _done = shared.done.clone();
     let mut shutdown = shared.shutdown.clone();
     let svc_shared = shared.clone();
@@ -38,7 +61,11 @@ pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr)
         let s = svc_shared.clone();
         async move { Ok::<_, Infallible>(route(s, req).await) }
     });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let mut builder = http1::Builder::new();
+    // Zero turns the timeout off (hyper's own default would otherwise be 30 s).
+    let header_timeout = Some(shared.config.header_timeout).filter(|t| !t.is_zero());
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

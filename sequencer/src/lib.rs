@@ -318,13 +318,27 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     });
     tokio::pin!(shutdown);
     loop {
+        // A permit before `accept` (as mini-redis does): past `max_pending` connections that
+        // are not yet authenticated sockets, new ones wait in the kernel's backlog instead of
+        // each taking a task, buffers and a file descriptor here.
+        let permit = tokio::select! {
+            permit = shared.pending.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                // Never closed while `shared` lives; stop serving rather than spin if it were.
+                Err(e) => {
+                    warn!(error = %e, "pending-connection semaphore closed");
+                    break;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if let Err(e) = stream.set_nodelay(true) {
                         warn!(%peer, error = %e, "set_nodelay failed");
                     }
-                    tokio::spawn(http::serve_tcp(shared.clone(), stream, peer));
+                    tokio::spawn(http::serve_tcp(shared.clone(), stream, peer, permit));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
