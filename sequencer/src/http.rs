@@ -37,6 +37,7 @@ use tracing::{debug, Instrument};
 use crate::auth::{now_secs, sign, verify, Claims};
 use crate::conn::{self, valid_id, SocketQuery};
 use crate::room::{ask, RoomMsg};
+use crate::store::{Store, StoreError};
 use crate::Shared;
 
 type Resp = Response<Full<Bytes>>;
@@ -285,9 +286,17 @@ async fn collaborators(shared: &Arc<Shared>, id: &str) -> Resp {
     }
 }
 
-/// Most ops one `GET …/ops` returns.
+/// Most ops one `GET …/ops` returns (the default and the maximum of `limit`).
 const OPS_PAGE: usize = 10_000;
 
+/// Ops read from the store at a time while a `GET …/ops` page is built.
+const OPS_CHUNK: usize = 256;
+
+/// `GET /api/projects/{id}/ops?from=V&limit=N`: `{"ops": [...], "version": head, "more": bool}`,
+/// the ops after `V` in order. A page stops before `limit` ops (default and maximum
+/// [`OPS_PAGE`]) or before its body would pass `max_reply_bytes`, whichever comes first, but
+/// holds at least one op when there is one; `more` is then true and the client pages on with
+/// `from` = the last op's `version`. `from` at or past the head gives no ops.
 async fn ops(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Resp {
     let from = match query_param(query, "from").map(|v| v.parse::<u64>()) {
         None => 0,
@@ -296,15 +305,19 @@ async fn ops(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Resp {
     };
     let limit = match query_param(query, "limit").map(|v| v.parse::<usize>()) {
         None => OPS_PAGE,
-        Some(Ok(v)) => v.min(OPS_PAGE),
+        // At least one, so that paging on with `more` always progresses.
+        Some(Ok(v)) => v.clamp(1, OPS_PAGE),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "`limit` must be a number"),
     };
     let Some(head) = ask(shared, id, RoomMsg::Head).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "room unavailable");
     };
+    // The stores take versions as SQL integers: never pass them anything past the head.
+    let from = from.min(head);
     let store = shared.persister.store.clone();
     let room = id.to_string();
-    let read = move || store.ops(&room, from, head, limit);
+    let max_bytes = shared.config.max_reply_bytes;
+    let read = move || ops_page(&*store, &room, from, head, limit, max_bytes);
     let result = if shared.persister.store.blocking() {
         match tokio::task::spawn_blocking(read).await {
             Ok(r) => r,
@@ -314,12 +327,67 @@ async fn ops(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Resp {
         read()
     };
     match result {
-        Ok(list) => {
-            let ops: Vec<&ot_core::protocol::OperationMsg> = list.iter().map(|m| &**m).collect();
-            json_resp(StatusCode::OK, &json!({ "ops": ops, "version": head }))
-        }
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// Why a `GET …/ops` page could not be built.
+#[derive(Debug, thiserror::Error)]
+enum PageError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An op did not serialize.
+    #[error("encoding an op: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The JSON body of one `GET …/ops` page: ops `from+1 ..= head` read [`OPS_CHUNK`] at a time,
+/// stopping before `limit` ops or before the body would pass `max_bytes` (but never empty when
+/// there is an op to send, so paging progresses); `"more": true` when it stopped for a limit.
+fn ops_page(
+    store: &dyn Store,
+    room: &str,
+    from: u64,
+    head: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<u8>, PageError> {
+    // `"more":false` is the longer ending, so the budget holds whichever is written.
+    let tail = |more: bool| format!("],\"version\":{head},\"more\":{more}}}");
+    let mut body = b"{\"ops\":[".to_vec();
+    let budget = max_bytes.saturating_sub(tail(false).len());
+    let mut op = Vec::new();
+    let (mut count, mut next, mut more) = (0usize, from, false);
+    'read: while next < head && count < limit {
+        let chunk = store.ops(room, next, head, OPS_CHUNK.min(limit - count))?;
+        let Some(last) = chunk.last() else {
+            // The store has nothing up to the head: nothing more to page on to.
+            break;
+        };
+        let chunk_end = last.version;
+        for m in &chunk {
+            op.clear();
+            serde_json::to_writer(&mut op, &**m)?;
+            let comma = usize::from(count > 0);
+            if count > 0 && body.len() + comma + op.len() > budget {
+                more = true;
+                break 'read;
+            }
+            if comma == 1 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&op);
+            count += 1;
+        }
+        next = chunk_end;
+    }
+    if !more && count == limit && next < head {
+        more = true;
+    }
+    body.extend_from_slice(tail(more).as_bytes());
+    Ok(body)
 }
 
 fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Resp {
@@ -383,5 +451,104 @@ mod tests {
         assert_eq!(query_param(q, "flag").as_deref(), Some(""));
         assert_eq!(query_param(q, "none"), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in ["localhost", "127.0.0.1:1999", "studio.example.com", "a-b.c:80", "[::1]", "[::1]:443", "[fe80::1]:1"]
+        {
+            assert!(valid_host(ok), "{ok}");
+        }
+        let long = "a".repeat(300);
+        for bad in [
+            "",
+            "evil.example/<script>",
+            "evil.example/",
+            "a b",
+            "host:",
+            "host:99999",
+            "host:+80",
+            "host:1:2",
+            "-a.com",
+            "a..b",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            "[]",
+            "a@b",
+            "a_b",
+            long.as_str(),
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("bEaReR \t abc "), Some("abc"));
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer  "), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    fn stored(n: u64, name_bytes: usize) -> crate::store::MemoryStore {
+        use crate::store::{Entry, RoomAppend};
+        let store = crate::store::MemoryStore::new();
+        let entries = (1..=n)
+            .map(|v| Entry {
+                msg: Arc::new(ot_core::protocol::OperationMsg {
+                    operation: Vec::new(),
+                    version: v,
+                    user_id: "x".repeat(name_bytes),
+                    op_id: None,
+                }),
+                snapshot: None,
+            })
+            .collect();
+        store.append(&[RoomAppend { room: "r".into(), entries }]).unwrap();
+        store
+    }
+
+    fn page(store: &dyn Store, from: u64, head: u64, limit: usize, max: usize) -> (Vec<u64>, bool, usize) {
+        let body = ops_page(store, "r", from, head, limit, max).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["version"], head);
+        let versions = v["ops"].as_array().unwrap().iter().map(|o| o["version"].as_u64().unwrap()).collect();
+        (versions, v["more"].as_bool().unwrap(), body.len())
+    }
+
+    #[test]
+    fn ops_pages_stop_at_the_byte_limit_and_page_on_to_the_head() {
+        let store = stored(600, 100);
+        let (mut from, mut seen, mut pages) = (0, Vec::new(), 0);
+        loop {
+            let (versions, more, len) = page(&store, from, 600, OPS_PAGE, 4096);
+            assert!(len <= 4096, "{len}");
+            assert!(!versions.is_empty());
+            from = *versions.last().unwrap();
+            seen.extend(versions);
+            pages += 1;
+            if !more {
+                break;
+            }
+            assert!(pages < 600);
+        }
+        assert_eq!(seen, (1..=600).collect::<Vec<_>>());
+        assert!(pages > 10);
+        // One op over the limit still makes a page of one.
+        let (versions, more, _) = page(&store, 0, 600, OPS_PAGE, 10);
+        assert_eq!((versions, more), (vec![1], true));
+        // The count limit, across chunks.
+        let (versions, more, _) = page(&store, 0, 600, 300, usize::MAX);
+        assert_eq!((versions.len(), more), (300, true));
+        let (versions, more, _) = page(&store, 300, 600, 300, usize::MAX);
+        assert_eq!((versions.len(), more), (300, false));
+        assert_eq!(
+            page(&store, 600, 600, OPS_PAGE, 4096),
+            (vec![], false, r#"{"ops":[],"version":600,"more":false}"#.len())
+        );
     }
 }

@@ -41,8 +41,13 @@
 //!   Binary frames are `bad_json`. A `baseVersion` beyond `--max-rebase` is `version_too_old`.
 //! - Acks go out only once the op is durable; `init` (state or `ops`) is therefore at the
 //!   room's durable version, and `GET …/state` too.
-//! - `GET /api/projects/{id}/ops?from=V` answers `{"ops": [...], "version": head}` with at most
-//!   `limit` (default and maximum 10,000) ops; page on with `from` = the last version.
+//! - `GET /api/projects/{id}/ops?from=V` answers `{"ops": [...], "version": head, "more": bool}`
+//!   with at most `limit` (default and maximum 10,000) ops and at most `max_reply_bytes` of JSON
+//!   (but at least one op when there is one); while `more` is true, page on with `from` = the
+//!   last op's version. `from` at or past the head gives no ops.
+//! - `join`'s `host` is `public_host`, else a valid `Host` header, else the listen address; the
+//!   room token it mints never outlives the token it was given. Tokens with an `exp` more than
+//!   ten years ahead are refused.
 //! - The HTTP API accepts an app token, or a room token for that same project.
 //! - `since` newer than the room, or older than `--max-catchup` versions, gets the full `state`.
 //! - Exactly-once for an op that has no `baseVersion` covers the in-memory history window; with
