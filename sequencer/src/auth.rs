@@ -1,10 +1,17 @@
 //! JWT auth (PROTOCOL §2): app tokens for the HTTP API, room tokens for sockets.
 //!
 //! Both are HS256 JWTs signed with the server's secret and verified with `jsonwebtoken`
-//! (signature, `exp` with no leeway). A room token is an app token's user claims plus `room`.
-//! Verification takes `now` implicitly from the system clock through `jsonwebtoken`; minting
-//! takes it from [`now_secs`].
+//! (signature, `exp` and `nbf` with no leeway). A room token is an app token's user claims plus
+//! `room`. Refused besides: an `nbf` that is not a whole number of seconds, and an `exp` more than
+//! [`MAX_TOKEN_LIFETIME`] ahead (a token that never expires in practice is a leaked key).
+//!
+//! Minting takes `now` as a parameter: [`Claims::user`] builds a user's claims and
+//! [`Claims::into_room`] turns any claims into a room token's, never outliving them; the
+//! wrappers [`room_token`] and [`app_token`], `join` and the `token` subcommand all go through
+//! them. Verification compares `exp` and `nbf` with the system clock inside `jsonwebtoken`
+//! (which cannot be given a clock), and the lifetime bound with the `now` given to [`verify_at`].
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +61,30 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The claims of a user with no avatar, project list or room, issued at `now` (seconds since
+    /// the epoch) and valid `ttl_secs`; a lifetime over [`MAX_TOKEN_LIFETIME`] is refused.
+    pub fn user(sub: &str, name: &str, role: Role, now: u64, ttl_secs: u64) -> Result<Claims, AuthError> {
+        if ttl_secs > MAX_TOKEN_LIFETIME {
+            return Err(AuthError::Lifetime { exp: now.saturating_add(ttl_secs), max_secs: MAX_TOKEN_LIFETIME });
+        }
+        Ok(Claims {
+            sub: sub.into(),
+            name: name.into(),
+            avatar: None,
+            exp: now.saturating_add(ttl_secs),
+            projects: None,
+            role,
+            room: None,
+        })
+    }
+
+    /// These claims as a room token's for `room`, issued at `now`: the project list is dropped,
+    /// and the token lives `ttl_secs` but never past these claims' own `exp` (PROTOCOL §3.3).
+    pub fn into_room(self, room: &str, now: u64, ttl_secs: u64) -> Claims {
+        let exp = self.exp.min(now.saturating_add(ttl_secs));
+        Claims { exp, room: Some(room.into()), projects: None, ..self }
+    }
+
     /// Whether these claims allow joining `project`.
     pub fn may_access(&self, project: &str) -> bool {
         let listed = self.projects.as_ref().map_or(true, |p| p.iter().any(|x| x == project));
@@ -68,7 +99,7 @@ pub enum AuthError {
     /// No token was given.
     #[error("no token")]
     Missing,
-    /// Malformed, wrongly signed or expired.
+    /// Malformed, wrongly signed, expired or not yet valid (`nbf`).
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
     /// A room token for another room, or an app token on a socket.
@@ -76,6 +107,14 @@ pub enum AuthError {
     WrongRoom {
         /// The room the socket is for.
         room: String,
+    },
+    /// `exp` more than [`MAX_TOKEN_LIFETIME`] ahead (verifying), or a lifetime over it (minting).
+    #[error("token expiry {exp} is more than {max_secs} s ahead")]
+    Lifetime {
+        /// The token's expiry, seconds since the epoch.
+        exp: u64,
+        /// [`MAX_TOKEN_LIFETIME`].
+        max_secs: u64,
     },
     /// Not `editor` or `viewer`.
     #[error("unknown role `{role}`")]
@@ -95,12 +134,46 @@ pub fn sign(secret: &str, claims: &Claims) -> Result<String, AuthError> {
     Ok(encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))?)
 }
 
-/// Verifies signature and expiry (no leeway) and returns the claims.
+/// The longest a token may live: one whose `exp` is further ahead than this is refused, and
+/// none is minted. Ten years.
+pub const MAX_TOKEN_LIFETIME: u64 = 10 * 365 * 24 * 3600;
+
+/// What verification decodes: the claims, and `nbf` strictly (a present `nbf` that is not a
+/// whole number of seconds fails to decode, where `jsonwebtoken` alone would ignore it).
+/// `Claims` has no `nbf` field because nothing the server mints needs one.
+#[derive(Deserialize)]
+struct Verified {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    nbf: Option<u64>,
+}
+
+/// Verifies signature, `exp` and `nbf` (no leeway) and the lifetime bound, and returns the claims.
 pub fn verify(secret: &str, token: &str) -> Result<Claims, AuthError> {
+    verify_at(secret, token, now_secs())
+}
+
+/// [`verify`] at `now` (seconds since the epoch): `exp`, `nbf` and the lifetime bound are checked
+/// against `now`. `jsonwebtoken` also checks `exp` and `nbf` against the system clock, so a token
+/// outside its window by either clock is refused.
+pub fn verify_at(secret: &str, token: &str, now: u64) -> Result<Claims, AuthError> {
     let mut v = Validation::new(Algorithm::HS256);
     v.leeway = 0;
+    v.validate_exp = true;
+    v.validate_nbf = true;
     v.set_required_spec_claims(&["exp", "sub"]);
-    Ok(decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v)?.claims)
+    let Verified { claims, nbf } = decode::<Verified>(token, &DecodingKey::from_secret(secret.as_bytes()), &v)?.claims;
+    if claims.exp < now {
+        return Err(AuthError::Invalid(ErrorKind::ExpiredSignature.into()));
+    }
+    if nbf.is_some_and(|nbf| nbf > now) {
+        return Err(AuthError::Invalid(ErrorKind::ImmatureSignature.into()));
+    }
+    if claims.exp > now.saturating_add(MAX_TOKEN_LIFETIME) {
+        return Err(AuthError::Lifetime { exp: claims.exp, max_secs: MAX_TOKEN_LIFETIME });
+    }
+    Ok(claims)
 }
 
 /// Verifies a room token for `room` (socket auth): a valid token whose `room` claim equals it.
@@ -112,20 +185,7 @@ pub fn verify_room(secret: &str, token: Option<&str>, room: &str) -> Result<Clai
     Ok(claims)
 }
 
-/// The claims of a user with no avatar, project list or room, valid `ttl_secs` from now.
-fn user_claims(sub: &str, name: &str, role: Role, ttl_secs: u64) -> Claims {
-    Claims {
-        sub: sub.into(),
-        name: name.into(),
-        avatar: None,
-        exp: now_secs() + ttl_secs,
-        projects: None,
-        role,
-        room: None,
-    }
-}
-
-/// Mints a room token for `room`, valid `ttl_secs`.
+/// Mints a room token for `room`, valid `ttl_secs` from now (at most [`MAX_TOKEN_LIFETIME`]).
 pub fn room_token(
     secret: &str,
     room: &str,
@@ -134,11 +194,13 @@ pub fn room_token(
     role: Role,
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
-    let claims = Claims { room: Some(room.into()), ..user_claims(sub, name, role, ttl_secs) };
+    let now = now_secs();
+    let claims = Claims::user(sub, name, role, now, ttl_secs)?.into_room(room, now, ttl_secs);
     Ok(sign(secret, &claims)?)
 }
 
-/// Mints an app token (what a studio backend gives a signed-in user), valid `ttl_secs`.
+/// Mints an app token (what a studio backend gives a signed-in user), valid `ttl_secs` from now
+/// (at most [`MAX_TOKEN_LIFETIME`]).
 pub fn app_token(
     secret: &str,
     sub: &str,
@@ -147,7 +209,7 @@ pub fn app_token(
     role: Role,
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
-    let claims = Claims { projects, ..user_claims(sub, name, role, ttl_secs) };
+    let claims = Claims { projects, ..Claims::user(sub, name, role, now_secs(), ttl_secs)? };
     Ok(sign(secret, &claims)?)
 }
 
@@ -167,5 +229,47 @@ mod tests {
         let c = verify("s", &app).unwrap();
         assert!(c.may_access("p") && !c.may_access("q"));
         assert!(matches!(verify_room("s", Some(&app), "p"), Err(AuthError::WrongRoom { .. })));
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s")).unwrap()
+    }
+
+    #[test]
+    fn time_claims_are_checked_against_the_given_now() {
+        let now = now_secs();
+        let tok = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"sub": "u", "name": "U", "exp": now + 60});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            signed(c)
+        };
+        assert!(verify_at("s", &tok(serde_json::json!({"nbf": now})), now).is_ok());
+        let later = tok(serde_json::json!({"nbf": now + 30}));
+        assert!(matches!(verify_at("s", &later, now), Err(AuthError::Invalid(_))));
+        // A malformed `nbf` is refused, not ignored.
+        assert!(matches!(
+            verify_at("s", &tok(serde_json::json!({"nbf": "tomorrow"})), now),
+            Err(AuthError::Invalid(_))
+        ));
+        let far = tok(serde_json::json!({"exp": 1u64 << 62}));
+        assert!(matches!(verify_at("s", &far, now), Err(AuthError::Lifetime { exp, .. }) if exp == 1 << 62));
+        let ten_years = tok(serde_json::json!({"exp": now + MAX_TOKEN_LIFETIME}));
+        assert!(verify_at("s", &ten_years, now).is_ok());
+        // The injected clock is honoured: at now + 61 the token has expired.
+        assert!(matches!(verify_at("s", &tok(serde_json::json!({})), now + 61), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn room_claims_never_outlive_the_claims_they_come_from() {
+        let user = Claims::user("u", "U", Role::Editor, 1000, 30).unwrap();
+        assert_eq!(user.exp, 1030);
+        let room = user.clone().into_room("r", 1000, 3600);
+        assert_eq!((room.exp, room.room.as_deref(), room.projects), (1030, Some("r"), None));
+        assert_eq!(user.into_room("r", 1000, 10).exp, 1010);
+        assert!(matches!(
+            Claims::user("u", "U", Role::Editor, 0, MAX_TOKEN_LIFETIME + 1),
+            Err(AuthError::Lifetime { .. })
+        ));
+        assert!(room_token("s", "r", "u", "U", Role::Editor, u64::MAX).is_err());
     }
 }

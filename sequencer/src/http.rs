@@ -3,6 +3,17 @@
 //!
 //! Every response carries `Access-Control-Allow-Origin: *` (the studio app calls the API from
 //! its own origin with a Bearer token, never with cookies), and `OPTIONS` answers preflights.
+//!
+//! # Limits (PROTOCOL §3.3)
+//!
+//! - A connection holds one of `max_pending` permits, taken in the accept loop, from before it
+//!   is accepted until it ends or becomes a WebSocket.
+//! - A request must complete its head within `header_timeout`; the same clock runs from the end
+//!   of each response, so an idle keep-alive connection is closed after it (hyper restarts its
+//!   header-read timer whenever it waits for a new request head). No response is sent; the
+//!   connection is closed.
+//! - A request head over [`MAX_HEAD_BYTES`] is answered 431 and the connection closed.
+//! - `GET …/ops` pages at `max_reply_bytes` of JSON.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,23 +25,36 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
-use crate::auth::{sign, verify, Claims};
+use crate::auth::{now_secs, sign, verify, Claims};
 use crate::conn::{self, valid_id, SocketQuery};
 use crate::room::{ask, RoomMsg};
+use crate::store::{Store, StoreError};
 use crate::Shared;
 
 type Resp = Response<Full<Bytes>>;
 
-/// Serves one TCP connection (HTTP/1.1 with upgrades) until it ends or shutdown.
-pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// The most bytes hyper buffers for one connection's reads, so the largest request line plus
+/// headers taken (larger: 431 and the connection is closed). hyper's own default is ~400 KB,
+/// which lets a few hundred slow connections hold hundreds of MB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serves one TCP connection (HTTP/1.1 with upgrades) until it ends, upgrades, or shutdown.
+///
+/// `pending` is the connection's `max_pending` permit. It is dropped when this function returns:
+/// hyper's connection future completes at the moment it hands the socket over to a WebSocket
+/// upgrade, so an upgraded socket stops counting here and is counted by `max_connections` in
+/// [`conn::serve`] instead.
+pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, pending: OwnedSemaphorePermit) {
+    let _pending = pending;
     let _done = shared.done.clone();
     let mut shutdown = shared.shutdown.clone();
     let svc_shared = shared.clone();
@@ -38,7 +62,11 @@ pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr)
         let s = svc_shared.clone();
         async move { Ok::<_, Infallible>(route(s, req).await) }
     });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let mut builder = http1::Builder::new();
+    // Zero turns the timeout off (hyper's own default would otherwise be 30 s).
+    let header_timeout = Some(shared.config.header_timeout).filter(|t| !t.is_zero());
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -103,16 +131,24 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme is matched in any
+/// case (RFC 7235 §2.1), separated from the token by spaces or tabs.
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let token = token.trim_start_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The claims of the Bearer token, or the response to give.
 fn bearer(shared: &Shared, req: &Request<Incoming>, project: &str) -> Result<Claims, Box<Resp>> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(bearer_token)
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    let claims =
-        verify(&shared.config.secret, token.trim()).map_err(|e| error(StatusCode::UNAUTHORIZED, &e.to_string()))?;
+    let claims = verify(&shared.config.secret, token).map_err(|e| error(StatusCode::UNAUTHORIZED, &e.to_string()))?;
     if !claims.may_access(project) {
         return Err(Box::new(error(StatusCode::FORBIDDEN, "project not allowed for this token")));
     }
@@ -170,20 +206,70 @@ fn with_project(shared: &Shared, req: &Request<Incoming>, id: &str, f: impl FnOn
 }
 
 fn join(shared: &Shared, req: &Request<Incoming>, claims: Claims, id: &str) -> Resp {
-    let exp = crate::auth::now_secs() + shared.config.room_token_ttl;
-    let room_claims = Claims { exp, room: Some(id.to_string()), projects: None, ..claims };
+    let room_claims = claims.into_room(id, now_secs(), shared.config.room_token_ttl);
     let token = match sign(&shared.config.secret, &room_claims) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+    let host = public_host(shared, req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
     json_resp(StatusCode::OK, &json!({ "token": token, "partykitHost": host, "host": host, "roomId": id }))
+}
+
+/// The host clients should connect to: `--public-host` when set, else the request's `Host`
+/// header when it is a valid host\[:port\] (it is the client's own view of the server, which
+/// works behind a port mapping), else the address the server listens on. A forged `Host` is
+/// never echoed.
+fn public_host(shared: &Shared, host_header: Option<&str>) -> String {
+    match (&shared.config.public_host, host_header) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) if valid_host(h) => h.to_string(),
+        (None, _) => shared.addr.to_string(),
+    }
+}
+
+/// Longest host\[:port\] taken from a `Host` header or `--public-host` (a DNS name is at most
+/// 253 characters; a bracketed IPv6 address and a port fit as well).
+const MAX_HOST: usize = 261;
+
+/// Whether `s` is a syntactically valid `host[:port]`: a DNS name or IPv4 address
+/// (`[A-Za-z0-9.-]`, labels not starting or ending with `-`), or a bracketed IPv6 address
+/// (`[` hex digits, `:` and `.` `]`), optionally followed by `:` and a port 0–65535.
+pub fn valid_host(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_HOST {
+        return false;
+    }
+    let (host_ok, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else { return false };
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        let ipv6 = ip.contains(':') && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        (ipv6, port)
+    } else {
+        match s.split_once(':') {
+            Some((name, port)) => (valid_dns_name(name), Some(port)),
+            None => (valid_dns_name(s), None),
+        }
+    };
+    host_ok
+        && port.map_or(true, |p| {
+            (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        })
+}
+
+/// Dot-separated labels of 1–63 `[A-Za-z0-9-]`, none starting or ending with `-` (an IPv4
+/// address is such a name too).
+fn valid_dns_name(s: &str) -> bool {
+    s.split('.').all(|label| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
 }
 
 async fn state(shared: &Arc<Shared>, id: &str) -> Resp {
@@ -200,9 +286,17 @@ async fn collaborators(shared: &Arc<Shared>, id: &str) -> Resp {
     }
 }
 
-/// Most ops one `GET …/ops` returns.
+/// Most ops one `GET …/ops` returns (the default and the maximum of `limit`).
 const OPS_PAGE: usize = 10_000;
 
+/// Ops read from the store at a time while a `GET …/ops` page is built.
+const OPS_CHUNK: usize = 256;
+
+/// `GET /api/projects/{id}/ops?from=V&limit=N`: `{"ops": [...], "version": head, "more": bool}`,
+/// the ops after `V` in order. A page stops before `limit` ops (default and maximum
+/// [`OPS_PAGE`]) or before its body would pass `max_reply_bytes`, whichever comes first, but
+/// holds at least one op when there is one; `more` is then true and the client pages on with
+/// `from` = the last op's `version`. `from` at or past the head gives no ops.
 async fn ops(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Resp {
     let from = match query_param(query, "from").map(|v| v.parse::<u64>()) {
         None => 0,
@@ -211,15 +305,19 @@ async fn ops(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Resp {
     };
     let limit = match query_param(query, "limit").map(|v| v.parse::<usize>()) {
         None => OPS_PAGE,
-        Some(Ok(v)) => v.min(OPS_PAGE),
+        // At least one, so that paging on with `more` always progresses.
+        Some(Ok(v)) => v.clamp(1, OPS_PAGE),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "`limit` must be a number"),
     };
     let Some(head) = ask(shared, id, RoomMsg::Head).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "room unavailable");
     };
+    // The stores take versions as SQL integers: never pass them anything past the head.
+    let from = from.min(head);
     let store = shared.persister.store.clone();
     let room = id.to_string();
-    let read = move || store.ops(&room, from, head, limit);
+    let max_bytes = shared.config.max_reply_bytes;
+    let read = move || ops_page(&*store, &room, from, head, limit, max_bytes);
     let result = if shared.persister.store.blocking() {
         match tokio::task::spawn_blocking(read).await {
             Ok(r) => r,
@@ -229,12 +327,67 @@ async fn ops(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Resp {
         read()
     };
     match result {
-        Ok(list) => {
-            let ops: Vec<&ot_core::protocol::OperationMsg> = list.iter().map(|m| &**m).collect();
-            json_resp(StatusCode::OK, &json!({ "ops": ops, "version": head }))
-        }
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// Why a `GET …/ops` page could not be built.
+#[derive(Debug, thiserror::Error)]
+enum PageError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An op did not serialize.
+    #[error("encoding an op: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The JSON body of one `GET …/ops` page: ops `from+1 ..= head` read [`OPS_CHUNK`] at a time,
+/// stopping before `limit` ops or before the body would pass `max_bytes` (but never empty when
+/// there is an op to send, so paging progresses); `"more": true` when it stopped for a limit.
+fn ops_page(
+    store: &dyn Store,
+    room: &str,
+    from: u64,
+    head: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<u8>, PageError> {
+    // `"more":false` is the longer ending, so the budget holds whichever is written.
+    let tail = |more: bool| format!("],\"version\":{head},\"more\":{more}}}");
+    let mut body = b"{\"ops\":[".to_vec();
+    let budget = max_bytes.saturating_sub(tail(false).len());
+    let mut op = Vec::new();
+    let (mut count, mut next, mut more) = (0usize, from, false);
+    'read: while next < head && count < limit {
+        let chunk = store.ops(room, next, head, OPS_CHUNK.min(limit - count))?;
+        let Some(last) = chunk.last() else {
+            // The store has nothing up to the head: nothing more to page on to.
+            break;
+        };
+        let chunk_end = last.version;
+        for m in &chunk {
+            op.clear();
+            serde_json::to_writer(&mut op, &**m)?;
+            let comma = usize::from(count > 0);
+            if count > 0 && body.len() + comma + op.len() > budget {
+                more = true;
+                break 'read;
+            }
+            if comma == 1 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&op);
+            count += 1;
+        }
+        next = chunk_end;
+    }
+    if !more && count == limit && next < head {
+        more = true;
+    }
+    body.extend_from_slice(tail(more).as_bytes());
+    Ok(body)
 }
 
 fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Resp {
@@ -298,5 +451,104 @@ mod tests {
         assert_eq!(query_param(q, "flag").as_deref(), Some(""));
         assert_eq!(query_param(q, "none"), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in ["localhost", "127.0.0.1:1999", "studio.example.com", "a-b.c:80", "[::1]", "[::1]:443", "[fe80::1]:1"]
+        {
+            assert!(valid_host(ok), "{ok}");
+        }
+        let long = "a".repeat(300);
+        for bad in [
+            "",
+            "evil.example/<script>",
+            "evil.example/",
+            "a b",
+            "host:",
+            "host:99999",
+            "host:+80",
+            "host:1:2",
+            "-a.com",
+            "a..b",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            "[]",
+            "a@b",
+            "a_b",
+            long.as_str(),
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("bEaReR \t abc "), Some("abc"));
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer  "), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    fn stored(n: u64, name_bytes: usize) -> crate::store::MemoryStore {
+        use crate::store::{Entry, RoomAppend};
+        let store = crate::store::MemoryStore::new();
+        let entries = (1..=n)
+            .map(|v| Entry {
+                msg: Arc::new(ot_core::protocol::OperationMsg {
+                    operation: Vec::new(),
+                    version: v,
+                    user_id: "x".repeat(name_bytes),
+                    op_id: None,
+                }),
+                snapshot: None,
+            })
+            .collect();
+        store.append(&[RoomAppend { room: "r".into(), entries }]).unwrap();
+        store
+    }
+
+    fn page(store: &dyn Store, from: u64, head: u64, limit: usize, max: usize) -> (Vec<u64>, bool, usize) {
+        let body = ops_page(store, "r", from, head, limit, max).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["version"], head);
+        let versions = v["ops"].as_array().unwrap().iter().map(|o| o["version"].as_u64().unwrap()).collect();
+        (versions, v["more"].as_bool().unwrap(), body.len())
+    }
+
+    #[test]
+    fn ops_pages_stop_at_the_byte_limit_and_page_on_to_the_head() {
+        let store = stored(600, 100);
+        let (mut from, mut seen, mut pages) = (0, Vec::new(), 0);
+        loop {
+            let (versions, more, len) = page(&store, from, 600, OPS_PAGE, 4096);
+            assert!(len <= 4096, "{len}");
+            assert!(!versions.is_empty());
+            from = *versions.last().unwrap();
+            seen.extend(versions);
+            pages += 1;
+            if !more {
+                break;
+            }
+            assert!(pages < 600);
+        }
+        assert_eq!(seen, (1..=600).collect::<Vec<_>>());
+        assert!(pages > 10);
+        // One op over the limit still makes a page of one.
+        let (versions, more, _) = page(&store, 0, 600, OPS_PAGE, 10);
+        assert_eq!((versions, more), (vec![1], true));
+        // The count limit, across chunks.
+        let (versions, more, _) = page(&store, 0, 600, 300, usize::MAX);
+        assert_eq!((versions.len(), more), (300, true));
+        let (versions, more, _) = page(&store, 300, 600, 300, usize::MAX);
+        assert_eq!((versions.len(), more), (300, false));
+        assert_eq!(
+            page(&store, 600, 600, OPS_PAGE, 4096),
+            (vec![], false, r#"{"ops":[],"version":600,"more":false}"#.len())
+        );
     }
 }

@@ -41,8 +41,13 @@
 //!   Binary frames are `bad_json`. A `baseVersion` beyond `--max-rebase` is `version_too_old`.
 //! - Acks go out only once the op is durable; `init` (state or `ops`) is therefore at the
 //!   room's durable version, and `GET …/state` too.
-//! - `GET /api/projects/{id}/ops?from=V` answers `{"ops": [...], "version": head}` with at most
-//!   `limit` (default and maximum 10,000) ops; page on with `from` = the last version.
+//! - `GET /api/projects/{id}/ops?from=V` answers `{"ops": [...], "version": head, "more": bool}`
+//!   with at most `limit` (default and maximum 10,000) ops and at most `max_reply_bytes` of JSON
+//!   (but at least one op when there is one); while `more` is true, page on with `from` = the
+//!   last op's version. `from` at or past the head gives no ops.
+//! - `join`'s `host` is `public_host`, else a valid `Host` header, else the listen address; the
+//!   room token it mints never outlives the token it was given. Tokens with an `exp` more than
+//!   ten years ahead are refused.
 //! - The HTTP API accepts an app token, or a room token for that same project.
 //! - `since` newer than the room, or older than `--max-catchup` versions, gets the full `state`.
 //! - Exactly-once for an op that has no `baseVersion` covers the in-memory history window; with
@@ -251,6 +256,12 @@ pub struct Shared {
     pub bus: Option<Arc<bus::Bus>>,
     /// Permits for open sockets (`max_connections`).
     pub connections: Arc<Semaphore>,
+    /// Permits for TCP connections that are not (yet) an authenticated socket
+    /// (`max_pending`): taken before `accept`, released when the connection ends or upgrades.
+    pub pending: Arc<Semaphore>,
+    /// The address the server listens on (`join`'s host when neither `public_host` nor a valid
+    /// `Host` header gives one).
+    pub addr: SocketAddr,
     /// Flips to true when shutdown starts.
     pub shutdown: watch::Receiver<bool>,
     /// Dropped by every task when it ends; the server waits for all of them.
@@ -298,6 +309,10 @@ pub fn open_store(storage: &Storage) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Serves on `listener` until `shutdown` completes, then shuts down gracefully (PROTOCOL §6).
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Some(host) = config.public_host.as_deref().filter(|h| !http::valid_host(h)) {
+        anyhow::bail!("public host `{host}` is not a host[:port]");
+    }
+    let addr = listener.local_addr().context("reading the listen address")?;
     let metrics = Arc::new(Metrics::default());
     // Opening a store may block (PostgreSQL connects and migrates).
     let storage = config.storage.clone();
@@ -311,6 +326,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        // Zero would never accept anything.
+        pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
+        addr,
         config,
         rooms: Registry::default(),
         persister: persister.clone(),
@@ -321,13 +339,27 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     });
     tokio::pin!(shutdown);
     loop {
+        // A permit before `accept` (as mini-redis does): past `max_pending` connections that
+        // are not yet authenticated sockets, new ones wait in the kernel's backlog instead of
+        // each taking a task, buffers and a file descriptor here.
+        let permit = tokio::select! {
+            permit = shared.pending.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                // Never closed while `shared` lives; stop serving rather than spin if it were.
+                Err(e) => {
+                    warn!(error = %e, "pending-connection semaphore closed");
+                    break;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if let Err(e) = stream.set_nodelay(true) {
                         warn!(%peer, error = %e, "set_nodelay failed");
                     }
-                    tokio::spawn(http::serve_tcp(shared.clone(), stream, peer));
+                    tokio::spawn(http::serve_tcp(shared.clone(), stream, peer, permit));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

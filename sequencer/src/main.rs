@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print one room token (PROTOCOL §2) on standard output.
     Token(TokenArgs),
 }
@@ -168,6 +168,9 @@ struct TokenArgs {
     ttl: u64,
 }
 
+/// Shorter secrets get a warning at start: HS256 wants a key at least as long as its 32-byte hash.
+const MIN_SECRET_BYTES: usize = 32;
+
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v).with_context(|| format!("--{flag} must be a non-negative number of seconds"))
 }
@@ -176,19 +179,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(t)) => {
-            let claims = Claims {
-                sub: t.sub,
-                name: t.name,
-                avatar: t.avatar,
-                exp: auth::now_secs() + t.ttl,
-                projects: None,
-                role: t.role,
-                room: Some(t.room),
-            };
+            let now = auth::now_secs();
+            let user = Claims { avatar: t.avatar, ..Claims::user(&t.sub, &t.name, t.role, now, t.ttl)? };
+            let claims = user.into_room(&t.room, now, t.ttl);
             println!("{}", auth::sign(&t.secret, &claims)?);
             Ok(())
         }
-        Some(Command::Serve(s)) => serve(s),
+        Some(Command::Serve(s)) => serve(*s),
         None => serve(cli.serve),
     }
 }
@@ -204,6 +201,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(s) if !s.is_empty() => (s, false),
         _ => (format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()), true),
     };
+    if secret.len() < MIN_SECRET_BYTES {
+        tracing::warn!(
+            bytes = secret.len(),
+            "the secret is shorter than {MIN_SECRET_BYTES} bytes: anyone holding one token can try to guess it \
+             offline and then mint any token; use at least {MIN_SECRET_BYTES} random bytes"
+        );
+    }
     let storage = match (&a.store, a.memory) {
         (Some(url), _) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Storage::Postgres(url.clone())
