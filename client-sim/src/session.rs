@@ -664,7 +664,13 @@ mod tests {
         let sent: Vec<_> = e.iter().filter(|e| matches!(e, Effect::Send(_))).collect();
         assert_eq!(sent.len(), 1, "sent once on rejoin: {e:?}");
         assert_eq!(s.inflight_id(), Some("me:1"));
-        let ack = OperationMsg { operation: ops.clone(), version: 1, user_id: "me".into(), op_id: Some("me:1".into()), account: None };
+        let ack = OperationMsg {
+            operation: ops.clone(),
+            version: 1,
+            user_id: "me".into(),
+            op_id: Some("me:1".into()),
+            account: None,
+        };
         s.handle(ServerMsg::Operation(ack.clone()), now()).unwrap();
         assert!(!s.has_pending());
         assert!(s.handle(ServerMsg::Operation(ack), now()).unwrap().is_empty(), "a duplicate ack is stale");

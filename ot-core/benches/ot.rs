@@ -190,7 +190,7 @@ fn bench_rebase(c: &mut Criterion) {
     // Made at version 0, N versions ago: move a clip within track t0, where the history
     // inserted and deleted clips (so its indices shift).
     let one = Submit {
-            account: None,
+        account: None,
         from: "client".into(),
         base: Some(0),
         op_id: Some("client:1".into()),
@@ -198,7 +198,7 @@ fn bench_rebase(c: &mut Criterion) {
     };
     // The same move and a gain change in one batch: the batch path of transform.
     let two = Submit {
-            account: None,
+        account: None,
         ops: ops(json!([
             {"type": "move", "target": "clip", "id": "c0_0", "parent": "t0", "index": 50},
             {"type": "update", "target": "clip", "id": "c0_0", "path": ["gain"], "value": 0.25}

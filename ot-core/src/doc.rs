@@ -354,7 +354,10 @@ impl Document {
                 if doc.entities.contains_key(&id) {
                     return Err(StateError::DuplicateId { id: id.to_string() });
                 }
-                doc.insert_entity(id.clone(), Entity { kind, parent: None, props: PropMap::from(props), clips: clip_ids });
+                doc.insert_entity(
+                    id.clone(),
+                    Entity { kind, parent: None, props: PropMap::from(props), clips: clip_ids },
+                );
                 match kind {
                     EntityKind::Track => doc.tracks.push_back(id),
                     _ => doc.markers.push_back(id),

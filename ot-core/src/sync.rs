@@ -255,7 +255,13 @@ impl ServerDoc {
     }
 
     /// Gives applied ops the next version and records them in the history.
-    fn sequence(&mut self, annotated: Vec<Op>, from: String, op_id: Option<String>, account: Option<Arc<str>>) -> Outcome {
+    fn sequence(
+        &mut self,
+        annotated: Vec<Op>,
+        from: String,
+        op_id: Option<String>,
+        account: Option<Arc<str>>,
+    ) -> Outcome {
         let version = self.version + 1;
         let msg = Arc::new(OperationMsg { operation: annotated, version, user_id: from, op_id, account });
         self.push(msg.clone());
@@ -275,7 +281,8 @@ impl ServerDoc {
     }
 
     fn trim(&mut self) {
-        while self.history.len() > self.window || (self.history_bytes > self.max_history_bytes && self.history.len() > 1)
+        while self.history.len() > self.window
+            || (self.history_bytes > self.max_history_bytes && self.history.len() > 1)
         {
             if let Some(cost) = self.history_cost.pop_front() {
                 self.history_bytes -= cost;

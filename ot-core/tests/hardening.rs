@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ot_core::protocol::{decode_client, value_depth, ClientMsg, Limits, LimitError, OperationMsg};
+use ot_core::protocol::{decode_client, value_depth, ClientMsg, LimitError, Limits, OperationMsg};
 use ot_core::sync::{ClientDoc, Outcome, Received, ServerDoc, Submit};
 use ot_core::{apply, invert, Document, Op, OpError, Prev};
 use serde_json::{json, Value};
@@ -53,7 +53,8 @@ fn value_depth_counts_the_objects_a_path_creates() {
 #[test]
 fn frames_nested_past_the_envelope_are_not_parsed() {
     let limits = Limits::default();
-    let frame = json!({"type":"operation","operation":{"type":"update","target":"project","path":["a"],"value":nested(200)}});
+    let frame =
+        json!({"type":"operation","operation":{"type":"update","target":"project","path":["a"],"value":nested(200)}});
     let err = decode_client(&frame.to_string(), limits.frame_depth());
     assert!(matches!(err, Err(ot_core::protocol::DecodeError::TooDeep { .. })), "{err:?}");
 }
@@ -70,7 +71,13 @@ fn op_id_and_selection_lengths_are_bounded() {
 }
 
 fn submit(account: &str, conn: &str, op_id: &str, base: u64, v: Value) -> Submit {
-    Submit { from: conn.into(), account: Some(Arc::from(account)), base: Some(base), op_id: Some(op_id.into()), ops: ops(v) }
+    Submit {
+        from: conn.into(),
+        account: Some(Arc::from(account)),
+        base: Some(base),
+        op_id: Some(op_id.into()),
+        ops: ops(v),
+    }
 }
 
 fn marker(id: &str) -> Value {
@@ -117,7 +124,8 @@ fn a_client_never_takes_another_accounts_op_as_its_ack() {
     assert_eq!(c.inflight_id(), Some(out.op_id.as_str()));
     let mut mine = Document::new();
     let applied = apply(&mut mine, &ops(marker("theirs"))).unwrap();
-    let ack = OperationMsg { operation: applied, version: 2, user_id: "pa".into(), op_id: Some(out.op_id), account: None };
+    let ack =
+        OperationMsg { operation: applied, version: 2, user_id: "pa".into(), op_id: Some(out.op_id), account: None };
     assert_eq!(c.receive(&ack).unwrap(), Received::Ack);
     assert!(!c.has_pending());
     assert_eq!(c.doc().markers().len(), 2);
@@ -129,14 +137,16 @@ fn an_update_annotates_only_the_path_it_wrote() {
     let blob: serde_json::Map<String, Value> = (0..200).map(|i| (format!("k{i}"), json!("x".repeat(100)))).collect();
     apply(&mut doc, &ops(json!({"type":"update","target":"project","path":["blob"],"value":blob}))).unwrap();
     let before = doc.clone();
-    let done = apply(&mut doc, &ops(json!({"type":"update","target":"project","path":["blob","n"],"value":7}))).unwrap();
+    let done =
+        apply(&mut doc, &ops(json!({"type":"update","target":"project","path":["blob","n"],"value":7}))).unwrap();
     let Op::Update(u) = &done[0] else { panic!("an update") };
     assert_eq!(u.prev, Some(Prev::Absent));
     assert!(serde_json::to_string(&done).unwrap().len() < 200, "the annotation carries the blob");
     apply(&mut doc, &invert(&done)).unwrap();
     assert_eq!(doc, before);
     // Overwriting a key annotates its old value, and undoing it restores exactly that.
-    let again = apply(&mut doc, &ops(json!({"type":"update","target":"project","path":["blob","k3"],"value":1}))).unwrap();
+    let again =
+        apply(&mut doc, &ops(json!({"type":"update","target":"project","path":["blob","k3"],"value":1}))).unwrap();
     let Op::Update(u) = &again[0] else { panic!("an update") };
     assert_eq!(u.prev, Some(Prev::Value(json!("x".repeat(100)))));
     apply(&mut doc, &invert(&again)).unwrap();

@@ -75,7 +75,7 @@ fn row_same_index_own_pending_insert_keeps_its_index() {
     client.local(&ops(json!({"type":"insert","target":"track","id":"mine","index":0,"value":{}}))).unwrap();
     let mine = client.take_outgoing().unwrap();
     let other = Submit {
-            account: None,
+        account: None,
         from: "other".into(),
         base: Some(0),
         op_id: Some("o:1".into()),
@@ -84,7 +84,13 @@ fn row_same_index_own_pending_insert_keeps_its_index() {
     let Outcome::Sequenced(m1) = server.submit(other, None).unwrap() else { panic!() };
     client.receive(&m1).unwrap();
     assert_eq!(&*client.doc().tracks()[0], "mine", "own pending insert keeps index 0");
-    let sub = Submit { account: None, from: "me".into(), base: Some(mine.base_version), op_id: Some(mine.op_id), ops: mine.ops };
+    let sub = Submit {
+        account: None,
+        from: "me".into(),
+        base: Some(mine.base_version),
+        op_id: Some(mine.op_id),
+        ops: mine.ops,
+    };
     let Outcome::Sequenced(m2) = server.submit(sub, None).unwrap() else { panic!() };
     client.receive(&m2).unwrap();
     assert!(client.doc() == server.doc());

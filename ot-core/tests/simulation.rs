@@ -53,7 +53,7 @@ impl Sim {
         let c = &mut self.clients[i];
         if let Some(out) = c.take_outgoing() {
             self.links[i].up.push_back(Submit {
-            account: None,
+                account: None,
                 from: format!("c{i}"),
                 base: Some(out.base_version),
                 op_id: Some(out.op_id),
@@ -127,7 +127,7 @@ impl Sim {
         }
         if let Some(out) = self.clients[i].resend() {
             self.links[i].up.push_back(Submit {
-            account: None,
+                account: None,
                 from: format!("c{i}"),
                 base: Some(out.base_version),
                 op_id: Some(out.op_id),
@@ -276,7 +276,13 @@ fn empty_document_converges() {
         let ops = gen_batch(&mut rng, c.doc(), 2);
         c.local(&ops).unwrap();
         let out = c.take_outgoing().unwrap();
-        let sub = Submit { account: None, from: "solo".into(), base: Some(out.base_version), op_id: Some(out.op_id), ops: out.ops };
+        let sub = Submit {
+            account: None,
+            from: "solo".into(),
+            base: Some(out.base_version),
+            op_id: Some(out.op_id),
+            ops: out.ops,
+        };
         let Outcome::Sequenced(msg) = server.submit(sub, None).unwrap() else { panic!("not sequenced") };
         assert_eq!(c.receive(&msg).unwrap(), ot_core::sync::Received::Ack);
     }

@@ -87,7 +87,10 @@ pub async fn serve(shared: Arc<Shared>, ws: Socket, room: String, query: SocketQ
     let span = tracing::info_span!("conn", %conn, %room, user = %claims.sub);
     shared.metrics.connection(true);
     let account = Arc::from(claims.sub.as_str());
-    Connection { shared: shared.clone(), room, conn, claims, account, since: query.since }.run(ws).instrument(span).await;
+    Connection { shared: shared.clone(), room, conn, claims, account, since: query.since }
+        .run(ws)
+        .instrument(span)
+        .await;
     shared.metrics.connection(false);
 }
 

@@ -504,6 +504,7 @@ mod tests {
                     version: v,
                     user_id: "x".repeat(name_bytes),
                     op_id: None,
+                    account: None,
                 }),
                 snapshot: None,
             })

@@ -286,9 +286,11 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     let (window, max_rebase, bytes) = (cfg.history_window, cfg.max_rebase, cfg.max_history_bytes);
     let room_id = id.clone();
     let loaded = if store.blocking() {
-        tokio::task::spawn_blocking(move || store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes)))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Corrupt { room: id.to_string(), version: 0, reason: e.to_string() }))
+        tokio::task::spawn_blocking(move || {
+            store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes))
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Corrupt { room: id.to_string(), version: 0, reason: e.to_string() }))
     } else {
         store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes))
     };
@@ -685,8 +687,8 @@ impl Room {
                     let result = tokio::task::spawn_blocking(move || {
                         older_history(&*store, &r, base, until, account.as_deref(), id.as_deref())
                     })
-                            .await
-                            .unwrap_or_else(|e| Err(join_error(&room, e)));
+                    .await
+                    .unwrap_or_else(|e| Err(join_error(&room, e)));
                     // The room may have stopped (shutdown); the client resends after reconnecting.
                     let _ = tx.send(Loaded::Older { conn, session, submit: s, result }).await;
                 });

@@ -311,9 +311,8 @@ impl SqliteStore {
         let conn = Self::connect(&path)?;
         conn.execute_batch(SCHEMA)?;
         // Logs written before op ids were scoped per account have no `account` column.
-        let has_account: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'account'")?
-            .exists([])?;
+        let has_account: bool =
+            conn.prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'account'")?.exists([])?;
         if !has_account {
             conn.execute_batch("ALTER TABLE ops ADD COLUMN account TEXT NOT NULL DEFAULT ''")?;
         }
@@ -370,9 +369,8 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO ops (room, version, op_id, body, account) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO ops (room, version, op_id, body, account) VALUES (?1, ?2, ?3, ?4, ?5)")?;
             let mut snap =
                 tx.prepare_cached("INSERT OR REPLACE INTO snapshots (room, version, state) VALUES (?1, ?2, ?3)")?;
             for g in groups {
@@ -585,7 +583,13 @@ mod tests {
             json!({"type":"insert","target":"track","id":format!("t{v}"),"index":0,"value":{"name":"x"}}),
         )
         .unwrap();
-        Arc::new(OperationMsg { operation: op, version: v, user_id: "c".into(), op_id: Some(id.into()), account: Some(Arc::from("acct")) })
+        Arc::new(OperationMsg {
+            operation: op,
+            version: v,
+            user_id: "c".into(),
+            op_id: Some(id.into()),
+            account: Some(Arc::from("acct")),
+        })
     }
 
     fn exercise(store: &dyn Store) {

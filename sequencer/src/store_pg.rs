@@ -24,7 +24,8 @@ use serde_json::Value;
 use crate::store::{account_key, account_of, RoomAppend, Store, StoreError};
 
 /// Migrations in order; `schema_version` holds how many were applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE ops (
     room TEXT NOT NULL,
     version BIGINT NOT NULL,
@@ -39,11 +40,13 @@ CREATE TABLE snapshots (
     state TEXT NOT NULL,
     PRIMARY KEY (room, version)
 );
-", "
+",
+    "
 ALTER TABLE ops ADD COLUMN account TEXT NOT NULL DEFAULT '';
 DROP INDEX ops_op_id;
 CREATE UNIQUE INDEX ops_account_op_id ON ops (room, account, op_id) WHERE op_id IS NOT NULL;
-"];
+",
+];
 
 /// Key of the advisory lock held while migrating (any constant shared by every node).
 const MIGRATION_LOCK: i64 = 0x5e9_0e7c_e500;

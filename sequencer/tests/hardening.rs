@@ -41,7 +41,8 @@ async fn item1_an_8000_key_path_is_refused_and_the_server_stays_up() {
     assert_eq!(a.error().await["code"], "too_large");
     a.op(json!({"type":"update","target":"project","path":["x"],"value":nested(33)}), Some(0), "a:3").await;
     assert_eq!(a.error().await["code"], "too_large");
-    let clip = json!({"type":"insert","target":"track","id":"t","index":0,"value":{"clips":[{"id":"c","v":nested(33)}]}});
+    let clip =
+        json!({"type":"insert","target":"track","id":"t","index":0,"value":{"clips":[{"id":"c","v":nested(33)}]}});
     a.op(clip, Some(0), "a:4").await;
     assert_eq!(a.error().await["code"], "too_large");
     still_serving(server.addr, "deep", "b").await;
@@ -151,7 +152,10 @@ async fn items5_and_6_small_edits_next_to_a_large_value_cost_what_they_change() 
     let blob: serde_json::Map<String, Value> = (0..1950).map(|i| (format!("k{i:04}"), json!("x".repeat(90)))).collect();
     a.op_acked(json!({"type":"update","target":"project","path":["blob"],"value":blob}), Some(0), "a:blob").await;
     let db = || {
-        ["sequencer.db", "sequencer.db-wal"].iter().map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len())).sum::<u64>()
+        ["sequencer.db", "sequencer.db-wal"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()))
+            .sum::<u64>()
     };
     let (rss0, db0) = (rss_bytes(), db());
     let mut v = 1;
@@ -191,7 +195,8 @@ async fn item7_a_catch_up_larger_than_the_state_is_sent_as_the_state() {
         let op = json!({"type":"update","target":"project","path":["pad"],"value":"p".repeat(10_000 + i)});
         v = a.op_acked(op, Some(v), &format!("a:{i}")).await["version"].as_u64().unwrap();
     }
-    v = a.op_acked(json!({"type":"update","target":"project","path":["tempo"],"value":99}), Some(v), "a:t").await["version"]
+    v = a.op_acked(json!({"type":"update","target":"project","path":["tempo"],"value":99}), Some(v), "a:t").await
+        ["version"]
         .as_u64()
         .unwrap();
     let (_b, init) = Client::join_with(server.addr, "cu", &token("cu", "b"), "b", Some(0)).await;
@@ -313,7 +318,8 @@ async fn a_document_cannot_grow_past_its_cap() {
     let mut v = 0;
     let mut refused = None;
     for i in 0..20 {
-        let op = json!({"type":"insert","target":"marker","id":format!("m{i}"),"index":0,"value":{"blob":"b".repeat(8000)}});
+        let op =
+            json!({"type":"insert","target":"marker","id":format!("m{i}"),"index":0,"value":{"blob":"b".repeat(8000)}});
         a.op(op, Some(v), &format!("a:{i}")).await;
         let m = loop {
             let m = a.recv().await;

@@ -18,7 +18,13 @@ fn msg(v: u64, op_id: &str) -> Sequenced {
         json!({"type":"insert","target":"track","id":format!("t{v}-{op_id}"),"index":0,"value":{"name":op_id}}),
     )
     .unwrap();
-    Arc::new(OperationMsg { operation: op, version: v, user_id: "c".into(), op_id: Some(op_id.into()), account: Some(Arc::from("acct")) })
+    Arc::new(OperationMsg {
+        operation: op,
+        version: v,
+        user_id: "c".into(),
+        op_id: Some(op_id.into()),
+        account: Some(Arc::from("acct")),
+    })
 }
 
 fn group(room: &str, entries: Vec<Entry>) -> RoomAppend {
