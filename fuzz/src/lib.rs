@@ -12,7 +12,9 @@
 //! - [`source`]: arbitrary bytes read as a stream of choices.
 //! - [`gen`]: a small document from bytes, and op JSON for a document (mostly valid ops, some
 //!   invalid or damaged ones).
-//! - [`apply_ops`], [`tp1_pair`], [`decode_message`]: the three bodies.
+//! - [`apply_ops`], [`tp1_pair`], [`decode_message`]: the ot-core bodies.
+//! - [`store_reload`]: deep and wide edits through the server's decode, limits, sequencing,
+//!   store encoding and reload.
 //!
 //! # Running
 //!
@@ -25,6 +27,9 @@
 
 pub mod gen;
 pub mod source;
+mod store_reload;
+
+pub use store_reload::store_reload;
 
 use ot_core::protocol::{decode_client, decode_server, ClientMsg, ServerMsg};
 use ot_core::{apply, invert, transform, Document, Op, Side};

@@ -47,3 +47,8 @@ fn tp1_pair_corpus() {
 fn decode_message_corpus() {
     replay("decode_message", fuzz::decode_message);
 }
+
+#[test]
+fn store_reload_corpus() {
+    replay("store_reload", fuzz::store_reload);
+}

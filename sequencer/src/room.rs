@@ -144,6 +144,9 @@ pub struct Registry {
     inner: Mutex<RegInner>,
 }
 
+/// A `since` catch-up up to this size is sent as ops even when the state is smaller.
+const CATCHUP_FLOOR: usize = 256 * 1024;
+
 /// How long a room that nobody joined stays loaded after an HTTP read.
 const HTTP_ONLY_IDLE: Duration = Duration::from_secs(2);
 
@@ -490,10 +493,13 @@ impl Room {
         }
     }
 
-    /// The catch-up `ops`, or `None` (send the state instead) when they are larger than the
-    /// state or than `max_reply_bytes`: a catch-up never costs more than a fresh load.
+    /// The catch-up `ops`, or `None` (send the state instead) when they are larger than
+    /// `max_reply_bytes`, or larger than both the state and [`CATCHUP_FLOOR`]: a catch-up never
+    /// costs much more than a fresh load. Small ones always go as ops, so a client coming back
+    /// with pending edits can rebase them instead of reloading.
     fn within_reply_bound(&self, ops: Vec<Sequenced>) -> Option<Vec<Sequenced>> {
-        let bound = self.shared.config.max_reply_bytes.min(self.doc_bytes);
+        let cap = self.shared.config.max_reply_bytes;
+        let bound = cap.min(self.doc_bytes.max(CATCHUP_FLOOR));
         let mut bytes = 0usize;
         for m in &ops {
             bytes += json_len(&**m);

@@ -46,7 +46,7 @@ fn schema_is_created_once_and_reopened() {
     assert_eq!(b.load("r").unwrap().ops.len(), 1);
     let mut c = db.client();
     let v: i32 = c.query_one("SELECT version FROM schema_version", &[]).unwrap().get(0);
-    assert_eq!(v, 1);
+    assert_eq!(v, 2, "both migrations applied once");
     let n: i64 = c.query_one("SELECT count(*) FROM schema_version", &[]).unwrap().get(0);
     assert_eq!(n, 1);
 }
