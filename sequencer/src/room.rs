@@ -686,12 +686,13 @@ impl Room {
                 let store = self.shared.persister.store.clone();
                 let (room, tx) = (self.id.clone(), self.loads_tx.clone());
                 let until = self.doc.window_start();
+                let max_bytes = self.shared.config.max_reply_bytes;
                 self.blocked = true;
                 tokio::spawn(async move {
                     let r = room.clone();
                     let (account, id) = (s.account.clone(), s.op_id.clone());
                     let result = tokio::task::spawn_blocking(move || {
-                        older_history(&*store, &r, base, until, account.as_deref(), id.as_deref())
+                        older_history(&*store, &r, base, until, account.as_deref(), id.as_deref(), max_bytes)
                     })
                     .await
                     .unwrap_or_else(|e| Err(join_error(&room, e)));
@@ -784,6 +785,10 @@ impl Room {
                 self.blocked = false;
                 match result {
                     Ok(older) => self.submit(conn, session, submit, Some(&older)).await,
+                    Err(StoreError::HistoryTooLarge { base, .. }) => {
+                        let e = SubmitError::VersionTooOld { base, oldest: self.doc.window_start() };
+                        self.reply_to(&conn, session, error_frame(&Rejection::Submit(e), submit.op_id));
+                    }
                     Err(e) => {
                         warn!(error = %e, "loading older history failed");
                         let f = error_frame(&Rejection::Storage(e.to_string()), submit.op_id);

@@ -58,6 +58,14 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A stale op's rebase would read more history than a room reads at once.
+    #[error("rebasing from version {base} would read over {limit} bytes of history")]
+    HistoryTooLarge {
+        /// The op's base.
+        base: u64,
+        /// The byte bound.
+        limit: usize,
+    },
     /// The writer thread is gone (shutdown or a panic).
     #[error("the store writer has stopped")]
     WriterGone,
@@ -120,7 +128,9 @@ fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreError {
 
 /// Builds the [`OlderHistory`] for a stale op based on `base`: the state at `base` (the snapshot
 /// at or before it plus replay), the ops `base+1 ..= until`, and the op already stored under
-/// `op_id` by `account`.
+/// `op_id` by `account`. The ops are read in chunks and the read stops with
+/// [`StoreError::HistoryTooLarge`] past `max_bytes` of JSON, so a stale op cannot make its room
+/// wait on an unbounded read.
 pub fn older_history(
     store: &dyn Store,
     room: &str,
@@ -128,6 +138,7 @@ pub fn older_history(
     until: u64,
     account: Option<&str>,
     op_id: Option<&str>,
+    max_bytes: usize,
 ) -> Result<OlderHistory, StoreError> {
     let known = match op_id {
         Some(id) => store.find_op(room, account, id)?,
@@ -143,9 +154,25 @@ pub fn older_history(
     for m in store.ops(room, snap_v, base, usize::MAX)? {
         apply(&mut state, &m.operation).map_err(|e| corrupt(room, m.version, e))?;
     }
-    let ops = store.ops(room, base, until, usize::MAX)?;
+    let mut ops = Vec::new();
+    let (mut bytes, mut from) = (0usize, base);
+    while from < until {
+        let chunk = store.ops(room, from, until, HISTORY_CHUNK)?;
+        let Some(last) = chunk.last() else { break };
+        from = last.version;
+        for m in chunk {
+            bytes += ot_core::protocol::json_len(&*m);
+            if bytes > max_bytes {
+                return Err(StoreError::HistoryTooLarge { base, limit: max_bytes });
+            }
+            ops.push(m);
+        }
+    }
     Ok(OlderHistory { base, state, ops, known })
 }
+
+/// How many ops [`older_history`] reads at a time.
+const HISTORY_CHUNK: usize = 1024;
 
 /// Replays `loaded` into a fresh [`ot_core::sync::ServerDoc`].
 pub fn restore(
@@ -618,7 +645,11 @@ mod tests {
         let loaded = store.load("r").unwrap();
         assert_eq!(loaded.snapshot.as_ref().map(|s| s.0), Some(6));
         assert!(loaded.ops.is_empty());
-        let older = older_history(store, "r", 2, 6, Some("acct"), Some("o5")).unwrap();
+        let older = older_history(store, "r", 2, 6, Some("acct"), Some("o5"), usize::MAX).unwrap();
+        assert!(matches!(
+            older_history(store, "r", 2, 6, Some("acct"), None, 200),
+            Err(StoreError::HistoryTooLarge { base: 2, limit: 200 })
+        ));
         assert_eq!(older.state.tracks().len(), 2);
         assert_eq!(older.ops.len(), 4);
         assert_eq!(older.known.unwrap().version, 5);

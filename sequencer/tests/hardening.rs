@@ -352,3 +352,29 @@ async fn a_frame_over_the_hard_limit_closes_with_1009() {
     still_serving(server.addr, "big-frame", "b").await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stale_op_cannot_make_its_room_read_unbounded_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        history_window: 2,
+        max_reply_bytes: 64 * 1024,
+        rate_limit: 0,
+        ..Config::sqlite(SECRET, dir.path().to_path_buf())
+    };
+    let server = start(config).await.unwrap();
+    let (mut a, _) = Client::join(server.addr, "stale", "a").await;
+    let mut v = 0;
+    for i in 0..20 {
+        let op = json!({"type":"update","target":"project","path":[format!("k{i}")],"value":"v".repeat(8000)});
+        v = a.op_acked(op, Some(v), &format!("a:{i}")).await["version"].as_u64().unwrap();
+    }
+    // Based 20 versions back: 160 KB of history to read, over the 64 KB bound.
+    a.op(track("late", 0), Some(0), "a:late").await;
+    let e = a.error().await;
+    assert_eq!((e["code"].as_str(), e["opId"].as_str()), (Some("version_too_old"), Some("a:late")), "{e}");
+    // Based within the bound: rebased from the store as before.
+    let ack = a.op_acked(track("recent", 0), Some(v - 4), "a:recent").await;
+    assert_eq!(ack["version"].as_u64(), Some(v + 1));
+    server.shutdown().await.unwrap();
+}

@@ -132,7 +132,7 @@ fn load_replay_round_trip_find_op_and_older_history() {
     assert_eq!(from_snapshot.tracks().len(), 6);
     assert!(store.snapshot_at_or_before("r", 5).unwrap().is_none());
 
-    let older = older_history(&store, "r", 2, 6, Some("acct"), Some("o5")).unwrap();
+    let older = older_history(&store, "r", 2, 6, Some("acct"), Some("o5"), usize::MAX).unwrap();
     assert_eq!(older.state.tracks().len(), 2);
     assert_eq!(older.ops.len(), 4);
     assert_eq!(older.known.unwrap().version, 5);
