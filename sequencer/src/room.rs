@@ -1,44 +1,49 @@
-//! Rooms: one task per room owning its [`ServerDoc`], presence, cursors and transport, and the
-//! [`Registry`] that finds or starts them.
+//! Rooms: one task per room, a short async shell around [`core::RoomCore`] — the room's
+//! decisions as a synchronous machine — and the [`Registry`] that finds or starts rooms.
 //!
-//! A room loads from the store on first use (inside its own task, so the registry lock is only
-//! held to insert an inbox) and unloads after `room_idle` without connections. An op is
-//! sequenced by ot-core, handed to the store, and broadcast — to everyone, the sender's ack
-//! included — only once the store reports it durable; `init` is built from the durable state
-//! in the same room turn that registers the connection, so no version falls between them.
+//! The shell owns what the core must not: the connections' outboxes, the store writer's
+//! durability channel, store reads (on blocking threads), the bus subscription and the clock.
+//! It feeds the core one [`core::Input`] at a time and carries out the [`core::Output`]s in
+//! order. A room loads from the store on first use (inside its own task, so the registry lock is
+//! only held to insert an inbox) and unloads when the core says it is idle.
+//!
+//! # Layout
+//!
+//! - [`core`]: [`core::RoomCore`], its inputs and outputs; sequencing, durability bookkeeping,
+//!   catch-up, cursors, transport.
+//! - [`presence`]: members, colors, the `_pk` takeover rule and per-account slots.
+//! - [`cluster`]: a shared store's lost races and other nodes' ops.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ot_core::protocol::{encode, json_len, CursorPos, OperationMsg, Presence, ServerMsg, TransportState};
-use ot_core::sync::{OlderHistory, Outcome, Sequenced, ServerDoc, Submit, SubmitError};
-use ot_core::{Document, Op, Prev};
-use serde::Serialize;
+use ot_core::protocol::{encode, OperationMsg, ServerMsg};
+use ot_core::sync::{Sequenced, ServerDoc};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{error, info, Instrument};
 
 use crate::auth::Role;
+use crate::bus::Subscription;
 use crate::error::{Close, Rejection};
 use crate::outbox::Outbox;
-use crate::store::{older_history, restore, Durable, Entry, RoomAppend, StoreError, WriteReq};
+use crate::store::{older_history, restore, Durable, Store, StoreError, WriteReq};
 use crate::Shared;
 
-mod cluster;
+pub mod cluster;
+pub mod core;
+pub mod presence;
+
+pub use self::core::{ClientIn, Collaborator};
+use self::core::{ConnKey, CoreConfig, Input, Now, Output, ReadReq, ReadResult, RoomCore, Stat};
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
-
-/// Distinct presence colors, handed out lowest-free-first.
-const PALETTE: [&str; 12] = [
-    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990",
-    "#9a6324", "#800000",
-];
 
 /// A connection asking to join.
 pub struct Join {
@@ -60,40 +65,6 @@ pub struct Join {
     pub outbox: Arc<Outbox>,
     /// Answered once `init` is queued, or with the close reason.
     pub reply: oneshot::Sender<Result<(), Close>>,
-}
-
-/// A decoded client message the room acts on.
-#[derive(Debug)]
-pub enum ClientIn {
-    /// An edit (`from` is the connection id).
-    Submit(Submit),
-    /// A cursor.
-    Cursor(CursorPos),
-    /// Play / pause / seek.
-    Transport {
-        /// Whether playback runs.
-        playing: bool,
-        /// Seconds.
-        position: f64,
-    },
-    /// Heartbeat.
-    Ping,
-}
-
-/// One entry of `GET …/collaborators`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Collaborator {
-    /// Connection id.
-    pub id: String,
-    /// Account id.
-    pub user_id: String,
-    /// Display name.
-    pub name: String,
-    /// Avatar URL.
-    pub avatar: Option<String>,
-    /// RFC 3339.
-    pub joined_at: String,
 }
 
 /// What a room's inbox takes.
@@ -124,13 +95,6 @@ pub enum RoomMsg {
     Head(oneshot::Sender<u64>),
 }
 
-/// Results of store reads the room started, delivered back to its task.
-enum Loaded {
-    Older { conn: Arc<str>, session: u64, submit: Submit, result: Result<OlderHistory, StoreError> },
-    Catchup { join: Join, since: u64, upto: u64, result: Result<Vec<Sequenced>, StoreError> },
-    Cluster(cluster::Fetched),
-}
-
 #[derive(Default)]
 struct RegInner {
     rooms: HashMap<Arc<str>, (u64, mpsc::Sender<RoomMsg>)>,
@@ -143,12 +107,6 @@ struct RegInner {
 pub struct Registry {
     inner: Mutex<RegInner>,
 }
-
-/// A `since` catch-up up to this size is sent as ops even when the state is smaller.
-const CATCHUP_FLOOR: usize = 256 * 1024;
-
-/// How long a room that nobody joined stays loaded after an HTTP read.
-const HTTP_ONLY_IDLE: Duration = Duration::from_secs(2);
 
 /// Capacity of a room's inbox.
 const INBOX: usize = 1024;
@@ -239,63 +197,18 @@ pub async fn ask<T>(shared: &Arc<Shared>, room: &str, make: impl Fn(oneshot::Sen
     None
 }
 
-struct Member {
-    conn: Arc<str>,
-    session: u64,
-    presence: Presence,
-    role: Role,
-    outbox: Arc<Outbox>,
-    joined_at: u64,
-    cursor_dirty: bool,
-}
-
-struct Room {
-    id: Arc<str>,
-    gen: u64,
-    shared: Arc<Shared>,
-    doc: ServerDoc,
-    durable_version: u64,
-    durable_doc: Document,
-    /// Sequenced but not yet durable, with the state after each.
-    pending: VecDeque<(Sequenced, Document)>,
-    /// Duplicate answers waiting for their op to be durable.
-    dup_waiting: Vec<(Arc<str>, u64, Sequenced)>,
-    members: Vec<Member>,
-    transport: TransportState,
-    cursor_deadline: Option<Instant>,
-    durable_tx: Arc<watch::Sender<Durable>>,
-    durable_rx: watch::Receiver<Durable>,
-    writer: Option<mpsc::Sender<WriteReq>>,
-    loads_tx: mpsc::Sender<Loaded>,
-    /// A submit waits for older history; the inbox is not read meanwhile (keeps order).
-    blocked: bool,
-    outstanding: usize,
-    idle_since: Option<Instant>,
-    /// Whether anyone ever joined: a room loaded only for an HTTP read unloads sooner.
-    ever_joined: bool,
-    /// The document's JSON size, kept up to date from each op's annotations (an estimate
-    /// within a few bytes per op; recomputed exactly at every load).
-    doc_bytes: usize,
-    draining: bool,
-    failed: bool,
-    /// Several nodes on one store: lost races, other nodes' ops (`room/cluster.rs`).
-    cluster: cluster::Cluster,
-}
-
+/// The room's task: loads the room, then runs the shell until the core lets it go.
 async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Receiver<RoomMsg>) {
     let _done = shared.done.clone();
     let store = shared.persister.store.clone();
     let cfg = &shared.config;
     let (window, max_rebase, bytes) = (cfg.history_window, cfg.max_rebase, cfg.max_history_bytes);
     let room_id = id.clone();
-    let loaded = if store.blocking() {
-        tokio::task::spawn_blocking(move || {
-            store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes))
-        })
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Corrupt { room: id.to_string(), version: 0, reason: e.to_string() }))
+    let load = move || store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes));
+    let loaded = if shared.persister.store.blocking() {
+        tokio::task::spawn_blocking(load).await.unwrap_or_else(|e| Err(join_error(&id, e)))
     } else {
-        store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes))
+        load()
     };
     let doc = match loaded {
         Ok(d) => d,
@@ -305,555 +218,344 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
             return;
         }
     };
-    let doc_bytes = json_len(&doc.doc().state(doc.version()));
-    info!(version = doc.version(), bytes = doc_bytes, "room loaded");
+    info!(version = doc.version(), "room loaded");
     shared.metrics.room(true);
-    let (durable_tx, durable_rx) = watch::channel(Durable { version: doc.version(), failed: None, conflict: None });
-    let (loads_tx, mut loads_rx) = mpsc::channel(64);
-    let cluster = cluster::Cluster::new(&shared, &id);
-    let mut room = Room {
-        cluster,
-        id,
-        gen,
-        durable_version: doc.version(),
-        durable_doc: doc.doc().clone(),
-        transport: TransportState {
-            playing: doc.doc().is_playing(),
-            position: doc.doc().playhead(),
-            server_time: now_ms(),
-        },
-        doc,
-        pending: VecDeque::new(),
-        dup_waiting: Vec::new(),
-        members: Vec::new(),
-        cursor_deadline: None,
+    let shared_store = matches!(shared.config.storage, crate::Storage::Postgres(_));
+    let started = Instant::now();
+    let core = RoomCore::new(doc, CoreConfig::new(&shared.config, id.clone(), shared_store), clock(started));
+    let (durable_tx, durable_rx) = watch::channel(Durable { version: core.durable_version(), ..Default::default() });
+    let (reads_tx, reads_rx) = mpsc::channel(64);
+    let bus = match (&shared.bus, shared_store) {
+        (Some(bus), true) => Some(bus.subscribe(id.clone())),
+        _ => None,
+    };
+    let mut shell = Shell {
+        core,
+        members: HashMap::new(),
+        joining: HashMap::new(),
+        epoch: 0,
         durable_tx: Arc::new(durable_tx),
         durable_rx,
         writer: shared.persister.sender(),
-        loads_tx,
-        blocked: false,
-        outstanding: 0,
-        idle_since: Some(Instant::now()),
-        ever_joined: false,
-        doc_bytes,
+        reads_tx,
+        bus,
+        inputs: VecDeque::new(),
         draining: false,
-        failed: false,
+        started,
+        id,
+        gen,
         shared: shared.clone(),
     };
-    room.run(&mut rx, &mut loads_rx).await;
+    shell.run(&mut rx, reads_rx).await;
     shared.metrics.room(false);
     info!("room unloaded");
 }
 
-impl Room {
-    async fn run(&mut self, rx: &mut mpsc::Receiver<RoomMsg>, loads_rx: &mut mpsc::Receiver<Loaded>) {
+/// The clock reading the core takes.
+fn clock(started: Instant) -> Now {
+    Now { mono_ms: started.elapsed().as_millis() as u64, epoch_ms: now_ms() }
+}
+
+/// The async side of one room. See the module docs.
+struct Shell {
+    core: RoomCore,
+    /// Members' outboxes: they get broadcasts.
+    members: HashMap<ConnKey, Arc<Outbox>>,
+    /// Connections waiting for their join's answer (a catch-up read may be under way).
+    joining: HashMap<ConnKey, (Arc<Outbox>, oneshot::Sender<Result<(), Close>>)>,
+    /// The durability epoch of `durable_tx` (a new one after a lost race).
+    epoch: u64,
+    durable_tx: Arc<watch::Sender<Durable>>,
+    durable_rx: watch::Receiver<Durable>,
+    writer: Option<mpsc::Sender<WriteReq>>,
+    reads_tx: mpsc::Sender<(u64, ReadResult)>,
+    bus: Option<Subscription>,
+    /// Inputs produced while carrying out outputs (a store that answers at once).
+    inputs: VecDeque<Input>,
+    draining: bool,
+    started: Instant,
+    id: Arc<str>,
+    gen: u64,
+    shared: Arc<Shared>,
+}
+
+/// Whether the shell goes on.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Shell {
+    async fn run(&mut self, rx: &mut mpsc::Receiver<RoomMsg>, mut reads_rx: mpsc::Receiver<(u64, ReadResult)>) {
         let mut shutdown = self.shared.shutdown.clone();
-        let room_idle = self.shared.config.room_idle;
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
         let mut inbox_closed = false;
         loop {
-            let cursor_at = self.cursor_deadline.unwrap_or(far);
-            // A room nobody joined (loaded for an HTTP read) unloads within a few seconds, so
-            // reads of many room ids cannot keep many rooms loaded.
-            let idle = if self.ever_joined { room_idle } else { room_idle.min(HTTP_ONLY_IDLE) };
-            let idle_at = self.idle_since.map_or(far, |t| t + idle);
-            let has_writer = self.writer.is_some();
-            tokio::select! {
-                msg = rx.recv(), if !self.blocked && !inbox_closed => match msg {
-                    Some(m) => self.handle(m).await,
+            let deadline = self.core.next_deadline().map(|ms| self.started + Duration::from_millis(ms));
+            let input = tokio::select! {
+                msg = rx.recv(), if !self.core.is_blocked() && !inbox_closed => match msg {
+                    Some(m) => match self.on_msg(m) {
+                        Some(input) => input,
+                        None => continue,
+                    },
                     None => {
                         inbox_closed = true;
-                        self.draining = true;
+                        Input::Shutdown
                     }
                 },
-                Some(l) = loads_rx.recv() => self.loaded(l).await,
-                ev = self.cluster.next(), if self.cluster.active() => self.on_cluster(ev).await,
-                changed = self.durable_rx.changed(), if has_writer => {
-                    if changed.is_ok() { self.on_durable() }
+                Some((id, result)) = reads_rx.recv() => Input::ReadDone { id, result },
+                changed = self.durable_rx.changed(), if self.writer.is_some() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let durable = self.durable_rx.borrow_and_update().clone();
+                    Input::Durable { epoch: self.epoch, durable }
                 }
-                _ = tokio::time::sleep_until(cursor_at), if self.cursor_deadline.is_some() => self.flush_cursors(),
-                _ = tokio::time::sleep_until(idle_at), if self.idle_since.is_some() && !self.draining => {
-                    if self.members.is_empty() && self.quiet() && self.shared.rooms.remove_if_idle(&self.id, self.gen, rx) {
+                m = recv_bus(&mut self.bus), if self.bus.is_some() => match m {
+                    Some(op) => Input::Foreign(op),
+                    None => {
+                        self.bus = None;
+                        continue;
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => Input::Tick,
+                _ = shutdown.changed(), if !self.draining => Input::Shutdown,
+            };
+            self.inputs.push_back(input);
+            while let Some(input) = self.inputs.pop_front() {
+                if matches!(input, Input::Shutdown) {
+                    self.draining = true;
+                }
+                let outputs = self.core.handle(input, clock(self.started));
+                for out in outputs {
+                    if let Flow::Stop = self.carry_out(out, rx).await {
                         return;
                     }
-                    self.idle_since = Some(Instant::now());
                 }
-                _ = shutdown.changed(), if !self.draining => self.draining = true,
-            }
-            if self.failed {
-                self.shared.rooms.remove(&self.id, self.gen);
-                return;
-            }
-            if self.draining && self.quiet() && rx.is_empty() {
-                for m in &self.members {
-                    m.outbox.close(Close::GoingAway);
-                }
-                self.shared.rooms.remove(&self.id, self.gen);
-                return;
-            }
-            if self.members.is_empty() && self.idle_since.is_none() {
-                self.idle_since = Some(Instant::now());
             }
         }
     }
 
-    /// No write, load or duplicate answer outstanding.
-    fn quiet(&self) -> bool {
-        self.pending.is_empty() && !self.blocked && self.outstanding == 0 && self.dup_waiting.is_empty()
-    }
-
-    async fn handle(&mut self, msg: RoomMsg) {
+    /// Turns an inbox message into an input, answering the HTTP queries at once.
+    fn on_msg(&mut self, msg: RoomMsg) -> Option<Input> {
         match msg {
-            RoomMsg::Join(j) => self.join(j),
-            RoomMsg::Leave { conn, session } => self.leave(&conn, session),
-            RoomMsg::Client { conn, session, msg } => self.client(conn, session, msg).await,
+            RoomMsg::Join(j) => {
+                let key = (j.conn.clone(), j.session);
+                self.joining.insert(key, (j.outbox, j.reply));
+                Some(Input::Join(core::JoinReq {
+                    conn: j.conn,
+                    session: j.session,
+                    user_id: j.user_id,
+                    name: j.name,
+                    avatar: j.avatar,
+                    role: j.role,
+                    since: j.since,
+                }))
+            }
+            RoomMsg::Leave { conn, session } => {
+                self.members.remove(&(conn.clone(), session));
+                Some(Input::Leave { conn, session })
+            }
+            RoomMsg::Client { conn, session, msg } => Some(Input::Client { conn, session, msg }),
+            // The HTTP caller may have gone away; nothing to do then.
             RoomMsg::State(reply) => {
-                // The HTTP caller may have gone away; nothing to do then.
-                let _ = reply.send(self.state_value());
+                let _ = reply.send(self.core.state_value());
+                None
             }
             RoomMsg::Collaborators(reply) => {
-                let list = self
-                    .members
-                    .iter()
-                    .map(|m| Collaborator {
-                        id: m.conn.to_string(),
-                        user_id: m.presence.user_id.clone(),
-                        name: m.presence.name.clone(),
-                        avatar: m.presence.avatar.clone(),
-                        joined_at: rfc3339(m.joined_at),
-                    })
-                    .collect();
-                // As above: the caller may be gone.
-                let _ = reply.send(list);
+                let _ = reply.send(self.core.collaborators());
+                None
             }
             RoomMsg::Head(reply) => {
-                // As above.
-                let _ = reply.send(self.durable_version);
+                let _ = reply.send(self.core.durable_version());
+                None
             }
         }
     }
 
-    fn state_value(&self) -> Value {
-        let mut doc = self.durable_doc.clone();
-        doc.set_transport(self.transport.playing, self.transport.position);
-        doc.to_state_value(self.durable_version)
+    fn outbox(&self, key: &ConnKey) -> Option<&Arc<Outbox>> {
+        self.members.get(key).or_else(|| self.joining.get(key).map(|(o, _)| o))
     }
 
-    fn member(&mut self, conn: &str, session: u64) -> Option<&mut Member> {
-        self.members.iter_mut().find(|m| &*m.conn == conn && m.session == session)
-    }
-
-    fn join(&mut self, j: Join) {
-        let replacing = match self.members.iter().find(|m| m.conn == j.conn) {
-            // A connection id is visible to the whole room: only the same account may take it
-            // over, or any member could kick another by reusing its `_pk`.
-            Some(m) if m.presence.user_id != j.user_id => {
-                // The connection closes itself with the reason; it may already be gone.
-                let _ = j.reply.send(Err(Close::BadRequest));
-                return;
-            }
-            Some(_) => true,
-            None => false,
-        };
-        let cfg = &self.shared.config;
-        let same_account = self.members.iter().filter(|m| m.presence.user_id == j.user_id).count();
-        if !replacing && (self.members.len() >= cfg.max_room_connections || same_account >= cfg.max_account_connections)
-        {
-            // The connection closes itself with the reason; it may already be gone.
-            let _ = j.reply.send(Err(Close::Full));
-            self.shared.metrics.limit_refused();
-            return;
-        }
-        self.idle_since = None;
-        self.ever_joined = true;
-        let durable = self.durable_version;
-        match j.since {
-            None => self.finish_join(j, None),
-            Some(s) if s > durable || durable - s > self.shared.config.max_catchup => self.finish_join(j, None),
-            Some(s) => match self.ops_in_memory(s) {
-                Some(ops) => {
-                    let ops = self.within_reply_bound(ops);
-                    self.finish_join(j, ops)
-                }
-                None => {
-                    let store = self.shared.persister.store.clone();
-                    let (room, tx) = (self.id.clone(), self.loads_tx.clone());
-                    self.outstanding += 1;
-                    tokio::spawn(async move {
-                        let r = room.clone();
-                        let result = tokio::task::spawn_blocking(move || store.ops(&r, s, durable, usize::MAX))
-                            .await
-                            .unwrap_or_else(|e| Err(join_error(&room, e)));
-                        // The room may have stopped; then the join's reply is dropped and the
-                        // connection retries.
-                        let _ = tx.send(Loaded::Catchup { join: j, since: s, upto: durable, result }).await;
-                    });
-                }
-            },
-        }
-    }
-
-    /// The catch-up `ops`, or `None` (send the state instead) when they are larger than
-    /// `max_reply_bytes`, or larger than both the state and [`CATCHUP_FLOOR`]: a catch-up never
-    /// costs much more than a fresh load. Small ones always go as ops, so a client coming back
-    /// with pending edits can rebase them instead of reloading.
-    fn within_reply_bound(&self, ops: Vec<Sequenced>) -> Option<Vec<Sequenced>> {
-        let cap = self.shared.config.max_reply_bytes;
-        let bound = cap.min(self.doc_bytes.max(CATCHUP_FLOOR));
-        let mut bytes = 0usize;
-        for m in &ops {
-            bytes += json_len(&**m);
-            if bytes > bound {
-                return None;
-            }
-        }
-        Some(ops)
-    }
-
-    /// The durable ops after `since`, if the memory window still holds them all.
-    fn ops_in_memory(&self, since: u64) -> Option<Vec<Sequenced>> {
-        let ops = self.doc.ops_since(since)?;
-        Some(ops.into_iter().take_while(|m| m.version <= self.durable_version).collect())
-    }
-
-    fn finish_join(&mut self, j: Join, ops: Option<Vec<Sequenced>>) {
-        let now = now_ms();
-        if let Some(m) = self.members.iter_mut().find(|m| m.conn == j.conn) {
-            // Same `_pk` again: the new socket takes over the presence, no leave/join flicker.
-            m.outbox.close(Close::Replaced);
-            m.outbox = j.outbox.clone();
-            m.session = j.session;
-            m.role = j.role;
-            m.presence.name = j.name;
-            m.presence.avatar = j.avatar;
-            m.presence.last_seen = now;
-        } else {
-            let used: Vec<&str> = self.members.iter().map(|m| m.presence.color.as_str()).collect();
-            let color = PALETTE
-                .iter()
-                .find(|c| !used.contains(c))
-                .copied()
-                .unwrap_or(PALETTE[self.members.len() % PALETTE.len()]);
-            let presence = Presence {
-                id: j.conn.to_string(),
-                user_id: j.user_id,
-                name: j.name,
-                avatar: j.avatar,
-                color: color.to_string(),
-                cursor: None,
-                last_seen: now,
-            };
-            let frame = frame(&ServerMsg::UserJoined { user: presence.clone() });
-            for m in &self.members {
-                m.outbox.push(frame.clone());
-            }
-            self.members.push(Member {
-                conn: j.conn.clone(),
-                session: j.session,
-                presence,
-                role: j.role,
-                outbox: j.outbox.clone(),
-                joined_at: now,
-                cursor_dirty: false,
-            });
-        }
-        let (state, ops) = match ops {
-            Some(ops) => (None, Some(ops.iter().map(|m| (**m).clone()).collect())),
-            None => (Some(self.state_value()), None),
-        };
-        let init = ServerMsg::Init {
-            users: self.members.iter().map(|m| m.presence.clone()).collect(),
-            state,
-            ops,
-            your_id: j.conn.to_string(),
-            version: self.durable_version,
-            server_time: now,
-            transport: Some(self.transport.clone()),
-        };
-        j.outbox.push(frame(&init));
-        debug!(conn = %j.conn, version = self.durable_version, "joined");
-        // The connection may have gone while we loaded; its Leave follows.
-        let _ = j.reply.send(Ok(()));
-    }
-
-    fn leave(&mut self, conn: &str, session: u64) {
-        let Some(i) = self.members.iter().position(|m| &*m.conn == conn && m.session == session) else {
-            return;
-        };
-        let m = self.members.remove(i);
-        m.outbox.close(Close::GoingAway);
-        let frame = frame(&ServerMsg::UserLeft { user_id: m.conn.to_string() });
-        for other in &self.members {
-            other.outbox.push(frame.clone());
-        }
-        if self.members.is_empty() {
-            self.idle_since = Some(Instant::now());
-        }
-    }
-
-    async fn client(&mut self, conn: Arc<str>, session: u64, msg: ClientIn) {
-        let now = now_ms();
-        let tick = self.shared.config.cursor_tick;
-        let Some(m) = self.member(&conn, session) else { return };
-        m.presence.last_seen = now;
-        let role = m.role;
-        match msg {
-            ClientIn::Ping => {
-                m.outbox.push(frame(&ServerMsg::Pong { server_time: now }));
-            }
-            ClientIn::Cursor(pos) => {
-                m.presence.cursor = Some(pos);
-                m.cursor_dirty = true;
-                if tick.is_zero() {
-                    self.flush_cursors();
-                } else if self.cursor_deadline.is_none() {
-                    self.cursor_deadline = Some(Instant::now() + tick);
+    async fn carry_out(&mut self, out: Output, rx: &mpsc::Receiver<RoomMsg>) -> Flow {
+        match out {
+            Output::Send { to, frame } => {
+                if let Some(o) = self.outbox(&to) {
+                    o.push(Utf8Bytes::from(frame));
                 }
             }
-            ClientIn::Transport { .. } | ClientIn::Submit(_) if role == Role::Viewer => {
-                let (what, op_id) = match &msg {
-                    ClientIn::Submit(s) => ("operation", s.op_id.clone()),
-                    _ => ("transport", None),
-                };
-                m.outbox.push(error_frame(&Rejection::Forbidden { what }, op_id));
-            }
-            ClientIn::Transport { playing, position } => {
-                self.transport = TransportState { playing, position, server_time: now };
-                self.doc.doc_mut().set_transport(playing, position);
-                let f = frame(&ServerMsg::Transport { playing, position, user_id: conn.to_string(), server_time: now });
-                for o in self.members.iter().filter(|o| o.conn != conn) {
-                    o.outbox.push(f.clone());
-                }
-            }
-            ClientIn::Submit(s) => self.submit(conn, session, s, None).await,
-        }
-    }
-
-    fn flush_cursors(&mut self) {
-        self.cursor_deadline = None;
-        for i in 0..self.members.len() {
-            if !self.members[i].cursor_dirty {
-                continue;
-            }
-            self.members[i].cursor_dirty = false;
-            let m = &self.members[i];
-            let Some(c) = &m.presence.cursor else { continue };
-            let f = frame(&ServerMsg::Cursor {
-                user_id: m.conn.to_string(),
-                x: c.x,
-                y: c.y,
-                selection: c.selection.clone(),
-            });
-            for o in self.members.iter().filter(|o| o.conn != m.conn) {
-                o.outbox.push_cursor(&m.conn, f.clone());
-            }
-        }
-    }
-
-    fn reply_to(&self, conn: &str, session: u64, f: Utf8Bytes) {
-        if let Some(m) = self.members.iter().find(|m| &*m.conn == conn && m.session == session) {
-            m.outbox.push(f);
-        }
-    }
-
-    async fn submit(&mut self, conn: Arc<str>, session: u64, s: Submit, older: Option<&OlderHistory>) {
-        let base = s.base;
-        let op_id = s.op_id.clone();
-        let head = self.doc.version();
-        let limit = self.shared.config.max_doc_bytes;
-        let bytes = self.doc_bytes.saturating_add(growth(&s.ops));
-        if bytes > limit {
-            self.shared.metrics.limit_refused();
-            self.reply_to(&conn, session, error_frame(&Rejection::DocTooLarge { bytes, limit }, op_id));
-            return;
-        }
-        match self.doc.submit(s.clone(), older) {
-            Ok(Outcome::Sequenced(msg)) => {
-                self.shared.metrics.sequenced(head - base.unwrap_or(head).min(head));
-                if self.writer.is_some() {
-                    self.cluster.record(msg.version, &conn, session, s);
-                }
-                self.sequenced(msg).await;
-            }
-            Ok(Outcome::Duplicate(msg)) => {
-                if msg.version <= self.durable_version {
-                    self.reply_to(&conn, session, op_frame(&msg));
-                } else {
-                    self.dup_waiting.push((conn, session, msg));
-                }
-            }
-            Err(SubmitError::NeedHistory { base }) if older.is_none() => {
-                let store = self.shared.persister.store.clone();
-                let (room, tx) = (self.id.clone(), self.loads_tx.clone());
-                let until = self.doc.window_start();
-                let max_bytes = self.shared.config.max_reply_bytes;
-                self.blocked = true;
-                tokio::spawn(async move {
-                    let r = room.clone();
-                    let (account, id) = (s.account.clone(), s.op_id.clone());
-                    let result = tokio::task::spawn_blocking(move || {
-                        older_history(&*store, &r, base, until, account.as_deref(), id.as_deref(), max_bytes)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(join_error(&room, e)));
-                    // The room may have stopped (shutdown); the client resends after reconnecting.
-                    let _ = tx.send(Loaded::Older { conn, session, submit: s, result }).await;
-                });
-            }
-            Err(e) => self.reply_to(&conn, session, error_frame(&Rejection::Submit(e), op_id)),
-        }
-    }
-
-    async fn sequenced(&mut self, msg: Sequenced) {
-        self.doc_bytes = resized(self.doc_bytes, &msg.operation);
-        let every = self.shared.config.snapshot_every.max(1);
-        let snapshot = (msg.version % every == 0).then(|| self.doc.doc().to_state_value(msg.version));
-        let group = RoomAppend { room: self.id.clone(), entries: vec![Entry { msg: msg.clone(), snapshot }] };
-        match &self.writer {
-            None => {
-                let started = std::time::Instant::now();
-                let r = self.shared.persister.store.append(std::slice::from_ref(&group));
-                self.shared.metrics.storage_append(started.elapsed(), 1);
-                match r {
-                    Ok(()) => {
-                        self.durable_version = msg.version;
-                        self.durable_doc = self.doc.doc().clone();
-                        self.broadcast_op(&msg);
+            Output::Broadcast { frame, except } => {
+                let f = Utf8Bytes::from(frame);
+                for ((conn, _), o) in &self.members {
+                    if except.as_ref() != Some(conn) {
+                        o.push(f.clone());
                     }
-                    Err(e) => self.fail(&e.to_string()),
                 }
             }
+            Output::Cursor { from, frame } => {
+                let f = Utf8Bytes::from(frame);
+                for ((conn, _), o) in &self.members {
+                    if *conn != from {
+                        o.push_cursor(&from, f.clone());
+                    }
+                }
+            }
+            Output::Close { to, code } => {
+                let o = self.members.remove(&to).or_else(|| self.joining.remove(&to).map(|(o, _)| o));
+                if let Some(o) = o {
+                    o.close(code);
+                }
+            }
+            Output::JoinReply { to, result } => {
+                if let Some((outbox, reply)) = self.joining.remove(&to) {
+                    let ok = result.is_ok();
+                    if ok {
+                        self.members.insert(to.clone(), outbox);
+                    }
+                    if reply.send(result).is_err() && ok {
+                        // The connection went away while it waited: it will send no Leave.
+                        self.members.remove(&to);
+                        self.inputs.push_back(Input::Leave { conn: to.0, session: to.1 });
+                    }
+                }
+            }
+            Output::Append { epoch, group } => self.append(epoch, group).await,
+            Output::Read { id, req } => self.read(id, req),
+            Output::Publish(m) => {
+                if let Some(bus) = &self.shared.bus {
+                    bus.publish(&self.id, &m);
+                }
+            }
+            Output::Stat(Stat::Sequenced { depth }) => self.shared.metrics.sequenced(depth),
+            Output::Stat(Stat::LimitRefused) => self.shared.metrics.limit_refused(),
+            Output::Unload => {
+                if self.draining {
+                    if rx.is_empty() {
+                        self.shared.rooms.remove(&self.id, self.gen);
+                        return Flow::Stop;
+                    }
+                } else if self.shared.rooms.remove_if_idle(&self.id, self.gen, rx) {
+                    return Flow::Stop;
+                }
+            }
+            Output::Failed(reason) => {
+                error!(reason, "room failed; its connections were closed");
+                self.shared.rooms.remove(&self.id, self.gen);
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn append(&mut self, epoch: u64, group: crate::store::RoomAppend) {
+        if epoch != self.epoch {
+            // A lost race started a new epoch: what the old channel still says is ignored.
+            let (tx, rx) =
+                watch::channel(Durable { version: self.core.durable_version(), failed: None, conflict: None });
+            self.durable_tx = Arc::new(tx);
+            self.durable_rx = rx;
+            self.epoch = epoch;
+        }
+        match &self.writer {
             Some(w) => {
-                self.pending.push_back((msg, self.doc.doc().clone()));
                 let req = WriteReq { group, durable: self.durable_tx.clone() };
                 if w.send(req).await.is_err() {
-                    self.fail("store writer stopped");
+                    let durable = Durable { failed: Some("store writer stopped".into()), ..Default::default() };
+                    self.inputs.push_back(Input::Durable { epoch, durable });
                 }
             }
-        }
-    }
-
-    fn on_durable(&mut self) {
-        let d = self.durable_rx.borrow_and_update().clone();
-        if let Some(reason) = d.failed {
-            self.fail(&reason);
-            return;
-        }
-        while self.pending.front().is_some_and(|(m, _)| m.version <= d.version) {
-            if let Some((m, doc)) = self.pending.pop_front() {
-                self.durable_version = m.version;
-                self.durable_doc = doc;
-                self.broadcast_op(&m);
-                self.cluster_durable(&m);
-            }
-        }
-        if let Some(version) = d.conflict {
-            self.lost_race(version);
-            return;
-        }
-        let durable = self.durable_version;
-        let waiting = std::mem::take(&mut self.dup_waiting);
-        for (conn, session, m) in waiting {
-            if m.version <= durable {
-                self.reply_to(&conn, session, op_frame(&m));
-            } else {
-                self.dup_waiting.push((conn, session, m));
-            }
-        }
-    }
-
-    fn broadcast_op(&self, msg: &Sequenced) {
-        let f = op_frame(msg);
-        for m in &self.members {
-            m.outbox.push(f.clone());
-        }
-    }
-
-    /// The store failed: what memory holds may be ahead of the store, so drop the room and let
-    /// clients reconnect and resync from what is stored.
-    fn fail(&mut self, reason: &str) {
-        error!(reason, "room failed; closing its connections");
-        for m in &self.members {
-            m.outbox.close(Close::Internal);
-        }
-        self.failed = true;
-    }
-
-    async fn loaded(&mut self, l: Loaded) {
-        match l {
-            Loaded::Older { conn, session, submit, result } => {
-                self.blocked = false;
-                match result {
-                    Ok(older) => self.submit(conn, session, submit, Some(&older)).await,
-                    Err(StoreError::HistoryTooLarge { base, .. }) => {
-                        let e = SubmitError::VersionTooOld { base, oldest: self.doc.window_start() };
-                        self.reply_to(&conn, session, error_frame(&Rejection::Submit(e), submit.op_id));
+            None => {
+                let started = std::time::Instant::now();
+                let version = group.entries.last().map_or(0, |e| e.msg.version);
+                let r = self.shared.persister.store.append(std::slice::from_ref(&group));
+                self.shared.metrics.storage_append(started.elapsed(), 1);
+                let durable = match r {
+                    Ok(()) => Durable { version, failed: None, conflict: None },
+                    Err(StoreError::Conflict { version: v, .. }) => {
+                        Durable { version: self.core.durable_version(), failed: None, conflict: Some(v) }
                     }
                     Err(e) => {
-                        warn!(error = %e, "loading older history failed");
-                        let f = error_frame(&Rejection::Storage(e.to_string()), submit.op_id);
-                        self.reply_to(&conn, session, f);
-                    }
-                }
-                self.drain_redo().await;
-            }
-            Loaded::Catchup { join, since, upto, result } => {
-                self.outstanding -= 1;
-                let ops = match result {
-                    Ok(mut ops) if ops.len() as u64 == upto - since => {
-                        let ops = if upto == self.durable_version {
-                            Some(ops)
-                        } else {
-                            self.ops_in_memory(upto).map(|more| {
-                                ops.extend(more);
-                                ops
-                            })
-                        };
-                        ops.and_then(|ops| self.within_reply_bound(ops))
-                    }
-                    Ok(_) => None,
-                    Err(e) => {
-                        warn!(error = %e, "catch-up read failed; sending the full state");
-                        None
+                        Durable { version: self.core.durable_version(), failed: Some(e.to_string()), conflict: None }
                     }
                 };
-                self.finish_join(join, ops);
+                self.inputs.push_back(Input::Durable { epoch, durable });
             }
-            Loaded::Cluster(f) => self.cluster_fetched(f).await,
         }
+    }
+
+    /// Starts a store read; its result comes back as [`Input::ReadDone`].
+    fn read(&mut self, id: u64, req: ReadReq) {
+        let store = self.shared.persister.store.clone();
+        let room = self.id.clone();
+        let cfg = &self.shared.config;
+        let history = (cfg.history_window, cfg.max_rebase, cfg.max_history_bytes);
+        let work = move || perform(&*store, &room, req, history);
+        if !self.shared.persister.store.blocking() {
+            self.inputs.push_back(Input::ReadDone { id, result: work() });
+            return;
+        }
+        let tx = self.reads_tx.clone();
+        let room = self.id.clone();
+        tokio::spawn(async move {
+            let result = match tokio::task::spawn_blocking(work).await {
+                Ok(r) => r,
+                Err(e) => ReadResult::Ops(Err(join_error(&room, e))),
+            };
+            // The room may have stopped (shutdown, failure); its clients resync on reconnect.
+            let _ = tx.send((id, result)).await;
+        });
+    }
+}
+
+/// Carries out one read on the store (on a blocking thread when the store blocks).
+fn perform(store: &dyn Store, room: &str, req: ReadReq, history: (usize, u64, usize)) -> ReadResult {
+    match req {
+        ReadReq::Older { base, until, account, op_id, max_bytes } => {
+            ReadResult::Older(older_history(store, room, base, until, account.as_deref(), op_id.as_deref(), max_bytes))
+        }
+        ReadReq::Catchup { since, upto } => ReadResult::Ops(store.ops(room, since, upto, usize::MAX)),
+        ReadReq::Fetch { from, limit } => ReadResult::Ops(store.ops(room, from, u64::MAX >> 1, limit)),
+        ReadReq::Rebuild { from, durable } => {
+            let (window, max_rebase, bytes) = history;
+            ReadResult::Rebuild(rebuild(store, room, from, durable, window, max_rebase, bytes).map(Box::new))
+        }
+    }
+}
+
+/// Reads the state at or before `from` and every op after it: a [`ServerDoc`] at the store's
+/// head whose window reaches back to `from`, and the ops after `durable`.
+fn rebuild(
+    store: &dyn Store,
+    room: &str,
+    from: u64,
+    durable: u64,
+    window: usize,
+    max_rebase: u64,
+    history_bytes: usize,
+) -> Result<(ServerDoc, Vec<Sequenced>), StoreError> {
+    let snapshot = store.snapshot_at_or_before(room, from)?;
+    let snap_v = snapshot.as_ref().map_or(0, |(v, _)| *v);
+    let ops = store.ops(room, snap_v, u64::MAX >> 1, usize::MAX)?;
+    let missed = ops.iter().filter(|m| m.version > durable).cloned().collect();
+    let sd = restore(room, crate::store::Loaded { snapshot, ops }, window, max_rebase, history_bytes)?;
+    Ok((sd, missed))
+}
+
+async fn recv_bus(bus: &mut Option<Subscription>) -> Option<Sequenced> {
+    match bus {
+        Some(sub) => sub.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
 fn join_error(room: &str, e: tokio::task::JoinError) -> StoreError {
     StoreError::Corrupt { room: room.to_string(), version: 0, reason: format!("store task failed: {e}") }
-}
-
-/// How much `ops` can grow a document at most: what their inserts and writes carry.
-fn growth(ops: &[Op]) -> usize {
-    ops.iter()
-        .map(|op| match op {
-            Op::Insert(o) => json_len(&o.value) + o.id.len() + 16,
-            Op::Update(o) => json_len(&o.value) + o.path.iter().map(|k| k.len() + 4).sum::<usize>(),
-            Op::Delete(_) | Op::Move(_) => 0,
-        })
-        .sum()
-}
-
-/// The document size `bytes` after the annotated `ops` applied to it.
-pub(crate) fn resized(bytes: usize, ops: &[Op]) -> usize {
-    ops.iter().fold(bytes, |b, op| match op {
-        Op::Insert(o) => b + json_len(&o.value) + o.id.len() + 16,
-        Op::Delete(o) => b.saturating_sub(o.value.as_ref().map_or(0, json_len) + o.id.len() + 16),
-        Op::Update(o) => {
-            let old = match &o.prev {
-                Some(Prev::Value(v)) => json_len(v),
-                _ => 0,
-            };
-            let new = if o.remove { 0 } else { json_len(&o.value) };
-            (b + new).saturating_sub(old)
-        }
-        Op::Move(_) => b,
-    })
 }
 
 /// Encodes a server message once, as a shareable text frame.
@@ -863,16 +565,12 @@ pub fn frame(msg: &ServerMsg) -> Utf8Bytes {
 
 /// Encodes a sequenced op as its `operation` message, without cloning it.
 pub fn op_frame(msg: &OperationMsg) -> Utf8Bytes {
-    let body = encode(msg);
-    match body.strip_prefix('{') {
-        Some(rest) if rest != "}" => Utf8Bytes::from(format!("{{\"type\":\"operation\",{rest}")),
-        _ => frame(&ServerMsg::Operation(msg.clone())),
-    }
+    Utf8Bytes::from(core::op_text(msg))
 }
 
 /// Encodes a refusal as an `error` message, through [`Rejection::code`].
 pub fn error_frame(r: &Rejection, op_id: Option<String>) -> Utf8Bytes {
-    frame(&ServerMsg::Error { code: r.code(), message: r.to_string(), op_id })
+    Utf8Bytes::from(core::error_text(r, op_id))
 }
 
 /// RFC 3339 (UTC, milliseconds) for milliseconds since the epoch.

@@ -1,0 +1,962 @@
+//! [`RoomCore`]: every decision a room makes, as a synchronous machine — `handle(input, now)`
+//! returns what to do, [`RoomCore::next_deadline`] says when to call it again. No tokio, no
+//! sockets, no store, no clock: the async task in `room.rs` carries out the outputs, and tests
+//! and the simulation drive the core directly.
+//!
+//! The parts: membership and presence ([`super::presence`]), the document and its durability
+//! bookkeeping (here), cursors on a tick, the transport, `since` catch-ups, and a shared store's
+//! lost races and other nodes' ops ([`super::cluster`]).
+//!
+//! Every op that reaches the room's state — sequenced here once durable, or sequenced by
+//! another node — passes through one method, `applied`, which broadcasts it: the one place
+//! where anything that follows the document (locks, presence) hooks in.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ot_core::protocol::{encode, json_len, CursorPos, OperationMsg, Presence, ServerMsg, TransportState};
+use ot_core::sync::{OlderHistory, Outcome, Sequenced, ServerDoc, Submit, SubmitError};
+use ot_core::{Document, Op, Prev};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::cluster::{Cluster, MAX_RESYNCS};
+use super::presence::{Joined, Members, Refusal};
+use crate::auth::Role;
+use crate::error::{Close, Rejection};
+use crate::store::{Durable, Entry, RoomAppend, StoreError};
+
+/// A connection: its id (`_pk`) and the session that tells it from an earlier socket with the
+/// same id.
+pub type ConnKey = (Arc<str>, u64);
+
+/// A room's clock reading: monotonic milliseconds for deadlines, and milliseconds since the epoch
+/// for what the protocol shows (`serverTime`, `lastSeen`, `joinedAt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (any origin).
+    pub mono_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub epoch_ms: u64,
+}
+
+/// What the core needs of the server's configuration.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The room's id.
+    pub room: Arc<str>,
+    /// Connections per room.
+    pub max_room_connections: usize,
+    /// Connections per account per room.
+    pub max_account_connections: usize,
+    /// Most ops in a `since` catch-up.
+    pub max_catchup: u64,
+    /// Largest reply built at once (catch-ups, history reads).
+    pub max_reply_bytes: usize,
+    /// The document's size cap.
+    pub max_doc_bytes: usize,
+    /// A snapshot every this many versions.
+    pub snapshot_every: u64,
+    /// Cursor fan-out period (0: at once).
+    pub cursor_tick_ms: u64,
+    /// A room without members unloads after this long.
+    pub room_idle_ms: u64,
+    /// Whether other nodes write the same store (lost races, other nodes' ops).
+    pub shared_store: bool,
+    /// With a shared store, how often a room with members reads other nodes' ops.
+    pub cluster_poll_ms: u64,
+}
+
+impl CoreConfig {
+    /// The core's part of the server's configuration, for `room`.
+    pub fn new(config: &crate::Config, room: Arc<str>, shared_store: bool) -> CoreConfig {
+        CoreConfig {
+            room,
+            max_room_connections: config.max_room_connections,
+            max_account_connections: config.max_account_connections,
+            max_catchup: config.max_catchup,
+            max_reply_bytes: config.max_reply_bytes,
+            max_doc_bytes: config.max_doc_bytes,
+            snapshot_every: config.snapshot_every.max(1),
+            cursor_tick_ms: config.cursor_tick.as_millis() as u64,
+            room_idle_ms: config.room_idle.as_millis() as u64,
+            shared_store,
+            cluster_poll_ms: (config.cluster_poll.as_millis() as u64).max(1),
+        }
+    }
+}
+
+/// A connection asking to join.
+#[derive(Debug, Clone)]
+pub struct JoinReq {
+    /// The connection id (`_pk`).
+    pub conn: Arc<str>,
+    /// Its session.
+    pub session: u64,
+    /// Account id.
+    pub user_id: String,
+    /// Display name.
+    pub name: String,
+    /// Avatar URL.
+    pub avatar: Option<String>,
+    /// Editor or viewer.
+    pub role: Role,
+    /// The version the client holds, for a catch-up.
+    pub since: Option<u64>,
+}
+
+/// A decoded client message the room acts on.
+#[derive(Debug, Clone)]
+pub enum ClientIn {
+    /// An edit (`from` is the connection id).
+    Submit(Submit),
+    /// A cursor.
+    Cursor(CursorPos),
+    /// Play / pause / seek.
+    Transport {
+        /// Whether playback runs.
+        playing: bool,
+        /// Seconds.
+        position: f64,
+    },
+    /// Heartbeat.
+    Ping,
+}
+
+/// A store read the core asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadReq {
+    /// History for a stale op: the state at `base` and the ops up to `until`, and the op this
+    /// account stored under `op_id` (see [`crate::store::older_history`]).
+    Older {
+        /// The op's base.
+        base: u64,
+        /// The oldest version in memory.
+        until: u64,
+        /// The op's account.
+        account: Option<Arc<str>>,
+        /// The op's id.
+        op_id: Option<String>,
+        /// Bound of the read.
+        max_bytes: usize,
+    },
+    /// The ops `since+1 ..= upto` for a joining connection.
+    Catchup {
+        /// The client's version.
+        since: u64,
+        /// The durable version.
+        upto: u64,
+    },
+    /// Other nodes' ops after `from` (shared store).
+    Fetch {
+        /// The durable version.
+        from: u64,
+        /// Most ops.
+        limit: usize,
+    },
+    /// Rebuild the room from the store after a lost race: a [`ServerDoc`] whose window reaches
+    /// back to `from`, and the ops after `durable`.
+    Rebuild {
+        /// The oldest base to keep in the window.
+        from: u64,
+        /// The durable version before the race.
+        durable: u64,
+    },
+}
+
+/// The answer to a [`ReadReq`].
+#[derive(Debug)]
+pub enum ReadResult {
+    /// For [`ReadReq::Older`].
+    Older(Result<OlderHistory, StoreError>),
+    /// For [`ReadReq::Catchup`] and [`ReadReq::Fetch`].
+    Ops(Result<Vec<Sequenced>, StoreError>),
+    /// For [`ReadReq::Rebuild`].
+    Rebuild(Result<Box<(ServerDoc, Vec<Sequenced>)>, StoreError>),
+}
+
+/// What the room is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection asks to join.
+    Join(JoinReq),
+    /// A connection ended.
+    Leave {
+        /// Connection id.
+        conn: Arc<str>,
+        /// Its session.
+        session: u64,
+    },
+    /// A message from a member.
+    Client {
+        /// Connection id.
+        conn: Arc<str>,
+        /// Its session.
+        session: u64,
+        /// The message.
+        msg: ClientIn,
+    },
+    /// The store's progress on the appends of durability epoch `epoch`.
+    Durable {
+        /// The epoch of the [`Output::Append`]s this is about.
+        epoch: u64,
+        /// How far they are stored.
+        durable: Durable,
+    },
+    /// A read the core asked for finished.
+    ReadDone {
+        /// The id of the [`Output::Read`].
+        id: u64,
+        /// What it read.
+        result: ReadResult,
+    },
+    /// An op another node stored, from the bus.
+    Foreign(Sequenced),
+    /// A deadline passed (cursor tick, idle unload, cluster poll).
+    Tick,
+    /// The server is shutting down: finish what is outstanding, then close everyone.
+    Shutdown,
+}
+
+/// A server-side counter the shell records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    /// An op was sequenced this many versions behind the head.
+    Sequenced {
+        /// Versions it was transformed over.
+        depth: u64,
+    },
+    /// A join or an op was refused for a limit.
+    LimitRefused,
+}
+
+/// What the room does.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send a frame to one connection (member or joining).
+    Send {
+        /// To whom.
+        to: ConnKey,
+        /// The JSON text.
+        frame: String,
+    },
+    /// Send a frame to every member, or every member but one connection id.
+    Broadcast {
+        /// The JSON text.
+        frame: String,
+        /// Left out.
+        except: Option<Arc<str>>,
+    },
+    /// A cursor frame from `from` to every other member; a slow reader keeps only the latest.
+    Cursor {
+        /// Whose cursor.
+        from: Arc<str>,
+        /// The JSON text.
+        frame: String,
+    },
+    /// Close one connection (it stops being a member).
+    Close {
+        /// Which.
+        to: ConnKey,
+        /// Why.
+        code: Close,
+    },
+    /// The answer to a join: from `Ok` on, the connection is a member and gets broadcasts.
+    JoinReply {
+        /// Who asked.
+        to: ConnKey,
+        /// Whether it joined.
+        result: Result<(), Close>,
+    },
+    /// Store these ops; report progress as [`Input::Durable`] with this epoch.
+    Append {
+        /// The durability epoch (a new one starts after a lost race).
+        epoch: u64,
+        /// What to store.
+        group: RoomAppend,
+    },
+    /// Read from the store; answer with [`Input::ReadDone`] and this id.
+    Read {
+        /// The id to answer with.
+        id: u64,
+        /// What to read.
+        req: ReadReq,
+    },
+    /// Tell other nodes about this durable op (shared store).
+    Publish(Sequenced),
+    /// Count something.
+    Stat(Stat),
+    /// Nothing is left to do and nobody is here: the room may unload. If the shell keeps it
+    /// (a message arrived meanwhile), it just goes on.
+    Unload,
+    /// The store failed: everyone was closed (1011); the room must be dropped and reloaded.
+    Failed(String),
+}
+
+/// What a read in flight is for.
+#[derive(Debug)]
+enum Reading {
+    Older { key: ConnKey, submit: Submit },
+    Catchup { join: JoinReq, since: u64, upto: u64 },
+    Fetch { from: u64 },
+    Rebuild,
+}
+
+/// See the module docs.
+pub struct RoomCore {
+    cfg: CoreConfig,
+    doc: ServerDoc,
+    durable_version: u64,
+    durable_doc: Document,
+    /// Sequenced but not yet durable, with the state after each.
+    pending: VecDeque<(Sequenced, Document)>,
+    /// Duplicate answers waiting for their op to be durable.
+    dup_waiting: Vec<(ConnKey, Sequenced)>,
+    members: Members,
+    transport: TransportState,
+    cursor_deadline: Option<u64>,
+    idle_since: Option<u64>,
+    ever_joined: bool,
+    doc_bytes: usize,
+    epoch: u64,
+    /// A submit waits for a history read or a rebuild: later submits wait in `deferred`.
+    blocked: bool,
+    deferred: VecDeque<(ConnKey, Submit)>,
+    reads: HashMap<u64, Reading>,
+    next_read: u64,
+    draining: bool,
+    failed: bool,
+    cluster: Cluster,
+    out: Vec<Output>,
+}
+
+/// How long a room that nobody joined stays loaded after an HTTP read, in ms.
+const HTTP_ONLY_IDLE_MS: u64 = 2000;
+
+/// A `since` catch-up up to this size is sent as ops even when the state is smaller.
+const CATCHUP_FLOOR: usize = 256 * 1024;
+
+/// Most ops read from the store in one catch-up of other nodes' ops.
+const FETCH_MAX: usize = 10_000;
+
+fn text(msg: &ServerMsg) -> String {
+    encode(msg)
+}
+
+/// A sequenced op as its `operation` message, encoded without cloning it.
+pub fn op_text(msg: &OperationMsg) -> String {
+    let body = encode(msg);
+    match body.strip_prefix('{') {
+        Some(rest) if rest != "}" => format!("{{\"type\":\"operation\",{rest}"),
+        _ => text(&ServerMsg::Operation(msg.clone())),
+    }
+}
+
+/// A refusal as an `error` message, through [`Rejection::code`].
+pub fn error_text(r: &Rejection, op_id: Option<String>) -> String {
+    text(&ServerMsg::Error { code: r.code(), message: r.to_string(), op_id })
+}
+
+/// One entry of `GET …/collaborators`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collaborator {
+    /// Connection id.
+    pub id: String,
+    /// Account id.
+    pub user_id: String,
+    /// Display name.
+    pub name: String,
+    /// Avatar URL.
+    pub avatar: Option<String>,
+    /// RFC 3339.
+    pub joined_at: String,
+}
+
+impl RoomCore {
+    /// A room loaded at `doc`'s version, with nobody in it.
+    pub fn new(doc: ServerDoc, cfg: CoreConfig, now: Now) -> RoomCore {
+        let doc_bytes = json_len(&doc.doc().state(doc.version()));
+        let cluster = Cluster::new(now.mono_ms + cfg.cluster_poll_ms);
+        RoomCore {
+            durable_version: doc.version(),
+            durable_doc: doc.doc().clone(),
+            transport: TransportState {
+                playing: doc.doc().is_playing(),
+                position: doc.doc().playhead(),
+                server_time: now.epoch_ms,
+            },
+            doc,
+            pending: VecDeque::new(),
+            dup_waiting: Vec::new(),
+            members: Members::default(),
+            cursor_deadline: None,
+            idle_since: Some(now.mono_ms),
+            ever_joined: false,
+            doc_bytes,
+            epoch: 0,
+            blocked: false,
+            deferred: VecDeque::new(),
+            reads: HashMap::new(),
+            next_read: 0,
+            draining: false,
+            failed: false,
+            cluster,
+            cfg,
+            out: Vec::new(),
+        }
+    }
+
+    /// Acts on one input and returns what to do, in order.
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Output> {
+        if !self.failed {
+            match input {
+                Input::Join(j) => self.join(j, now),
+                Input::Leave { conn, session } => self.leave(&conn, session, now),
+                Input::Client { conn, session, msg } => self.client(conn, session, msg, now),
+                Input::Durable { epoch, durable } if epoch == self.epoch => self.on_durable(durable),
+                Input::Durable { .. } => {}
+                Input::ReadDone { id, result } => self.read_done(id, result, now),
+                Input::Foreign(m) => self.foreign(m),
+                Input::Tick => self.tick(now),
+                Input::Shutdown => self.draining = true,
+            }
+            self.settle(now);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// When to send [`Input::Tick`] next (monotonic ms), if ever.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let idle = self.idle_since.filter(|_| !self.draining && self.members.is_empty()).map(|t| t + self.idle_ms());
+        let poll = (self.cfg.shared_store && !self.members.is_empty()).then_some(self.cluster.next_poll);
+        [self.cursor_deadline, idle, poll].into_iter().flatten().min()
+    }
+
+    /// Whether a submit is waiting on a store read: the shell stops reading its inbox meanwhile,
+    /// so what waits stays bounded.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The durable version.
+    pub fn durable_version(&self) -> u64 {
+        self.durable_version
+    }
+
+    /// The durable state with the transport, as `GET …/state` shows it.
+    pub fn state_value(&self) -> Value {
+        let mut doc = self.durable_doc.clone();
+        doc.set_transport(self.transport.playing, self.transport.position);
+        doc.to_state_value(self.durable_version)
+    }
+
+    /// Who is connected (`GET …/collaborators`).
+    pub fn collaborators(&self) -> Vec<Collaborator> {
+        self.members
+            .iter()
+            .map(|m| Collaborator {
+                id: m.conn.to_string(),
+                user_id: m.presence.user_id.clone(),
+                name: m.presence.name.clone(),
+                avatar: m.presence.avatar.clone(),
+                joined_at: super::rfc3339(m.joined_at),
+            })
+            .collect()
+    }
+
+    /// The presence of every member.
+    pub fn presences(&self) -> Vec<Presence> {
+        self.members.presences()
+    }
+
+    /// The live document (including ops not yet durable).
+    pub fn doc(&self) -> &ServerDoc {
+        &self.doc
+    }
+
+    fn idle_ms(&self) -> u64 {
+        if self.ever_joined {
+            self.cfg.room_idle_ms
+        } else {
+            self.cfg.room_idle_ms.min(HTTP_ONLY_IDLE_MS)
+        }
+    }
+
+    /// No write, read or duplicate answer outstanding.
+    fn quiet(&self) -> bool {
+        self.pending.is_empty()
+            && !self.blocked
+            && self.reads.is_empty()
+            && self.dup_waiting.is_empty()
+            && self.deferred.is_empty()
+    }
+
+    /// After every input: finish a shutdown, note when the room became empty.
+    fn settle(&mut self, now: Now) {
+        if self.failed {
+            return;
+        }
+        if self.draining && self.quiet() {
+            for m in self.members.drain() {
+                self.out.push(Output::Close { to: m.key(), code: Close::GoingAway });
+            }
+            self.out.push(Output::Unload);
+            return;
+        }
+        if self.members.is_empty() && self.idle_since.is_none() {
+            self.idle_since = Some(now.mono_ms);
+        }
+    }
+
+    fn read(&mut self, req: ReadReq, what: Reading) {
+        self.next_read += 1;
+        self.reads.insert(self.next_read, what);
+        self.out.push(Output::Read { id: self.next_read, req });
+    }
+
+    fn send(&mut self, to: ConnKey, frame: String) {
+        if self.members.contains(&to.0, to.1) {
+            self.out.push(Output::Send { to, frame });
+        }
+    }
+
+    // ---- membership ----
+
+    fn join(&mut self, j: JoinReq, now: Now) {
+        let key = (j.conn.clone(), j.session);
+        if let Err(r) = self.admit(&j) {
+            self.out.push(Output::JoinReply { to: key, result: Err(r) });
+            return;
+        }
+        self.idle_since = None;
+        self.ever_joined = true;
+        let durable = self.durable_version;
+        match j.since {
+            None => self.finish_join(j, None, now),
+            Some(s) if s > durable || durable - s > self.cfg.max_catchup => self.finish_join(j, None, now),
+            Some(s) => match self.ops_in_memory(s) {
+                Some(ops) => {
+                    let ops = self.within_reply_bound(ops);
+                    self.finish_join(j, ops, now)
+                }
+                None => self.read(
+                    ReadReq::Catchup { since: s, upto: durable },
+                    Reading::Catchup { join: j, since: s, upto: durable },
+                ),
+            },
+        }
+    }
+
+    fn admit(&mut self, j: &JoinReq) -> Result<(), Close> {
+        let cfg = &self.cfg;
+        match self.members.admit(&j.conn, &j.user_id, cfg.max_room_connections, cfg.max_account_connections) {
+            Ok(_) => Ok(()),
+            Err(Refusal::PkTaken) => Err(Close::BadRequest),
+            Err(Refusal::Full) => {
+                self.out.push(Output::Stat(Stat::LimitRefused));
+                Err(Close::Full)
+            }
+        }
+    }
+
+    /// Registers the connection and sends `init` in the same turn, so no version falls between
+    /// them. Admission is checked again: a catch-up read may have taken a while.
+    fn finish_join(&mut self, j: JoinReq, ops: Option<Vec<Sequenced>>, now: Now) {
+        let key = (j.conn.clone(), j.session);
+        if let Err(r) = self.admit(&j) {
+            self.out.push(Output::JoinReply { to: key, result: Err(r) });
+            return;
+        }
+        self.idle_since = None;
+        let conn = j.conn.clone();
+        match self.members.join(j.conn, j.session, j.user_id, j.name, j.avatar, j.role, now.epoch_ms) {
+            Joined::New(presence) => {
+                let frame = text(&ServerMsg::UserJoined { user: presence });
+                self.out.push(Output::Broadcast { frame, except: Some(conn.clone()) });
+            }
+            Joined::Replaced { old_session } => {
+                self.out.push(Output::Close { to: (conn.clone(), old_session), code: Close::Replaced });
+            }
+        }
+        let (state, ops) = match ops {
+            Some(ops) => (None, Some(ops.iter().map(|m| (**m).clone()).collect())),
+            None => (Some(self.state_value()), None),
+        };
+        let init = ServerMsg::Init {
+            users: self.members.presences(),
+            state,
+            ops,
+            your_id: conn.to_string(),
+            version: self.durable_version,
+            server_time: now.epoch_ms,
+            transport: Some(self.transport.clone()),
+        };
+        self.out.push(Output::Send { to: key.clone(), frame: text(&init) });
+        self.out.push(Output::JoinReply { to: key, result: Ok(()) });
+    }
+
+    fn leave(&mut self, conn: &str, session: u64, now: Now) {
+        let Some(m) = self.members.leave(conn, session) else { return };
+        self.out.push(Output::Close { to: m.key(), code: Close::GoingAway });
+        let frame = text(&ServerMsg::UserLeft { user_id: m.conn.to_string() });
+        self.out.push(Output::Broadcast { frame, except: None });
+        if self.members.is_empty() {
+            self.idle_since = Some(now.mono_ms);
+        }
+    }
+
+    // ---- messages ----
+
+    fn client(&mut self, conn: Arc<str>, session: u64, msg: ClientIn, now: Now) {
+        let Some(m) = self.members.get_mut(&conn, session) else { return };
+        m.presence.last_seen = now.epoch_ms;
+        let role = m.role;
+        let key = (conn.clone(), session);
+        match msg {
+            ClientIn::Ping => self.send(key, text(&ServerMsg::Pong { server_time: now.epoch_ms })),
+            ClientIn::Cursor(pos) => {
+                self.members.cursor(&conn, session, pos);
+                if self.cfg.cursor_tick_ms == 0 {
+                    self.flush_cursors();
+                } else if self.cursor_deadline.is_none() {
+                    self.cursor_deadline = Some(now.mono_ms + self.cfg.cursor_tick_ms);
+                }
+            }
+            ClientIn::Transport { .. } if role == Role::Viewer => {
+                self.send(key, error_text(&Rejection::Forbidden { what: "transport" }, None));
+            }
+            ClientIn::Submit(s) if role == Role::Viewer => {
+                self.send(key, error_text(&Rejection::Forbidden { what: "operation" }, s.op_id));
+            }
+            ClientIn::Transport { playing, position } => {
+                self.transport = TransportState { playing, position, server_time: now.epoch_ms };
+                self.doc.doc_mut().set_transport(playing, position);
+                let msg =
+                    ServerMsg::Transport { playing, position, user_id: conn.to_string(), server_time: now.epoch_ms };
+                self.out.push(Output::Broadcast { frame: text(&msg), except: Some(conn) });
+            }
+            ClientIn::Submit(s) => self.submit(key, s, None),
+        }
+    }
+
+    fn flush_cursors(&mut self) {
+        self.cursor_deadline = None;
+        for (conn, c) in self.members.take_moved_cursors() {
+            let msg = ServerMsg::Cursor { user_id: conn.to_string(), x: c.x, y: c.y, selection: c.selection };
+            self.out.push(Output::Cursor { from: conn, frame: text(&msg) });
+        }
+    }
+
+    fn tick(&mut self, now: Now) {
+        if self.cursor_deadline.is_some_and(|t| t <= now.mono_ms) {
+            self.flush_cursors();
+        }
+        if self.cfg.shared_store && self.cluster.next_poll <= now.mono_ms {
+            self.cluster.next_poll = now.mono_ms + self.cfg.cluster_poll_ms;
+            if !self.members.is_empty() {
+                self.fetch();
+            }
+        }
+        let idle_over = self.idle_since.is_some_and(|t| t + self.idle_ms() <= now.mono_ms);
+        if idle_over && self.members.is_empty() && self.quiet() && !self.draining {
+            // The shell unloads unless a message is already waiting; then the clock restarts.
+            self.idle_since = Some(now.mono_ms);
+            self.out.push(Output::Unload);
+        }
+    }
+
+    // ---- the document ----
+
+    fn submit(&mut self, key: ConnKey, s: Submit, older: Option<&OlderHistory>) {
+        if self.blocked {
+            self.deferred.push_back((key, s));
+            return;
+        }
+        let op_id = s.op_id.clone();
+        let limit = self.cfg.max_doc_bytes;
+        let bytes = self.doc_bytes.saturating_add(growth(&s.ops));
+        if bytes > limit {
+            self.out.push(Output::Stat(Stat::LimitRefused));
+            self.send(key, error_text(&Rejection::DocTooLarge { bytes, limit }, op_id));
+            return;
+        }
+        let head = self.doc.version();
+        let base = s.base;
+        match self.doc.submit(s.clone(), older) {
+            Ok(Outcome::Sequenced(msg)) => {
+                self.out.push(Output::Stat(Stat::Sequenced { depth: head - base.unwrap_or(head).min(head) }));
+                if self.cfg.shared_store {
+                    self.cluster.submits.insert(msg.version, (key, s));
+                }
+                self.sequenced(msg);
+            }
+            Ok(Outcome::Duplicate(msg)) => {
+                if msg.version <= self.durable_version {
+                    self.send(key, op_text(&msg));
+                } else {
+                    self.dup_waiting.push((key, msg));
+                }
+            }
+            Err(SubmitError::NeedHistory { base }) if older.is_none() => {
+                self.blocked = true;
+                let req = ReadReq::Older {
+                    base,
+                    until: self.doc.window_start(),
+                    account: s.account.clone(),
+                    op_id: s.op_id.clone(),
+                    max_bytes: self.cfg.max_reply_bytes,
+                };
+                self.read(req, Reading::Older { key, submit: s });
+            }
+            Err(e) => self.send(key, error_text(&Rejection::Submit(e), op_id)),
+        }
+    }
+
+    /// A freshly sequenced op: stored, then (once durable) applied for everyone.
+    fn sequenced(&mut self, msg: Sequenced) {
+        self.doc_bytes = resized(self.doc_bytes, &msg.operation);
+        let snapshot = (msg.version % self.cfg.snapshot_every == 0).then(|| self.doc.doc().to_state_value(msg.version));
+        let group = RoomAppend { room: self.cfg.room.clone(), entries: vec![Entry { msg: msg.clone(), snapshot }] };
+        self.pending.push_back((msg, self.doc.doc().clone()));
+        self.out.push(Output::Append { epoch: self.epoch, group });
+    }
+
+    fn on_durable(&mut self, d: Durable) {
+        if let Some(reason) = d.failed {
+            self.fail(&reason);
+            return;
+        }
+        while self.pending.front().is_some_and(|(m, _)| m.version <= d.version) {
+            if let Some((m, doc)) = self.pending.pop_front() {
+                self.durable_version = m.version;
+                self.durable_doc = doc;
+                if self.cfg.shared_store {
+                    self.cluster.submits.remove(&m.version);
+                    self.cluster.resyncs = 0;
+                    self.out.push(Output::Publish(m.clone()));
+                }
+                self.applied(&m);
+            }
+        }
+        if let Some(version) = d.conflict {
+            self.lost_race(version);
+            return;
+        }
+        let durable = self.durable_version;
+        for (key, m) in std::mem::take(&mut self.dup_waiting) {
+            if m.version <= durable {
+                self.send(key, op_text(&m));
+            } else {
+                self.dup_waiting.push((key, m));
+            }
+        }
+    }
+
+    /// Every op that reaches the durable state — ours or another node's — passes here.
+    fn applied(&mut self, msg: &Sequenced) {
+        self.out.push(Output::Broadcast { frame: op_text(msg), except: None });
+    }
+
+    /// The store failed: what memory holds may be ahead of it, so drop the room; clients
+    /// reconnect and resync from what is stored.
+    fn fail(&mut self, reason: &str) {
+        for m in self.members.drain() {
+            self.out.push(Output::Close { to: m.key(), code: Close::Internal });
+        }
+        self.failed = true;
+        self.out.push(Output::Failed(reason.to_string()));
+    }
+
+    fn drain_deferred(&mut self) {
+        while !self.blocked && !self.failed {
+            let Some((key, s)) = self.deferred.pop_front() else { break };
+            self.submit(key, s, None);
+        }
+    }
+
+    fn read_done(&mut self, id: u64, result: ReadResult, now: Now) {
+        let Some(reading) = self.reads.remove(&id) else { return };
+        match (reading, result) {
+            (Reading::Older { key, submit }, ReadResult::Older(r)) => {
+                self.blocked = false;
+                match r {
+                    Ok(older) => self.submit(key, submit, Some(&older)),
+                    Err(StoreError::HistoryTooLarge { base, .. }) => {
+                        let e = SubmitError::VersionTooOld { base, oldest: self.doc.window_start() };
+                        self.send(key, error_text(&Rejection::Submit(e), submit.op_id));
+                    }
+                    Err(e) => self.send(key, error_text(&Rejection::Storage(e.to_string()), submit.op_id)),
+                }
+                self.drain_deferred();
+            }
+            (Reading::Catchup { join, since, upto }, ReadResult::Ops(r)) => {
+                let ops = match r {
+                    Ok(mut ops) if ops.len() as u64 == upto - since => {
+                        let ops = if upto == self.durable_version {
+                            Some(ops)
+                        } else {
+                            self.ops_in_memory(upto).map(|more| {
+                                ops.extend(more);
+                                ops
+                            })
+                        };
+                        ops.and_then(|ops| self.within_reply_bound(ops))
+                    }
+                    // Short or failed: the full state is always right.
+                    _ => None,
+                };
+                self.finish_join(join, ops, now);
+            }
+            (Reading::Fetch { from }, ReadResult::Ops(r)) => {
+                self.cluster.fetching = false;
+                // Something of ours sequenced meanwhile: its append decides (a conflict
+                // resyncs); the next poll looks again. A failed read is retried then too.
+                if let Ok(ops) = r {
+                    if from == self.durable_version && self.can_catch_up() {
+                        self.apply_foreign(ops);
+                    }
+                }
+            }
+            (Reading::Rebuild, ReadResult::Rebuild(r)) => match r {
+                Ok(rebuilt) => {
+                    let (sd, missed) = *rebuilt;
+                    self.doc = sd;
+                    self.doc.doc_mut().set_transport(self.transport.playing, self.transport.position);
+                    self.durable_version = self.doc.version();
+                    self.durable_doc = self.doc.doc().clone();
+                    self.doc_bytes = json_len(&self.durable_doc.state(self.durable_version));
+                    for m in &missed {
+                        self.applied(m);
+                    }
+                    self.blocked = false;
+                    self.drain_deferred();
+                }
+                Err(e) => self.fail(&format!("resync after a lost race: {e}")),
+            },
+            (reading, _) => {
+                // A shell bug: answer a read with the other kind. Refuse loudly in tests.
+                debug_assert!(false, "read answered with the wrong kind: {reading:?}");
+            }
+        }
+    }
+
+    /// The catch-up `ops`, or `None` (send the state instead) when they are larger than
+    /// `max_reply_bytes`, or larger than both the state and [`CATCHUP_FLOOR`]: a catch-up never
+    /// costs much more than a fresh load, and small ones always go as ops, so a client coming
+    /// back with pending edits rebases them instead of reloading.
+    fn within_reply_bound(&self, ops: Vec<Sequenced>) -> Option<Vec<Sequenced>> {
+        let bound = self.cfg.max_reply_bytes.min(self.doc_bytes.max(CATCHUP_FLOOR));
+        let mut bytes = 0usize;
+        for m in &ops {
+            bytes += json_len(&**m);
+            if bytes > bound {
+                return None;
+            }
+        }
+        Some(ops)
+    }
+
+    /// The durable ops after `since`, if the memory window still holds them all.
+    fn ops_in_memory(&self, since: u64) -> Option<Vec<Sequenced>> {
+        let ops = self.doc.ops_since(since)?;
+        Some(ops.into_iter().take_while(|m| m.version <= self.durable_version).collect())
+    }
+
+    // ---- a shared store ----
+
+    /// Nothing of ours is between the durable version and the head.
+    fn can_catch_up(&self) -> bool {
+        self.pending.is_empty() && !self.blocked && self.doc.version() == self.durable_version
+    }
+
+    fn fetch(&mut self) {
+        if self.cluster.fetching || !self.can_catch_up() {
+            return;
+        }
+        self.cluster.fetching = true;
+        let from = self.durable_version;
+        self.read(ReadReq::Fetch { from, limit: FETCH_MAX }, Reading::Fetch { from });
+    }
+
+    fn foreign(&mut self, m: Sequenced) {
+        if !self.cfg.shared_store || m.version <= self.durable_version || !self.can_catch_up() {
+            return;
+        }
+        if m.version == self.durable_version + 1 {
+            self.apply_foreign(vec![m]);
+        } else {
+            // A gap on the bus: read what is missing.
+            self.fetch();
+        }
+    }
+
+    /// Replays ops other nodes stored (consecutive from the durable version) for our members.
+    fn apply_foreign(&mut self, ops: Vec<Sequenced>) {
+        for m in ops {
+            if m.version <= self.durable_version {
+                continue;
+            }
+            let v = m.version;
+            if let Err(e) = self.doc.replay(m.clone()) {
+                self.fail(&format!("replaying version {v} from another node: {e}"));
+                return;
+            }
+            self.durable_version = v;
+            self.doc_bytes = resized(self.doc_bytes, &m.operation);
+            self.applied(&m);
+        }
+        self.durable_doc = self.doc.doc().clone();
+    }
+
+    /// Another node stored a version we sequenced: drop what is pending (never acknowledged),
+    /// rebuild from the store, and submit the dropped ops again in order, so they rebase over
+    /// what we missed. Appends from then on belong to a new durability epoch.
+    fn lost_race(&mut self, version: u64) {
+        self.cluster.resyncs += 1;
+        if self.cluster.resyncs > MAX_RESYNCS {
+            self.fail(&format!("another node took version {version} of this room {MAX_RESYNCS} times in a row"));
+            return;
+        }
+        let durable = self.durable_version;
+        let mut redo: VecDeque<_> =
+            self.pending.drain(..).filter_map(|(m, _)| self.cluster.submits.remove(&m.version)).collect();
+        redo.extend(self.deferred.drain(..));
+        self.deferred = redo;
+        self.cluster.submits.clear();
+        // A duplicate waiting on a dropped version is answered by the broadcast of its resubmit.
+        self.dup_waiting.retain(|(_, m)| m.version <= durable);
+        self.epoch += 1;
+        self.blocked = true;
+        let from = self.deferred.iter().filter_map(|(_, s)| s.base).fold(durable, u64::min);
+        self.read(ReadReq::Rebuild { from, durable }, Reading::Rebuild);
+    }
+}
+
+/// How much `ops` can grow a document at most: what their inserts and writes carry.
+fn growth(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Insert(o) => json_len(&o.value) + o.id.len() + 16,
+            Op::Update(o) => json_len(&o.value) + o.path.iter().map(|k| k.len() + 4).sum::<usize>(),
+            Op::Delete(_) | Op::Move(_) => 0,
+        })
+        .sum()
+}
+
+/// The document size `bytes` after the annotated `ops` applied to it.
+fn resized(bytes: usize, ops: &[Op]) -> usize {
+    ops.iter().fold(bytes, |b, op| match op {
+        Op::Insert(o) => b + json_len(&o.value) + o.id.len() + 16,
+        Op::Delete(o) => b.saturating_sub(o.value.as_ref().map_or(0, json_len) + o.id.len() + 16),
+        Op::Update(o) => {
+            let old = match &o.prev {
+                Some(Prev::Value(v)) => json_len(v),
+                _ => 0,
+            };
+            let new = if o.remove { 0 } else { json_len(&o.value) };
+            (b + new).saturating_sub(old)
+        }
+        Op::Move(_) => b,
+    })
+}
