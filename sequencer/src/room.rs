@@ -256,13 +256,16 @@ fn clock(started: Instant) -> Now {
     Now { mono_ms: started.elapsed().as_millis() as u64, epoch_ms: now_ms() }
 }
 
+/// Where a join's answer goes.
+type JoinAnswer = oneshot::Sender<Result<(), Close>>;
+
 /// The async side of one room. See the module docs.
 struct Shell {
     core: RoomCore,
     /// Members' outboxes: they get broadcasts.
     members: HashMap<ConnKey, Arc<Outbox>>,
     /// Connections waiting for their join's answer (a catch-up read may be under way).
-    joining: HashMap<ConnKey, (Arc<Outbox>, oneshot::Sender<Result<(), Close>>)>,
+    joining: HashMap<ConnKey, (Arc<Outbox>, JoinAnswer)>,
     /// The durability epoch of `durable_tx` (a new one after a lost race).
     epoch: u64,
     durable_tx: Arc<watch::Sender<Durable>>,
