@@ -509,8 +509,10 @@ impl Shell {
     }
 }
 
-/// Carries out one read on the store (on a blocking thread when the store blocks).
-fn perform(store: &dyn Store, room: &str, req: ReadReq, history: (usize, u64, usize)) -> ReadResult {
+/// Carries out one read of the core's on `store` (the shell runs it on a blocking thread when
+/// the store blocks; tests and the simulation call it directly). `history` is the window,
+/// `max_rebase` and history byte bound a rebuilt room gets.
+pub fn perform(store: &dyn Store, room: &str, req: ReadReq, history: (usize, u64, usize)) -> ReadResult {
     match req {
         ReadReq::Older { base, until, account, op_id, max_bytes } => {
             ReadResult::Older(older_history(store, room, base, until, account.as_deref(), op_id.as_deref(), max_bytes))
