@@ -12,21 +12,27 @@
 //!   one task per TCP connection, and the shutdown tree.
 //! - [`http`]: the endpoints of PROTOCOL §1 on hyper 1, including the WebSocket upgrade.
 //! - [`conn`]: one socket: auth, limits, decoding, a reader loop and a writer task.
-//! - [`room`]: one task per room owning its `ServerDoc`, presence and transport; the registry.
+//! - [`room`]: rooms. [`room::core::RoomCore`] makes every decision of a room as a synchronous
+//!   machine (`handle(input, now) -> outputs`, `next_deadline()`): sequencing through ot-core's
+//!   `ServerDoc`, durability bookkeeping, `since` catch-ups, cursors, the transport, presence
+//!   ([`room::presence`]) and a shared store's lost races and other nodes' ops
+//!   ([`room::cluster`]). The room's tokio task is a short shell that feeds it inputs and carries
+//!   out its outputs (outboxes, store writes and reads, the bus, the clock); tests and the
+//!   simulation drive the core directly. The registry finds or starts rooms.
 //! - [`outbox`]: a connection's bounded outbound queue: the slow-client policy.
 //! - [`store`]: the [`store::Store`] trait, [`store::MemoryStore`], [`store::SqliteStore`] and the
 //!   group-commit writer thread.
 //! - [`store_pg`]: the PostgreSQL store (`--store postgres://…`) shared by several nodes;
 //!   [`bus`]: the Redis fan-out between them (`--bus`). A room's multi-node logic (lost races,
-//!   other nodes' ops) is in `room/cluster.rs`; `docs/scale-out.md` explains the whole.
+//!   other nodes' ops) is part of its core; `docs/scale-out.md` explains the whole.
 //! - [`auth`]: app and room tokens (HS256 JWT).
 //! - [`error`]: every refusal and its one mapping to wire error codes and close codes.
 //! - [`metrics`]: Prometheus text for `/metrics`.
 //!
 //! # Ownership
 //!
-//! A connection task owns its socket; a room task owns its document, history, presence and
-//! transport. They talk over a bounded `mpsc` (connection → room) and an [`outbox::Outbox`]
+//! A connection task owns its socket; a room task owns its core (document, history, presence,
+//! transport). They talk over a bounded `mpsc` (connection → room) and an [`outbox::Outbox`]
 //! (room → connection) that never blocks the room. The registry maps room ids to room inboxes
 //! under a short `std::sync::Mutex` that is never held across an await or while a room loads.
 //!
