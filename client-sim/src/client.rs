@@ -1,6 +1,9 @@
 //! The async shell around [`Session`]: one task owns the socket and the session, the
 //! [`Client`] handle talks to it over a bounded command channel, and the application reads
-//! [`Events`] and [`Snapshot`]s.
+//! [`Events`] and [`Snapshot`]s. The task turns its clocks into the session's millisecond
+//! [`Now`] ([`now_since`]) and carries out what the session decides, a server's close code
+//! included ([`Session::on_server_close`]): retry after the backoff, or stop and report
+//! ([`Event::Disconnected`] with `fatal`, [`Snapshot::stopped_by`]).
 //!
 //! # Slow-consumer policy
 //!
@@ -11,10 +14,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use ot_core::protocol::{decode_server, ClientMsg, Presence, TransportState};
+use ot_core::protocol::{
+    decode_server, ClientMsg, Close, CloseAction, Presence, TransportState, CONNECTION_ID_MAX, ROOM_ID_MAX,
+};
 use ot_core::{Document, Op, OpError};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,7 +32,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::endpoint::{check_id, BaseUrl, EndpointError, UrlForm};
-use crate::session::{ClockEstimate, Effect, Event, Now, Session};
+use crate::session::{ClockEstimate, Effect, Event, Now, ServerClose, Session};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -128,6 +133,9 @@ pub struct Snapshot {
     pub events_lagged: u64,
     /// Why the client gave up, if it did.
     pub fatal: Option<String>,
+    /// The server's close that stopped the client, if one did (a [`CloseAction::Stop`] code:
+    /// [`Close::Replaced`] when a newer connection with the same connection id took over).
+    pub stopped_by: Option<Close>,
 }
 
 /// An event with the instant the client task produced it.
@@ -193,8 +201,8 @@ impl Client {
     /// [`Client::ready`] to wait for the first `init`.
     pub fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
         let base = BaseUrl::parse(&config.base_url)?;
-        check_id(&config.room, 128)?;
-        check_id(&config.pk, 64)?;
+        check_id(&config.room, ROOM_ID_MAX)?;
+        check_id(&config.pk, CONNECTION_ID_MAX)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(config.events_capacity.max(1));
         let (state_tx, state_rx) = watch::channel(Snapshot::default());
@@ -210,6 +218,8 @@ impl Client {
             connects: 0,
             lagged: 0,
             fatal: None,
+            stopped_by: None,
+            start: Instant::now(),
         };
         let handle = tokio::spawn(task.run());
         Ok((Client { cmd: cmd_tx, state: state_rx, task: Some(handle) }, Events { rx: ev_rx }))
@@ -365,8 +375,10 @@ enum End {
     Retry(String),
     /// Reconnect at once (a reload or a resync).
     Now(String),
-    /// Stop: closed by the application or a fatal close code.
-    Stop(Option<String>, Option<oneshot::Sender<()>>),
+    /// Stop: closed by the application (with the acknowledgement it waits for, if any).
+    Stop(Option<oneshot::Sender<()>>),
+    /// The server closed the socket; the session decided whether to come back.
+    Server(ServerClose),
 }
 
 struct Task {
@@ -381,6 +393,16 @@ struct Task {
     connects: u64,
     lagged: u64,
     fatal: Option<String>,
+    stopped_by: Option<Close>,
+    /// The origin of the session's monotonic clock.
+    start: Instant,
+}
+
+/// The session's [`Now`] from the system clocks: monotonic milliseconds since `start`, and the
+/// wall clock in milliseconds since the Unix epoch.
+pub fn now_since(start: Instant) -> Now {
+    let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Now { mono_ms: start.elapsed().as_millis() as u64, epoch_ms }
 }
 
 /// A FIFO of frames held back by the added latency.
@@ -431,6 +453,7 @@ impl Task {
             reconnects: self.reconnects,
             events_lagged: self.lagged,
             fatal: self.fatal.clone(),
+            stopped_by: self.stopped_by,
         });
     }
 
@@ -461,11 +484,7 @@ impl Task {
             };
             self.session.on_close();
             let delay = match end {
-                End::Stop(reason, ack) => {
-                    if let Some(r) = &reason {
-                        self.fatal = Some(r.clone());
-                        self.emit(Event::Disconnected { reason: r.clone(), fatal: true });
-                    }
+                End::Stop(ack) => {
                     self.publish();
                     if let Some(ack) = ack {
                         // The application waits for this; it may have stopped waiting.
@@ -473,12 +492,22 @@ impl Task {
                     }
                     return;
                 }
+                End::Server(closed) => {
+                    self.emit(closed.event());
+                    if closed.action == CloseAction::Stop {
+                        self.fatal = Some(closed.to_string());
+                        self.stopped_by = closed.close;
+                        self.publish();
+                        return;
+                    }
+                    self.backoff.next_delay()
+                }
                 End::Retry(reason) => {
-                    self.emit(Event::Disconnected { reason, fatal: false });
+                    self.emit(Event::Disconnected { reason, fatal: false, close: None });
                     self.backoff.next_delay()
                 }
                 End::Now(reason) => {
-                    self.emit(Event::Disconnected { reason, fatal: false });
+                    self.emit(Event::Disconnected { reason, fatal: false, close: None });
                     Duration::from_millis(1)
                 }
             };
@@ -514,7 +543,7 @@ impl Task {
 
     /// Handles a command; with a socket, sends what it produces.
     async fn command(&mut self, cmd: Command, mut ws: Option<&mut Outbox>) -> Result<Option<End>, String> {
-        let now = Now::system();
+        let now = now_since(self.start);
         let mut effects = Vec::new();
         match cmd {
             Command::Submit(ops, reply) => {
@@ -568,7 +597,7 @@ impl Task {
                 if let Some(out) = ws.as_deref_mut() {
                     out.close(CloseCode::Normal).await;
                 }
-                return Ok(Some(End::Stop(None, Some(ack))));
+                return Ok(Some(End::Stop(Some(ack))));
             }
         }
         self.apply(effects, ws).await
@@ -653,7 +682,7 @@ impl Task {
                 cmd = self.cmd_rx.recv() => {
                     let Some(cmd) = cmd else {
                         out.close(CloseCode::Normal).await;
-                        break End::Stop(None, None);
+                        break End::Stop(None);
                     };
                     match self.command(cmd, Some(&mut out)).await {
                         Ok(None) => {}
@@ -668,7 +697,7 @@ impl Task {
                         break End::Retry(format!("no frame for {:?}", self.config.idle_timeout));
                     }
                     if self.session.is_live() {
-                        let msg = self.session.ping(Now::system());
+                        let msg = self.session.ping(now_since(self.start));
                         match serde_json::to_string(&msg) {
                             Ok(text) => if let Err(e) = out.send(text).await { break End::Retry(e); },
                             Err(e) => break End::Retry(e.to_string()),
@@ -677,8 +706,8 @@ impl Task {
                 }
             }
         };
-        if matches!(end, End::Retry(_) | End::Now(_)) {
-            // A failed socket is dropped without a close handshake.
+        if matches!(end, End::Retry(_) | End::Now(_) | End::Server(_)) {
+            // A failed or server-closed socket is dropped without finishing the close handshake.
             out.kill();
         } else {
             self.backoff.reset();
@@ -691,11 +720,9 @@ impl Task {
         let text = match frame {
             Message::Text(t) => t,
             Message::Close(f) => {
+                // No close frame body: 1005, "no status received" (RFC 6455 §7.1.5).
                 let (code, reason) = f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                return Ok(Some(match code {
-                    4001 | 4400 | 4403 => End::Stop(Some(format!("closed by the server: {code} {reason}")), None),
-                    _ => End::Retry(format!("closed by the server: {code} {reason}")),
-                }));
+                return Ok(Some(End::Server(self.session.on_server_close(code, &reason))));
             }
             Message::Binary(_) => return Err("binary frame from the server".into()),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(None),
@@ -708,7 +735,7 @@ impl Task {
             }
         };
         let was_live = self.session.is_live();
-        let effects = match self.session.handle(msg, Now::system()) {
+        let effects = match self.session.handle(msg, now_since(self.start)) {
             Ok(e) => e,
             Err(e) => return Err(format!("protocol error: {e}")),
         };

@@ -1,7 +1,10 @@
 //! Socket and HTTP addresses of PROTOCOL §1, built from a base URL, a room and the query
-//! parameters. Pure string work: no IO.
+//! parameters. Pure string work: no IO. The id rule itself is ot-core's
+//! [`ot_core::protocol::valid_id`].
 
 use std::fmt::Write as _;
+
+use ot_core::protocol::valid_id;
 
 /// Which of the two socket paths of PROTOCOL §1 a client connects to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -28,11 +31,15 @@ pub enum EndpointError {
         /// The URL given.
         url: String,
     },
-    /// A room id (or `_pk`) outside `[A-Za-z0-9_-]{1,128}`.
-    #[error("id `{id}` must be 1-128 characters of [A-Za-z0-9_-]")]
+    /// A room id outside `[A-Za-z0-9_-]{1,128}`, or a connection id (`_pk`) outside
+    /// `[A-Za-z0-9_-]{1,64}`.
+    #[error("id `{id}` must be 1-{max} characters of [A-Za-z0-9_-]")]
     BadId {
         /// The id given.
         id: String,
+        /// Its longest allowed length ([`ot_core::protocol::ROOM_ID_MAX`] or
+        /// [`ot_core::protocol::CONNECTION_ID_MAX`]).
+        max: usize,
     },
 }
 
@@ -95,14 +102,13 @@ impl BaseUrl {
     }
 }
 
-/// Checks a room id or connection id against `[A-Za-z0-9_-]{1,max}`.
+/// Checks a room id or connection id against `[A-Za-z0-9_-]{1,max}` ([`valid_id`]), as a
+/// typed error.
 pub fn check_id(id: &str, max: usize) -> Result<(), EndpointError> {
-    let ok =
-        !id.is_empty() && id.len() <= max && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if valid_id(id, max) {
         Ok(())
     } else {
-        Err(EndpointError::BadId { id: id.to_string() })
+        Err(EndpointError::BadId { id: id.to_string(), max })
     }
 }
 
@@ -141,9 +147,13 @@ mod tests {
     fn rejects_bad_input() {
         assert!(matches!(BaseUrl::parse("127.0.0.1:1"), Err(EndpointError::BadScheme { .. })));
         assert!(matches!(BaseUrl::parse("ws:///x"), Err(EndpointError::NoHost { .. })));
-        assert!(check_id("room_1-a", 128).is_ok());
-        assert!(check_id("", 128).is_err());
-        assert!(check_id("a/b", 128).is_err());
-        assert!(check_id(&"a".repeat(129), 128).is_err());
+        use ot_core::protocol::{CONNECTION_ID_MAX, ROOM_ID_MAX};
+        assert!(check_id("room_1-a", ROOM_ID_MAX).is_ok());
+        assert!(check_id("", ROOM_ID_MAX).is_err());
+        assert!(check_id("a/b", ROOM_ID_MAX).is_err());
+        assert_eq!(
+            check_id(&"a".repeat(65), CONNECTION_ID_MAX),
+            Err(EndpointError::BadId { id: "a".repeat(65), max: 64 })
+        );
     }
 }

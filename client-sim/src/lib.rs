@@ -10,15 +10,25 @@
 //! reports what it dropped) after `version_too_old` or a rejected op, and estimates the
 //! server's clock from `pong`.
 //!
+//! When the server closes the socket, the close code decides ([`ot_core::protocol::CloseAction`]):
+//! 4001, 4400 and 4009 (replaced by a newer connection with the same `_pk`) stop the client and
+//! are reported as a fatal [`Event::Disconnected`] and in [`Snapshot::stopped_by`]; every other
+//! code is retried after the backoff.
+//!
 //! # Layout
 //!
-//! - [`session`]: the sans-IO core. A [`Session`] takes server messages and local edits and
-//!   answers with [`Effect`]s (send this, tell the application that, reconnect). All protocol
-//!   and state logic lives here and is unit-tested without sockets.
-//! - [`client`]: the async shell. One task owns the socket and the session; the [`Client`]
-//!   handle sends it commands over a bounded channel; [`Events`] and [`Snapshot`] report back.
-//! - [`backoff`], [`endpoint`], [`http`], [`canon`]: reconnect delays, URLs, a minimal HTTP
-//!   GET for the JSON API, and canonical JSON with a first-difference finder.
+//! - [`session`]: the sans-IO core, which is ot-core's [`ot_core::session`] (re-exported here;
+//!   it builds for wasm32, so a browser can run it too). A [`Session`] takes server messages,
+//!   close codes and local edits, with time as [`Now`] milliseconds, and answers with
+//!   [`Effect`]s (send this, tell the application that, reconnect). All protocol and state
+//!   logic lives there and is unit-tested without sockets. The protocol's rules it follows
+//!   (close codes, ids, roles, token claims) are [`ot_core::protocol`]'s.
+//! - [`client`]: the async shell. One task owns the socket and the session, and turns its
+//!   clocks into [`Now`]; the [`Client`] handle sends it commands over a bounded channel;
+//!   [`Events`] and [`Snapshot`] report back.
+//! - [`backoff`] (ot-core's [`ot_core::session::backoff`], re-exported), [`endpoint`],
+//!   [`http`], [`canon`]: seeded reconnect delays, URLs, a minimal HTTP GET for the JSON API,
+//!   and canonical JSON with a first-difference finder.
 //! - [`workload`]: a seeded generator of realistic edits, valid against a given document.
 //! - [`stats`]: HDR histograms and counters, and the human and JSON reports.
 //! - [`relay`]: a bare broadcast relay (receive a frame, forward it to the room), the
@@ -63,13 +73,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod backoff;
+pub use ot_core::session::backoff;
 pub mod canon;
 pub mod client;
 pub mod endpoint;
 pub mod http;
 pub mod relay;
-pub mod session;
+pub use ot_core::session;
 pub mod sim;
 pub mod stats;
 pub mod workload;
@@ -77,4 +87,4 @@ pub mod workload;
 pub use backoff::{Backoff, BackoffConfig};
 pub use client::{Client, ClientConfig, ClientError, Events, Snapshot, Stamped};
 pub use endpoint::{BaseUrl, UrlForm};
-pub use session::{Effect, Event, Now, ReloadReason, Session};
+pub use session::{Effect, Event, Now, ReloadReason, ServerClose, Session};

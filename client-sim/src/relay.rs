@@ -78,7 +78,7 @@ pub async fn start(addr: SocketAddr) -> std::io::Result<RelayHandle> {
 fn room_of(path: &str) -> Option<String> {
     let p = path.split('?').next()?;
     let room = p.strip_prefix("/parties/main/").or_else(|| p.strip_prefix("/ws/"))?;
-    crate::endpoint::check_id(room, 128).ok()?;
+    ot_core::protocol::valid_id(room, ot_core::protocol::ROOM_ID_MAX).then_some(())?;
     Some(room.to_string())
 }
 

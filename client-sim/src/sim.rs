@@ -147,7 +147,8 @@ pub enum SimError {
     },
 }
 
-/// First-send instants by op id, shared by all simulated clients, for remote-delivery latency.
+/// First-send instants by op id, shared by all simulated clients, for ack and remote-delivery
+/// latency.
 #[derive(Default)]
 struct SentAt {
     shards: Vec<Mutex<HashMap<String, Instant>>>,
@@ -514,6 +515,9 @@ async fn drive(
                     Event::Acked { op_id, version, latency } => {
                         stats.acked += 1;
                         live.acked.fetch_add(1, Ordering::Relaxed);
+                        // The session counts whole milliseconds; the events' instants are finer.
+                        // Without the `Sent` event (a lagged queue drops events), its count.
+                        let latency = sent_at.get(&op_id).map_or(latency, |at| ev.at.saturating_duration_since(at));
                         stats.ack.record(latency);
                         acked.push((op_id, version));
                         if cfg.rate <= 0.0 { want_step = true; }

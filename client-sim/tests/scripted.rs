@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use client_sim::{BackoffConfig, Client, ClientConfig, Event, ReloadReason};
+use client_sim::{BackoffConfig, Client, ClientConfig, Event, Events, ReloadReason};
 use futures_util::{SinkExt, StreamExt};
+use ot_core::protocol::Close;
 use ot_core::Op;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -183,11 +185,72 @@ async fn rejected_op_reloads_and_unauthorized_is_fatal() {
     send(&mut ws, json!({"type":"error","code":"invalid_op","message":"no","opId":op["opId"]})).await;
     let (mut ws, uri) = accept(&l).await;
     assert!(!uri.contains("since"), "{uri}");
-    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
     ws.close(Some(CloseFrame { code: CloseCode::from(4001), reason: "Unauthorized".into() })).await.unwrap();
     let err = client.ready(T).await.unwrap_err();
     assert!(err.to_string().contains("4001"), "{err}");
     assert!(client.snapshot().fatal.is_some());
+}
+
+/// Waits for the first event that `f` picks, skipping the others.
+async fn event_where<R>(events: &mut Events, mut f: impl FnMut(Event) -> Option<R>) -> R {
+    tokio::time::timeout(T, async {
+        loop {
+            let e = events.recv().await.expect("the client reports before it stops");
+            if let Some(r) = f(e.event) {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("the event in time")
+}
+
+async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
+    ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() })).await.unwrap();
+}
+
+/// A storage failure (1011) and a slow consumer (4008) are retried: the client comes back with
+/// `since` and reports each as a non-fatal disconnect with its close. Then 4009 (a newer
+/// connection with the same `_pk` took over): the client reports that it was replaced, stops,
+/// and never connects again, so two clients sharing a `_pk` cannot evict each other forever.
+#[tokio::test]
+async fn replaced_stops_and_reports_while_internal_error_and_slow_consumer_reconnect() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (client, mut events) = Client::connect(config(l.local_addr().unwrap())).unwrap();
+    let (mut ws, _) = accept(&l).await;
+    send(&mut ws, init_state(3, json!([]))).await;
+    event_where(&mut events, |e| matches!(e, Event::Ready { .. }).then_some(())).await;
+    for (code, close) in [(1011, Close::Internal), (4008, Close::SlowConsumer)] {
+        close_with(&mut ws, code, close.reason()).await;
+        let got = event_where(&mut events, |e| match e {
+            Event::Disconnected { fatal, close, .. } => Some((fatal, close)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, (false, Some(close)), "{code}");
+        let (next, uri) = accept(&l).await;
+        assert!(uri.ends_with("&since=3"), "{code}: rejoin with since: {uri}");
+        ws = next;
+        send(&mut ws, json!({"type":"init","users":[],"yourId":"pk1","version":3,"serverTime":0,"ops":[]})).await;
+        event_where(&mut events, |e| matches!(e, Event::Ready { .. }).then_some(())).await;
+    }
+    assert_eq!(client.snapshot().reconnects, 2);
+
+    close_with(&mut ws, 4009, "Replaced").await;
+    let reason = event_where(&mut events, |e| match e {
+        Event::Disconnected { reason, fatal: true, close: Some(Close::Replaced) } => Some(reason),
+        Event::Disconnected { .. } => panic!("{e:?}: 4009 is reported as fatal, with its close"),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("newer connection with the same connection id"), "{reason}");
+    // The backoff is 10–50 ms: a client that came back would have connected by now.
+    assert!(tokio::time::timeout(Duration::from_millis(500), l.accept()).await.is_err(), "no reconnect after 4009");
+    let s = client.snapshot();
+    assert_eq!(s.stopped_by, Some(Close::Replaced));
+    assert!(!s.live && s.fatal.as_deref().is_some_and(|f| f.contains("4009")), "{:?}", s.fatal);
+    assert!(client.ready(T).await.unwrap_err().to_string().contains("same connection id"));
+    assert!(client.submit(track("late")).await.is_err(), "a stopped client takes no edits");
 }
 
 /// Pong gives a clock estimate: the server clock here runs 10 s ahead.

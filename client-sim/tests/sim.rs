@@ -1,6 +1,7 @@
 //! End-to-end runs of the simulator against an embedded sequencer: convergence under faults,
-//! and no acknowledged op lost across a server restart on a SQLite store. Seeds are printed
-//! in every failure message.
+//! and no acknowledged op lost across a server restart on a SQLite store; and the Rust client
+//! against the real server where a close code decides (4009). Seeds are printed in every
+//! failure message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,47 @@ async fn restart_mid_run_loses_no_acked_op() {
     assert_eq!(report.rooms_converged, 4, "seed {seed}");
     assert!(report.stats.reconnects >= 16, "seed {seed}: every client reconnected ({})", report.stats.reconnects);
     assert!(report.stats.acked > 0, "seed {seed}");
+    server.shutdown().await.unwrap();
+}
+
+/// Two clients share a `_pk`. The second one's join replaces the first (4009); the first
+/// reports it and stops instead of coming back and replacing the second in turn, so the second
+/// stays connected and its edits go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_client_stops_instead_of_evicting_its_replacement() {
+    use client_sim::{BackoffConfig, Client, ClientConfig};
+    use ot_core::protocol::Close;
+
+    let server = sequencer::start(memory_config()).await.unwrap();
+    let mut cfg = ClientConfig::new(
+        format!("ws://{}", server.addr),
+        "shared-pk",
+        room_token(SECRET, "shared-pk", "u", "u", Role::Editor, 3600).unwrap(),
+        "same-pk",
+    );
+    cfg.backoff = BackoffConfig { base: Duration::from_millis(10), max: Duration::from_millis(50) };
+    let t = Duration::from_secs(5);
+    let (first, _first_events) = Client::connect(cfg.clone()).unwrap();
+    first.ready(t).await.unwrap();
+    let (second, _second_events) = Client::connect(cfg).unwrap();
+    second.ready(t).await.unwrap();
+    let mut watch = first.watch();
+    tokio::time::timeout(t, watch.wait_for(|s| s.stopped_by.is_some())).await.expect("first stops in time").unwrap();
+    let s = first.snapshot();
+    assert_eq!(s.stopped_by, Some(Close::Replaced), "{:?}", s.fatal);
+    // Many backoffs later, nobody came back to take the presence over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = second.snapshot();
+    assert!(s.live && s.reconnects == 0, "the second client kept its connection: {:?}", s.fatal);
+    assert_eq!(first.snapshot().reconnects, 0, "the first client never came back");
+    let op = ot_core::Op::batch_from_value(serde_json::json!(
+        {"type":"insert","target":"track","id":"t1","index":0,"value":{"name":"Drums","clips":[]}}))
+    .unwrap();
+    second.submit(op).await.unwrap();
+    second.settled(t).await.unwrap();
+    assert_eq!(second.snapshot().version, Some(1));
+    second.close().await;
+    first.close().await;
     server.shutdown().await.unwrap();
 }
 

@@ -15,7 +15,14 @@
 //! - [`transform()`] and [`compose`]: the conflict rules of PROTOCOL §5.3.
 //! - [`sync`]: the sans-IO server and client documents (rebase, exactly-once, optimistic apply,
 //!   one op in flight).
-//! - [`protocol`]: the socket messages of PROTOCOL §3, shared by server and clients.
+//! - [`protocol`]: the protocol's rules, shared by server and clients: the socket messages of
+//!   PROTOCOL §3 and their limits; [`protocol::close`], the close codes and what a client does
+//!   on each; [`protocol::ids`], the id rule; [`protocol::token`], the token claims, their one
+//!   builder, and roles.
+//! - [`session`]: the sans-IO client protocol machine (reconnect with `since`, resend, reload,
+//!   stop on a close that says so, presence, transport, clock) over [`sync`]'s client document,
+//!   with time given in milliseconds, and [`session::backoff`] for seeded reconnect delays.
+//!   Builds for `wasm32-unknown-unknown`, so a browser can run the same client as the Rust one.
 //!
 //! # Guarantees
 //!
@@ -49,6 +56,7 @@ pub mod doc;
 pub mod error;
 pub mod op;
 pub mod protocol;
+pub mod session;
 pub mod sync;
 pub mod transform;
 

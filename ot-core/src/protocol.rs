@@ -1,8 +1,16 @@
-//! The socket messages of PROTOCOL §3 as serde types, shared by the sequencer and every client.
+//! The protocol's rules in one place, used by the sequencer and every client alike.
 //!
-//! Decoding is strict about what it needs and tolerant of what it does not know: unknown
-//! fields are ignored, and [`decode_client`] tells `bad_json` from `bad_message` so the server
-//! answers with the right [`ErrorCode`].
+//! - This module: the socket messages of PROTOCOL §3 as serde types, their decoding, and the
+//!   size [`Limits`] of §3.3. Decoding is strict about what it needs and tolerant of what it
+//!   does not know: unknown fields are ignored, and [`decode_client`] tells `bad_json` from
+//!   `bad_message` so the server answers with the right [`ErrorCode`].
+//! - [`close`]: the close codes the server sends ([`Close`]) and what a client does on each
+//!   ([`CloseAction`]).
+//! - [`ids`]: the room and connection id rule ([`valid_id`], [`ROOM_ID_MAX`],
+//!   [`CONNECTION_ID_MAX`]).
+//! - [`token`]: the claims of §2 ([`Claims`], built with [`Claims::user`] and
+//!   [`Claims::into_room`] from a given `now`), [`Role`] and what each role may do, and the
+//!   token lifetime bound. Signing and verifying the JWT is the server's.
 
 use std::sync::Arc;
 
@@ -10,6 +18,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::op::{Op, Update};
+
+pub mod close;
+pub mod ids;
+pub mod token;
+
+pub use close::{Close, CloseAction};
+pub use ids::{valid_id, CONNECTION_ID_MAX, ROOM_ID_MAX};
+pub use token::{Claims, ClaimsError, Role, UnknownRole, MAX_TOKEN_LIFETIME};
 
 /// A presence object (PROTOCOL §3.2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

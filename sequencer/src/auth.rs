@@ -5,93 +5,21 @@
 //! `room`. Refused besides: an `nbf` that is not a whole number of seconds, and an `exp` more than
 //! [`MAX_TOKEN_LIFETIME`] ahead (a token that never expires in practice is a leaked key).
 //!
+//! The claims and their rules are ot-core's ([`ot_core::protocol::token`], re-exported here as
+//! [`Claims`], [`Role`] and [`MAX_TOKEN_LIFETIME`]); this module signs and verifies them.
 //! Minting takes `now` as a parameter: [`Claims::user`] builds a user's claims and
 //! [`Claims::into_room`] turns any claims into a room token's, never outliving them; the
 //! wrappers [`room_token`] and [`app_token`], `join` and the `token` subcommand all go through
 //! them. Verification compares `exp` and `nbf` with the system clock inside `jsonwebtoken`
-//! (which cannot be given a clock), and the lifetime bound with the `now` given to [`verify_at`].
+//! (which cannot be given a clock), and again, with the lifetime bound, with the `now` given to
+//! [`verify_at`] ([`Claims::check_at`]).
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use ot_core::protocol::{ClaimsError, UnknownRole};
 
-/// What a user may do in a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// May edit and drive the transport.
-    #[default]
-    Editor,
-    /// Receives everything; `operation` and `transport` are answered with `forbidden`.
-    Viewer,
-}
-
-impl std::str::FromStr for Role {
-    type Err = AuthError;
-    fn from_str(s: &str) -> Result<Role, AuthError> {
-        match s {
-            "editor" => Ok(Role::Editor),
-            "viewer" => Ok(Role::Viewer),
-            other => Err(AuthError::BadRole { role: other.to_string() }),
-        }
-    }
-}
-
-/// The claims of app and room tokens.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Claims {
-    /// The account id.
-    pub sub: String,
-    /// Display name.
-    pub name: String,
-    /// Avatar URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub avatar: Option<String>,
-    /// Expiry, seconds since the epoch.
-    pub exp: u64,
-    /// Project ids the user may join; `None` means any (app tokens only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub projects: Option<Vec<String>>,
-    /// Editor or viewer; absent means editor.
-    #[serde(default)]
-    pub role: Role,
-    /// The room a room token is for; absent on app tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<String>,
-}
-
-impl Claims {
-    /// The claims of a user with no avatar, project list or room, issued at `now` (seconds since
-    /// the epoch) and valid `ttl_secs`; a lifetime over [`MAX_TOKEN_LIFETIME`] is refused.
-    pub fn user(sub: &str, name: &str, role: Role, now: u64, ttl_secs: u64) -> Result<Claims, AuthError> {
-        if ttl_secs > MAX_TOKEN_LIFETIME {
-            return Err(AuthError::Lifetime { exp: now.saturating_add(ttl_secs), max_secs: MAX_TOKEN_LIFETIME });
-        }
-        Ok(Claims {
-            sub: sub.into(),
-            name: name.into(),
-            avatar: None,
-            exp: now.saturating_add(ttl_secs),
-            projects: None,
-            role,
-            room: None,
-        })
-    }
-
-    /// These claims as a room token's for `room`, issued at `now`: the project list is dropped,
-    /// and the token lives `ttl_secs` but never past these claims' own `exp` (PROTOCOL §3.3).
-    pub fn into_room(self, room: &str, now: u64, ttl_secs: u64) -> Claims {
-        let exp = self.exp.min(now.saturating_add(ttl_secs));
-        Claims { exp, room: Some(room.into()), projects: None, ..self }
-    }
-
-    /// Whether these claims allow joining `project`.
-    pub fn may_access(&self, project: &str) -> bool {
-        let listed = self.projects.as_ref().map_or(true, |p| p.iter().any(|x| x == project));
-        let room_ok = self.room.as_deref().map_or(true, |r| r == project);
-        listed && room_ok
-    }
-}
+/// The claims, their builder and the roles are ot-core's, shared with the clients.
+pub use ot_core::protocol::{Claims, Role, MAX_TOKEN_LIFETIME};
 
 /// Why a token was refused or could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +52,22 @@ pub enum AuthError {
     },
 }
 
+impl From<UnknownRole> for AuthError {
+    fn from(e: UnknownRole) -> AuthError {
+        AuthError::BadRole { role: e.role }
+    }
+}
+
+impl From<ClaimsError> for AuthError {
+    fn from(e: ClaimsError) -> AuthError {
+        match e {
+            ClaimsError::Lifetime { exp, max_secs } => AuthError::Lifetime { exp, max_secs },
+            ClaimsError::Expired { .. } => AuthError::Invalid(ErrorKind::ExpiredSignature.into()),
+            ClaimsError::NotYetValid { .. } => AuthError::Invalid(ErrorKind::ImmatureSignature.into()),
+        }
+    }
+}
+
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -132,21 +76,6 @@ pub fn now_secs() -> u64 {
 /// Signs `claims` with `secret` (HS256).
 pub fn sign(secret: &str, claims: &Claims) -> Result<String, AuthError> {
     Ok(encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))?)
-}
-
-/// The longest a token may live: one whose `exp` is further ahead than this is refused, and
-/// none is minted. Ten years.
-pub const MAX_TOKEN_LIFETIME: u64 = 10 * 365 * 24 * 3600;
-
-/// What verification decodes: the claims, and `nbf` strictly (a present `nbf` that is not a
-/// whole number of seconds fails to decode, where `jsonwebtoken` alone would ignore it).
-/// `Claims` has no `nbf` field because nothing the server mints needs one.
-#[derive(Deserialize)]
-struct Verified {
-    #[serde(flatten)]
-    claims: Claims,
-    #[serde(default)]
-    nbf: Option<u64>,
 }
 
 /// Verifies signature, `exp` and `nbf` (no leeway) and the lifetime bound, and returns the claims.
@@ -163,16 +92,10 @@ pub fn verify_at(secret: &str, token: &str, now: u64) -> Result<Claims, AuthErro
     v.validate_exp = true;
     v.validate_nbf = true;
     v.set_required_spec_claims(&["exp", "sub"]);
-    let Verified { claims, nbf } = decode::<Verified>(token, &DecodingKey::from_secret(secret.as_bytes()), &v)?.claims;
-    if claims.exp < now {
-        return Err(AuthError::Invalid(ErrorKind::ExpiredSignature.into()));
-    }
-    if nbf.is_some_and(|nbf| nbf > now) {
-        return Err(AuthError::Invalid(ErrorKind::ImmatureSignature.into()));
-    }
-    if claims.exp > now.saturating_add(MAX_TOKEN_LIFETIME) {
-        return Err(AuthError::Lifetime { exp: claims.exp, max_secs: MAX_TOKEN_LIFETIME });
-    }
+    // A present `nbf` that is not a whole number of seconds fails to decode (`Claims::nbf` is a
+    // `u64`), where `jsonwebtoken` alone would ignore it.
+    let claims = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v)?.claims;
+    claims.check_at(now)?;
     Ok(claims)
 }
 
@@ -209,7 +132,7 @@ pub fn app_token(
     role: Role,
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
-    let claims = Claims { projects, ..Claims::user(sub, name, role, now_secs(), ttl_secs)? };
+    let claims = Claims::user(sub, name, role, now_secs(), ttl_secs)?.with_projects(projects);
     Ok(sign(secret, &claims)?)
 }
 
@@ -260,16 +183,13 @@ mod tests {
     }
 
     #[test]
-    fn room_claims_never_outlive_the_claims_they_come_from() {
-        let user = Claims::user("u", "U", Role::Editor, 1000, 30).unwrap();
-        assert_eq!(user.exp, 1030);
-        let room = user.clone().into_room("r", 1000, 3600);
-        assert_eq!((room.exp, room.room.as_deref(), room.projects), (1030, Some("r"), None));
-        assert_eq!(user.into_room("r", 1000, 10).exp, 1010);
-        assert!(matches!(
-            Claims::user("u", "U", Role::Editor, 0, MAX_TOKEN_LIFETIME + 1),
-            Err(AuthError::Lifetime { .. })
-        ));
+    fn minting_refuses_a_lifetime_over_the_bound() {
         assert!(room_token("s", "r", "u", "U", Role::Editor, u64::MAX).is_err());
+        assert!(app_token("s", "u", "U", None, Role::Editor, MAX_TOKEN_LIFETIME + 1).is_err());
+        assert!(matches!(
+            AuthError::from(Claims::user("u", "U", Role::Editor, 0, MAX_TOKEN_LIFETIME + 1).unwrap_err()),
+            AuthError::Lifetime { .. }
+        ));
+        assert!(matches!("admin".parse::<Role>().map_err(AuthError::from), Err(AuthError::BadRole { .. })));
     }
 }

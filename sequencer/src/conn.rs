@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use ot_core::protocol::{decode_client, ClientMsg, CursorPos};
+use ot_core::protocol::{decode_client, ClientMsg, CursorPos, CONNECTION_ID_MAX, ROOM_ID_MAX};
 use ot_core::sync::Submit;
 use ot_core::Op;
 use tokio::time::Instant;
@@ -46,10 +46,9 @@ pub struct SocketQuery {
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
-/// Whether `s` is 1–`max` chars of `[A-Za-z0-9_-]` (room, project and connection ids).
-pub fn valid_id(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+/// Whether `s` is 1–`max` chars of `[A-Za-z0-9_-]` (room, project and connection ids): the
+/// rule is ot-core's, shared with the clients.
+pub use ot_core::protocol::valid_id;
 
 fn close_msg(c: Close) -> Message {
     Message::Close(Some(CloseFrame { code: CloseCode::from(c.code()), reason: c.reason().into() }))
@@ -70,7 +69,7 @@ async fn close_now(mut ws: Socket, c: Close) {
 /// Serves one upgraded socket for `room` until it closes.
 pub async fn serve(shared: Arc<Shared>, ws: Socket, room: String, query: SocketQuery) {
     let _done = shared.done.clone();
-    if !valid_id(&room, 128) || query.pk.as_deref().is_some_and(|p| !valid_id(p, 64)) {
+    if !valid_id(&room, ROOM_ID_MAX) || query.pk.as_deref().is_some_and(|p| !valid_id(p, CONNECTION_ID_MAX)) {
         return close_now(ws, Close::BadRequest).await;
     }
     let claims = match verify_room(&shared.config.secret, query.token.as_deref(), &room) {
@@ -306,16 +305,15 @@ impl Connection {
             outbox.push(error_frame(&Rejection::Limit(e), op_id));
             return Step::Continue;
         }
-        let viewer = self.claims.role == crate::auth::Role::Viewer;
         match msg {
             ClientMsg::Ping => Step::Send(ClientIn::Ping),
             ClientMsg::Cursor { x, y, selection } => Step::Send(ClientIn::Cursor(CursorPos { x, y, selection })),
-            ClientMsg::Transport { .. } if viewer => {
+            ClientMsg::Transport { .. } if !self.claims.role.may_drive_transport() => {
                 outbox.push(error_frame(&Rejection::Forbidden { what: "transport" }, None));
                 Step::Continue
             }
             ClientMsg::Transport { playing, position } => Step::Send(ClientIn::Transport { playing, position }),
-            ClientMsg::Operation { op_id, .. } if viewer => {
+            ClientMsg::Operation { op_id, .. } if !self.claims.role.may_edit() => {
                 outbox.push(error_frame(&Rejection::Forbidden { what: "operation" }, op_id));
                 Step::Continue
             }

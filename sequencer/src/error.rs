@@ -1,5 +1,6 @@
 //! Every refusal the server gives, and the ONE place that maps it to a wire code
-//! ([`Rejection::code`]) or a close code ([`Close`]).
+//! ([`Rejection::code`]); the close codes ([`Close`]) are ot-core's
+//! [`ot_core::protocol::Close`], re-exported.
 
 use ot_core::protocol::{DecodeError, ErrorCode, LimitError};
 use ot_core::sync::SubmitError;
@@ -88,61 +89,7 @@ impl Rejection {
     }
 }
 
-/// Why the server closes a socket: each a typed WebSocket close code with a fixed reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    /// Missing, malformed, expired, wrongly signed or wrong-room token (PROTOCOL §2).
-    Unauthorized,
-    /// The room id or `_pk` is not 1–128 (1–64) chars of `[A-Za-z0-9_-]`.
-    BadRequest,
-    /// Server shutting down (PROTOCOL §6).
-    GoingAway,
-    /// The client's queue of operations overflowed: reconnect with `since`.
-    SlowConsumer,
-    /// Nothing heard for `--heartbeat-timeout`.
-    HeartbeatTimeout,
-    /// A newer connection with the same `_pk` took over.
-    Replaced,
-    /// The room or server is at its connection limit.
-    Full,
-    /// The client kept sending over the rate limit.
-    RateLimit,
-    /// A frame over the hard limit the socket layer enforces.
-    MessageTooBig,
-    /// The room failed (storage); reconnect and resync.
-    Internal,
-}
-
-impl Close {
-    /// The close code.
-    pub fn code(self) -> u16 {
-        match self {
-            Close::Unauthorized => 4001,
-            Close::BadRequest => 4400,
-            Close::GoingAway => 1001,
-            Close::SlowConsumer => 4008,
-            Close::HeartbeatTimeout => 4000,
-            Close::Replaced => 4009,
-            Close::Full => 4029,
-            Close::RateLimit => 1008,
-            Close::MessageTooBig => 1009,
-            Close::Internal => 1011,
-        }
-    }
-
-    /// The close reason.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Close::Unauthorized => "Unauthorized",
-            Close::BadRequest => "Bad Request",
-            Close::GoingAway => "Going Away",
-            Close::SlowConsumer => "Slow Consumer",
-            Close::HeartbeatTimeout => "Heartbeat Timeout",
-            Close::Replaced => "Replaced",
-            Close::Full => "Too Many Connections",
-            Close::RateLimit => "Rate Limited",
-            Close::MessageTooBig => "Message Too Big",
-            Close::Internal => "Internal Error",
-        }
-    }
-}
+/// Why the server closes a socket: each a typed WebSocket close code with a fixed reason. The
+/// codes, their reasons and what a client does on each live in ot-core's protocol, shared with
+/// the clients; this is that type.
+pub use ot_core::protocol::Close;

@@ -26,6 +26,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ot_core::protocol::{valid_id, ROOM_ID_MAX};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -35,7 +36,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
 use crate::auth::{now_secs, sign, verify, Claims};
-use crate::conn::{self, valid_id, SocketQuery};
+use crate::conn::{self, SocketQuery};
 use crate::room::{ask, RoomMsg};
 use crate::store::{Store, StoreError};
 use crate::Shared;
@@ -192,7 +193,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
 }
 
 fn validate(shared: &Shared, req: &Request<Incoming>, id: &str) -> Result<Claims, Box<Resp>> {
-    if !valid_id(id, 128) {
+    if !valid_id(id, ROOM_ID_MAX) {
         return Err(Box::new(error(StatusCode::BAD_REQUEST, "project ids are 1-128 chars of [A-Za-z0-9_-]")));
     }
     bearer(shared, req, id)
@@ -398,7 +399,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Res
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
     let (true, Some(accept)) = (is_ws, key) else {
-        if !valid_id(&room, 128) {
+        if !valid_id(&room, ROOM_ID_MAX) {
             return error(StatusCode::BAD_REQUEST, "room ids are 1-128 chars of [A-Za-z0-9_-]");
         }
         return error(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint");

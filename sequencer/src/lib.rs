@@ -25,8 +25,12 @@
 //! - [`store_pg`]: the PostgreSQL store (`--store postgres://…`) shared by several nodes;
 //!   [`bus`]: the Redis fan-out between them (`--bus`). A room's multi-node logic (lost races,
 //!   other nodes' ops) is part of its core; `docs/scale-out.md` explains the whole.
-//! - [`auth`]: app and room tokens (HS256 JWT).
-//! - [`error`]: every refusal and its one mapping to wire error codes and close codes.
+//! - [`auth`]: app and room tokens (HS256 JWT): signing and verifying. The claims, their
+//!   builder and the roles are ot-core's [`ot_core::protocol::token`], re-exported.
+//! - [`error`]: every refusal and its one mapping to wire error codes; the close codes
+//!   ([`error::Close`]) are ot-core's [`ot_core::protocol::Close`], shared with the clients,
+//!   which also says what a client does on each. The id rule ([`conn::valid_id`]) is ot-core's
+//!   too.
 //! - [`metrics`]: Prometheus text for `/metrics`.
 //!
 //! # Ownership

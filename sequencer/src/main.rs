@@ -180,8 +180,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token(t)) => {
             let now = auth::now_secs();
-            let user = Claims { avatar: t.avatar, ..Claims::user(&t.sub, &t.name, t.role, now, t.ttl)? };
-            let claims = user.into_room(&t.room, now, t.ttl);
+            let claims =
+                Claims::user(&t.sub, &t.name, t.role, now, t.ttl)?.with_avatar(t.avatar).into_room(&t.room, now, t.ttl);
             println!("{}", auth::sign(&t.secret, &claims)?);
             Ok(())
         }

@@ -97,19 +97,12 @@ async fn every_message_type_and_http_endpoint() {
 async fn every_auth_failure_closes_4001() {
     let server = start(memory()).await.unwrap();
     let addr = server.addr;
-    let claims = |room: Option<&str>, exp: u64| Claims {
-        sub: "u".into(),
-        name: "U".into(),
-        avatar: None,
-        exp,
-        projects: None,
-        role: Role::Editor,
-        room: room.map(String::from),
-    };
     let now = sequencer::auth::now_secs();
-    let expired = sign(SECRET, &claims(Some("r"), now - 10)).unwrap();
-    let wrong_sig = sign("other-secret", &claims(Some("r"), now + 60)).unwrap();
-    let wrong_room = sign(SECRET, &claims(Some("other"), now + 60)).unwrap();
+    // Issued at `at`, valid 60 s, for `room`.
+    let claims = |room: &str, at: u64| Claims::user("u", "U", Role::Editor, at, 60).unwrap().into_room(room, at, 60);
+    let expired = sign(SECRET, &claims("r", now - 70)).unwrap();
+    let wrong_sig = sign("other-secret", &claims("r", now)).unwrap();
+    let wrong_room = sign(SECRET, &claims("other", now)).unwrap();
     let app_token = app("u");
     for tok in [None, Some("not.a.jwt"), Some(expired.as_str()), Some(&wrong_sig), Some(&wrong_room), Some(&app_token)]
     {

@@ -1,10 +1,7 @@
 //! Reconnect delays: exponential backoff with full jitter from a seeded generator, so a run
-//! with the same seed waits the same way. Pure: the caller sleeps.
+//! with the same seed waits the same way. Pure: the caller gives the seed and sleeps.
 
 use std::time::Duration;
-
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Backoff settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,13 +24,14 @@ impl Default for BackoffConfig {
 pub struct Backoff {
     config: BackoffConfig,
     attempt: u32,
-    rng: StdRng,
+    rng: SplitMix64,
 }
 
 impl Backoff {
-    /// A backoff drawing its jitter from `seed`.
+    /// A backoff drawing its jitter from `seed` (the caller's randomness: a seeded run, or
+    /// any random number where replay does not matter).
     pub fn new(config: BackoffConfig, seed: u64) -> Self {
-        Backoff { config, attempt: 0, rng: StdRng::seed_from_u64(seed) }
+        Backoff { config, attempt: 0, rng: SplitMix64(seed) }
     }
 
     /// The delay before the next attempt; each call doubles the ceiling up to `max`.
@@ -41,8 +39,11 @@ impl Backoff {
         let shift = self.attempt.min(20);
         self.attempt = self.attempt.saturating_add(1);
         let ceiling = self.config.base.saturating_mul(1u32 << shift).min(self.config.max);
-        let ceil_us = ceiling.as_micros().max(2) as u64;
-        Duration::from_micros(self.rng.gen_range(ceil_us / 2..=ceil_us))
+        let ceil_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX).max(2);
+        let lo = ceil_us / 2;
+        // `ceil_us - lo + 1` cannot overflow: `lo` is at least 1. The modulo bias is below
+        // 2^-40 for any ceiling under a week: irrelevant for a jitter.
+        Duration::from_micros(lo + self.rng.next() % (ceil_us - lo + 1))
     }
 
     /// Attempts made since the last [`Backoff::reset`].
@@ -53,6 +54,21 @@ impl Backoff {
     /// Back to the first delay (after a successful connect).
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// SplitMix64 (Steele, Lea and Flood 2014): a tiny, well-mixed generator, enough for jitter,
+/// and with no dependency or system entropy, so the crate stays pure and builds for wasm32.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 
@@ -74,5 +90,23 @@ mod tests {
         b.reset();
         assert_eq!(b.attempts(), 0);
         assert!(b.next_delay() <= Duration::from_millis(10));
+        let mut c = Backoff::new(cfg, 43);
+        assert_ne!(delays, (0..8).map(|_| c.next_delay()).collect::<Vec<_>>(), "another seed, other delays");
+    }
+
+    #[test]
+    fn jitter_spreads_over_the_interval() {
+        let cfg = BackoffConfig { base: Duration::from_millis(100), max: Duration::from_millis(100) };
+        let mut b = Backoff::new(cfg, 7);
+        let (mut low, mut high) = (0, 0);
+        for _ in 0..1000 {
+            let d = b.next_delay();
+            if d < Duration::from_millis(75) {
+                low += 1;
+            } else {
+                high += 1;
+            }
+        }
+        assert!(low > 400 && high > 400, "low {low}, high {high}");
     }
 }

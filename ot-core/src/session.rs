@@ -1,37 +1,58 @@
 //! The sans-IO client session: everything a client does with server messages, without a
-//! socket, a clock or a task. [`crate::Client`] drives it from a socket; tests drive it directly.
+//! socket, a clock, randomness or a task, so that it runs anywhere, a browser's wasm32
+//! included. The Rust client library (`client_sim::Client`) drives it from a tokio socket;
+//! tests drive it directly.
 //!
-//! A session wraps ot-core's [`ClientDoc`] (optimistic apply, one op in flight, a composed
-//! buffer) and adds what the connection lifecycle of PROTOCOL §3–4 needs: which `since` to
-//! reconnect with, resending the op in flight with its original `opId` after `init`, reloading
-//! (reconnect without `since`) after `version_too_old`, a rejected op, a version gap or a
-//! divergence, presence, the transport, and a server clock estimate from `pong`.
+//! A session wraps the [`ClientDoc`] of [`crate::sync`] (optimistic apply, one op in flight, a
+//! composed buffer) and adds what the connection lifecycle of PROTOCOL §3–4 needs: which `since`
+//! to reconnect with, resending the op in flight with its original `opId` after `init`,
+//! reloading (reconnect without `since`) after `version_too_old`, a rejected op, a version gap
+//! or a divergence, whether to come back at all after the server closed the socket
+//! ([`Session::on_server_close`], by [`CloseAction`]), presence, the transport, and a server
+//! clock estimate from `pong`. [`backoff`] spaces the reconnects.
+//!
+//! Time comes in as a [`Now`] of plain milliseconds; the caller reads its own clocks.
+//!
+//! ```
+//! use ot_core::protocol::{decode_server, CloseAction};
+//! use ot_core::session::{Effect, Event, Now, Session};
+//!
+//! let mut s = Session::new("tab-1");
+//! let now = Now { mono_ms: 0, epoch_ms: 1_700_000_000_000 };
+//! s.on_open();
+//! let init = decode_server(r#"{"type":"init","users":[],"yourId":"tab-1","version":0,
+//!     "serverTime":1700000000000,"state":{"tracks":[],"markers":[]}}"#).unwrap();
+//! let effects = s.handle(init, now).unwrap();
+//! assert!(matches!(&effects[0], Effect::Event(Event::Ready { version: 0, .. })));
+//! // Another tab took over the connection id: do not come back.
+//! let closed = s.on_server_close(4009, "Replaced");
+//! assert_eq!(closed.action, CloseAction::Stop);
+//! ```
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ot_core::protocol::{ClientMsg, CursorPos, ErrorCode, OperationMsg, Presence, ServerMsg, TransportState};
-use ot_core::sync::{ClientDoc, ClientError, Outgoing, Received};
-use ot_core::{Document, Op, OpError};
+use crate::protocol::{
+    ClientMsg, Close, CloseAction, CursorPos, ErrorCode, OperationMsg, Presence, ServerMsg, TransportState,
+};
+use crate::sync::{ClientDoc, ClientError, Outgoing, Received};
+use crate::{Document, Op, OpError};
 
-/// "Now" as the session sees it: a monotonic instant for latencies and the wall clock in
-/// milliseconds since the epoch for the server clock estimate. Injected by the caller.
-#[derive(Clone, Copy, Debug)]
+pub mod backoff;
+
+pub use backoff::{Backoff, BackoffConfig};
+
+/// "Now" as the session sees it, injected by the caller: a monotonic clock for latencies and
+/// round trips, and the wall clock for the server clock estimate, both in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Now {
-    /// Monotonic time.
-    pub instant: Instant,
+    /// Monotonic milliseconds since any fixed start the caller chooses (its own start, a
+    /// browser's `performance.now()`): only differences are used.
+    pub mono_ms: u64,
     /// Wall-clock milliseconds since the Unix epoch.
     pub epoch_ms: u64,
-}
-
-impl Now {
-    /// The current time from the system clocks.
-    pub fn system() -> Now {
-        let epoch_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Now { instant: Instant::now(), epoch_ms }
-    }
 }
 
 /// Something that happened, for the application.
@@ -62,7 +83,7 @@ pub enum Event {
         op_id: String,
         /// The version it got.
         version: u64,
-        /// From the first send to the ack.
+        /// From the first send to the ack, in whole milliseconds of [`Now::mono_ms`].
         latency: Duration,
     },
     /// Someone else's op was applied locally.
@@ -120,10 +141,17 @@ pub enum Event {
     },
     /// The socket closed or failed; the client reconnects unless `fatal`.
     Disconnected {
-        /// Why.
+        /// Why, in words.
         reason: String,
-        /// Whether the client gave up (an auth failure or a bad room).
+        /// Whether the client gave up and will not reconnect: the server closed with a code
+        /// whose [`CloseAction`] is [`CloseAction::Stop`] (an auth failure, a bad room or
+        /// connection id, or [`Close::Replaced`]: a newer connection with the same connection
+        /// id took over).
         fatal: bool,
+        /// The server's close code, when the server closed the socket with one the protocol
+        /// names (`None`: the socket failed, the client closed it, or an unknown code; the
+        /// reason has the number then).
+        close: Option<Close>,
     },
 }
 
@@ -162,7 +190,7 @@ pub enum Effect {
 pub enum SessionError {
     /// `init.state` is not a state of PROTOCOL §5.1.
     #[error("init state is invalid: {0}")]
-    BadState(#[from] ot_core::StateError),
+    BadState(#[from] crate::StateError),
     /// `init` carried neither `state` nor `ops`, or `ops` before any state.
     #[error("init carried no usable state (ops: {has_ops}, local document: {has_doc})")]
     NoState {
@@ -177,6 +205,40 @@ pub enum SessionError {
         /// The message type.
         got: &'static str,
     },
+}
+
+/// How the server ended a socket, and what the client does about it: the result of
+/// [`Session::on_server_close`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerClose {
+    /// The close code as received.
+    pub code: u16,
+    /// The close reason as received.
+    pub reason: String,
+    /// The code as one the protocol names.
+    pub close: Option<Close>,
+    /// Reconnect (after the backoff, with `since`) or stop.
+    pub action: CloseAction,
+}
+
+impl ServerClose {
+    /// The event that reports it.
+    pub fn event(&self) -> Event {
+        Event::Disconnected { reason: self.to_string(), fatal: self.action == CloseAction::Stop, close: self.close }
+    }
+}
+
+impl fmt::Display for ServerClose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "closed by the server: {} {}", self.code, self.reason)?;
+        if let Some(c) = self.close {
+            write!(f, " ({})", c.meaning())?;
+        }
+        if self.action == CloseAction::Stop {
+            f.write_str("; not reconnecting")?;
+        }
+        Ok(())
+    }
 }
 
 /// The best clock sample so far (the one with the smallest round trip).
@@ -199,8 +261,10 @@ pub struct Session {
     clock: Option<ClockEstimate>,
     live: bool,
     reload_next: Option<ReloadReason>,
-    inflight_first_sent: Option<(String, Instant)>,
-    ping_sent: Option<(Instant, u64)>,
+    /// The op in flight and the monotonic milliseconds of its first send.
+    inflight_first_sent: Option<(String, u64)>,
+    /// The monotonic and wall-clock milliseconds of the ping awaiting its pong.
+    ping_sent: Option<(u64, u64)>,
 }
 
 fn msg_name(msg: &ServerMsg) -> &'static str {
@@ -312,10 +376,28 @@ impl Session {
         self.live = false;
     }
 
-    /// The socket closed.
+    /// The socket closed (for any reason: a failure, the client's own close, or after
+    /// [`Session::on_server_close`]).
     pub fn on_close(&mut self) {
         self.live = false;
         self.ping_sent = None;
+    }
+
+    /// The server closed the socket with `code` and `reason`: the session goes offline (as in
+    /// [`Session::on_close`]) and the returned [`ServerClose`] says whether the client comes
+    /// back ([`CloseAction::for_code`]): on [`CloseAction::Retry`] it reconnects after its
+    /// backoff with [`Session::since`]; on [`CloseAction::Stop`] it reports
+    /// [`ServerClose::event`] and stays away. A connection replaced by a newer one with the
+    /// same connection id (4009) stops, so two clients that share a `_pk` do not take the
+    /// presence from each other forever.
+    pub fn on_server_close(&mut self, code: u16, reason: &str) -> ServerClose {
+        self.on_close();
+        ServerClose {
+            code,
+            reason: reason.to_string(),
+            close: Close::from_code(code),
+            action: CloseAction::for_code(code),
+        }
     }
 
     /// Applies a local edit optimistically; returns the message to send now, if one may go.
@@ -353,7 +435,7 @@ impl Session {
         let Some(doc) = &mut self.doc else { return Vec::new() };
         match doc.take_outgoing() {
             Some(out) => {
-                self.inflight_first_sent = Some((out.op_id.clone(), now.instant));
+                self.inflight_first_sent = Some((out.op_id.clone(), now.mono_ms));
                 vec![
                     Effect::Event(Event::Sent { op_id: out.op_id.clone(), resend: false }),
                     Effect::Send(operation_msg(&out)),
@@ -385,7 +467,7 @@ impl Session {
 
     /// A ping; its pong gives a clock sample.
     pub fn ping(&mut self, now: Now) -> ClientMsg {
-        self.ping_sent = Some((now.instant, now.epoch_ms));
+        self.ping_sent = Some((now.mono_ms, now.epoch_ms));
         ClientMsg::Ping
     }
 
@@ -454,10 +536,11 @@ impl Session {
             }
             ServerMsg::Pong { server_time } => {
                 let Some((sent, sent_ms)) = self.ping_sent.take() else { return Ok(Vec::new()) };
-                let rtt = now.instant.saturating_duration_since(sent);
-                let mid = sent_ms as i64 + (rtt.as_millis() as i64) / 2;
+                let rtt_ms = now.mono_ms.saturating_sub(sent);
+                let rtt = Duration::from_millis(rtt_ms);
+                let mid = (sent_ms as i64).saturating_add(rtt_ms.min(i64::MAX as u64) as i64 / 2);
                 let sample = ClockEstimate { offset_ms: server_time as i64 - mid, rtt };
-                if self.clock.is_none_or(|c| sample.rtt <= c.rtt) {
+                if self.clock.map_or(true, |c| sample.rtt <= c.rtt) {
                     self.clock = Some(sample);
                 }
                 let best = self.clock.unwrap_or(sample);
@@ -495,7 +578,7 @@ impl Session {
         let mut caught_up = 0;
         match (state, &mut self.doc) {
             (Some(state), _) => {
-                let (fresh, v) = ot_core::Document::from_state_value(&state)?;
+                let (fresh, v) = Document::from_state_value(&state)?;
                 let v = if state.get("version").is_some() { v } else { version };
                 match &mut self.doc {
                     Some(doc) => {
@@ -560,7 +643,7 @@ impl Session {
             Ok(Received::Ack) => {
                 let op_id = m.op_id.clone().unwrap_or_default();
                 let latency = match self.inflight_first_sent.take() {
-                    Some((id, at)) if id == op_id => now.instant.saturating_duration_since(at),
+                    Some((id, at)) if id == op_id => Duration::from_millis(now.mono_ms.saturating_sub(at)),
                     _ => Duration::ZERO,
                 };
                 let mut out = vec![Effect::Event(Event::Acked { op_id, version: m.version, latency })];
@@ -592,11 +675,11 @@ mod tests {
     use serde_json::json;
 
     fn now() -> Now {
-        Now { instant: Instant::now(), epoch_ms: 1_000 }
+        Now { mono_ms: 500, epoch_ms: 1_000 }
     }
 
     fn init(version: u64) -> ServerMsg {
-        ot_core::protocol::decode_server(
+        crate::protocol::decode_server(
             &json!({"type":"init","users":[],"yourId":"me","version":version,"serverTime":1_000,
                     "state":{"version":version,"tracks":[],"markers":[]}})
             .to_string(),
@@ -615,6 +698,98 @@ mod tests {
             op_id: None,
             account: None,
         })
+    }
+
+    fn at(mono_ms: u64) -> Now {
+        Now { mono_ms, epoch_ms: 1_000 + mono_ms }
+    }
+
+    fn track(id: &str) -> Vec<Op> {
+        Op::batch_from_value(json!({"type":"insert","target":"track","id":id,"index":0,"value":{"name":id}})).unwrap()
+    }
+
+    #[test]
+    fn replaced_stops_while_failures_and_overload_retry() {
+        let mut s = Session::new("me");
+        s.on_open();
+        s.handle(init(3), now()).unwrap();
+        s.submit(&track("t1"), now()).unwrap();
+        let replaced = s.on_server_close(4009, "Replaced");
+        assert_eq!(replaced.action, CloseAction::Stop);
+        assert_eq!(replaced.close, Some(Close::Replaced));
+        assert!(!s.is_live());
+        let Event::Disconnected { reason, fatal: true, close: Some(Close::Replaced) } = replaced.event() else {
+            panic!("{replaced:?} is reported as fatal");
+        };
+        assert!(reason.contains("4009") && reason.contains("newer connection with the same connection id"), "{reason}");
+        assert!(s.has_pending(), "the document and its pending ops stay for the application to read");
+        for (code, close) in [(4001, Some(Close::Unauthorized)), (4400, Some(Close::BadRequest))] {
+            let c = s.on_server_close(code, "");
+            assert_eq!((c.action, c.close), (CloseAction::Stop, close), "{code}");
+        }
+
+        for (code, close) in [
+            (1011, Some(Close::Internal)),
+            (4008, Some(Close::SlowConsumer)),
+            (4029, Some(Close::Full)),
+            (1001, Some(Close::GoingAway)),
+            (4000, Some(Close::HeartbeatTimeout)),
+            (1008, Some(Close::RateLimit)),
+            (1009, Some(Close::MessageTooBig)),
+            (1000, None),
+            (4403, None),
+        ] {
+            let mut s = Session::new("me");
+            s.on_open();
+            s.handle(init(3), now()).unwrap();
+            let c = s.on_server_close(code, "bye");
+            assert_eq!((c.action, c.close), (CloseAction::Retry, close), "{code}");
+            assert!(matches!(c.event(), Event::Disconnected { fatal: false, .. }), "{code}");
+            assert_eq!(s.since(), Some(3), "{code}: a retry rejoins with since");
+            // The rejoin resends the op in flight.
+            s.submit(&track("t1"), now()).unwrap();
+            s.on_open();
+            let rejoin = ServerMsg::Init {
+                users: vec![],
+                state: None,
+                ops: Some(vec![]),
+                your_id: "me".into(),
+                version: 3,
+                server_time: 1_000,
+                transport: None,
+            };
+            let e = s.handle(rejoin, now()).unwrap();
+            assert!(e.iter().any(|e| matches!(e, Effect::Send(ClientMsg::Operation { .. }))), "{code}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn latency_and_clock_use_the_millisecond_clock() {
+        let mut s = Session::new("me");
+        s.on_open();
+        s.handle(init(0), at(0)).unwrap();
+        let sent = s.submit(&track("t1"), at(10)).unwrap();
+        let Some(Effect::Send(ClientMsg::Operation { operation, .. })) = sent.last().cloned() else {
+            panic!("{sent:?}")
+        };
+        let ack = OperationMsg {
+            operation: Op::batch_from_value(operation).unwrap(),
+            version: 1,
+            user_id: "me".into(),
+            op_id: Some("me:1".into()),
+            account: None,
+        };
+        let e = s.handle(ServerMsg::Operation(ack), at(52)).unwrap();
+        assert!(e.contains(&Effect::Event(Event::Acked {
+            op_id: "me:1".into(),
+            version: 1,
+            latency: Duration::from_millis(42)
+        })));
+        // The server clock runs 10 s ahead; the pong comes back 40 ms after the ping.
+        s.ping(at(100));
+        let e = s.handle(ServerMsg::Pong { server_time: 1_000 + 120 + 10_000 }, at(140)).unwrap();
+        assert_eq!(e, vec![Effect::Event(Event::Clock { offset_ms: 10_000, rtt: Duration::from_millis(40) })]);
+        assert_eq!(s.server_time_ms(at(200)), 1_000 + 200 + 10_000);
     }
 
     #[test]
