@@ -319,8 +319,10 @@ pub struct RoomCore {
     ever_joined: bool,
     doc_bytes: usize,
     epoch: u64,
-    /// A submit waits for a history read or a rebuild: later submits wait in `deferred`.
-    blocked: bool,
+    /// A submit waits for its older history: later submits wait in `deferred`.
+    awaiting_history: bool,
+    /// A lost race's rebuild is under way: submits wait in `deferred`.
+    rebuilding: bool,
     deferred: VecDeque<(ConnKey, Submit)>,
     reads: HashMap<u64, Reading>,
     next_read: u64,
@@ -395,7 +397,8 @@ impl RoomCore {
             ever_joined: false,
             doc_bytes,
             epoch: 0,
-            blocked: false,
+            awaiting_history: false,
+            rebuilding: false,
             deferred: VecDeque::new(),
             reads: HashMap::new(),
             next_read: 0,
@@ -436,7 +439,7 @@ impl RoomCore {
     /// Whether a submit is waiting on a store read: the shell stops reading its inbox meanwhile,
     /// so what waits stays bounded.
     pub fn is_blocked(&self) -> bool {
-        self.blocked
+        self.awaiting_history || self.rebuilding
     }
 
     /// The durable version.
@@ -486,7 +489,7 @@ impl RoomCore {
     /// No write, read or duplicate answer outstanding.
     fn quiet(&self) -> bool {
         self.pending.is_empty()
-            && !self.blocked
+            && !self.is_blocked()
             && self.reads.is_empty()
             && self.dup_waiting.is_empty()
             && self.deferred.is_empty()
@@ -623,10 +626,10 @@ impl RoomCore {
                     self.cursor_deadline = Some(now.mono_ms + self.cfg.cursor_tick_ms);
                 }
             }
-            ClientIn::Transport { .. } if role == Role::Viewer => {
+            ClientIn::Transport { .. } if !role.may_edit() => {
                 self.send(key, error_text(&Rejection::Forbidden { what: "transport" }, None));
             }
-            ClientIn::Submit(s) if role == Role::Viewer => {
+            ClientIn::Submit(s) if !role.may_edit() => {
                 self.send(key, error_text(&Rejection::Forbidden { what: "operation" }, s.op_id));
             }
             ClientIn::Transport { playing, position } => {
@@ -669,7 +672,7 @@ impl RoomCore {
     // ---- the document ----
 
     fn submit(&mut self, key: ConnKey, s: Submit, older: Option<&OlderHistory>) {
-        if self.blocked {
+        if self.is_blocked() {
             self.deferred.push_back((key, s));
             return;
         }
@@ -699,7 +702,7 @@ impl RoomCore {
                 }
             }
             Err(SubmitError::NeedHistory { base }) if older.is_none() => {
-                self.blocked = true;
+                self.awaiting_history = true;
                 let req = ReadReq::Older {
                     base,
                     until: self.doc.window_start(),
@@ -769,7 +772,7 @@ impl RoomCore {
     }
 
     fn drain_deferred(&mut self) {
-        while !self.blocked && !self.failed {
+        while !self.is_blocked() && !self.failed {
             let Some((key, s)) = self.deferred.pop_front() else { break };
             self.submit(key, s, None);
         }
@@ -779,7 +782,13 @@ impl RoomCore {
         let Some(reading) = self.reads.remove(&id) else { return };
         match (reading, result) {
             (Reading::Older { key, submit }, ReadResult::Older(r)) => {
-                self.blocked = false;
+                self.awaiting_history = false;
+                if self.rebuilding {
+                    // A lost race since: the history read belongs to a document that is being
+                    // replaced; the submit goes first once the rebuild is done.
+                    self.deferred.push_front((key, submit));
+                    return;
+                }
                 match r {
                     Ok(older) => self.submit(key, submit, Some(&older)),
                     Err(StoreError::HistoryTooLarge { base, .. }) => {
@@ -829,7 +838,7 @@ impl RoomCore {
                     for m in &missed {
                         self.applied(m);
                     }
-                    self.blocked = false;
+                    self.rebuilding = false;
                     self.drain_deferred();
                 }
                 Err(e) => self.fail(&format!("resync after a lost race: {e}")),
@@ -867,7 +876,7 @@ impl RoomCore {
 
     /// Nothing of ours is between the durable version and the head.
     fn can_catch_up(&self) -> bool {
-        self.pending.is_empty() && !self.blocked && self.doc.version() == self.durable_version
+        self.pending.is_empty() && !self.is_blocked() && self.doc.version() == self.durable_version
     }
 
     fn fetch(&mut self) {
@@ -927,7 +936,7 @@ impl RoomCore {
         // A duplicate waiting on a dropped version is answered by the broadcast of its resubmit.
         self.dup_waiting.retain(|(_, m)| m.version <= durable);
         self.epoch += 1;
-        self.blocked = true;
+        self.rebuilding = true;
         let from = self.deferred.iter().filter_map(|(_, s)| s.base).fold(durable, u64::min);
         self.read(ReadReq::Rebuild { from, durable }, Reading::Rebuild);
     }

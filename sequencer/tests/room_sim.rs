@@ -1,0 +1,452 @@
+//! A seeded deterministic simulation of rooms and clients, without sockets or tasks: two
+//! [`RoomCore`]s on one store (so their appends race and one loses), client
+//! [`Session`](ot_core::session::Session)s editing at random over FIFO links that delay and
+//! drop, a store that completes appends and reads late and in any order between rooms, a bus
+//! that delays and loses messages, and a clock that moves. Clients disconnect and reconnect to
+//! either node. Once the run stops editing and drains, every client's document, both rooms and
+//! the store's reloaded state are equal.
+//!
+//! `ROOM_SIM_SEEDS=n` runs more seeds (default 1,000); `ROOM_SIM_SEED=s` runs one. Every failure
+//! names its seed.
+
+mod common;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use common::room::{config, load};
+use fuzz::gen::Fresh;
+use fuzz::source::Source;
+use ot_core::protocol::{decode_server, ClientMsg, CursorPos, OperationMsg};
+use ot_core::session::{Effect, Now as ClientNow, Session};
+use ot_core::sync::{Sequenced, Submit};
+use ot_core::{Document, Op};
+use sequencer::auth::Role;
+use sequencer::room::core::{ClientIn, ConnKey, Input, JoinReq, Now, Output, ReadReq, RoomCore};
+use sequencer::store::{Durable, MemoryStore, RoomAppend, Store, StoreError};
+
+const ROOM: &str = "sim";
+
+/// A small seeded generator (xorshift64*), so a seed replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+struct Link {
+    key: ConnKey,
+    node: usize,
+    up: VecDeque<ClientMsg>,
+    down: VecDeque<String>,
+}
+
+struct Client {
+    pk: String,
+    user: String,
+    session: Session,
+    link: Option<Link>,
+    sessions: u64,
+    fresh: Fresh,
+}
+
+struct Node {
+    core: RoomCore,
+    appends: VecDeque<(u64, RoomAppend)>,
+    reads: VecDeque<(u64, ReadReq)>,
+    bus_in: VecDeque<Sequenced>,
+    members: HashSet<ConnKey>,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    store: Arc<MemoryStore>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    now: Now,
+    /// Connections that ended but whose `Leave` has not reached their room yet.
+    leaves: VecDeque<(usize, ConnKey)>,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = Rng::new(seed);
+        let store = Arc::new(MemoryStore::new());
+        let now = Now { mono_ms: 0, epoch_ms: 1_700_000_000_000 };
+        let nodes = (0..2)
+            .map(|_| {
+                let mut cfg = config(ROOM);
+                cfg.shared_store = true;
+                cfg.cluster_poll_ms = 50;
+                cfg.cursor_tick_ms = 10;
+                let window = 2 + rng.below(6) as usize;
+                Node {
+                    core: RoomCore::new(load(&*store, ROOM, window), cfg, now),
+                    appends: VecDeque::new(),
+                    reads: VecDeque::new(),
+                    bus_in: VecDeque::new(),
+                    members: HashSet::new(),
+                }
+            })
+            .collect();
+        let clients = (0..3 + rng.below(4))
+            .map(|i| Client {
+                pk: format!("pk{i}"),
+                user: format!("user{i}"),
+                session: Session::new(format!("pk{i}")),
+                link: None,
+                sessions: 0,
+                fresh: Fresh::default(),
+            })
+            .collect();
+        Sim { seed, rng, store, nodes, clients, now, leaves: VecDeque::new() }
+    }
+
+    fn client_now(&self) -> ClientNow {
+        ClientNow { mono_ms: self.now.mono_ms, epoch_ms: self.now.epoch_ms }
+    }
+
+    fn feed(&mut self, n: usize, input: Input) {
+        let outs = self.nodes[n].core.handle(input, self.now);
+        for o in outs {
+            self.route(n, o);
+        }
+    }
+
+    fn link_of(&mut self, key: &ConnKey) -> Option<&mut Link> {
+        self.clients.iter_mut().filter_map(|c| c.link.as_mut()).find(|l| l.key == *key)
+    }
+
+    fn route(&mut self, n: usize, o: Output) {
+        match o {
+            Output::Send { to, frame } => {
+                if let Some(l) = self.link_of(&to) {
+                    l.down.push_back(frame);
+                }
+            }
+            Output::Broadcast { frame, except } => {
+                let members = self.nodes[n].members.clone();
+                for c in &mut self.clients {
+                    if let Some(l) = c.link.as_mut().filter(|l| l.node == n && members.contains(&l.key)) {
+                        if except.as_ref() != Some(&l.key.0) {
+                            l.down.push_back(frame.clone());
+                        }
+                    }
+                }
+            }
+            Output::Cursor { from, frame } => {
+                let members = self.nodes[n].members.clone();
+                for c in &mut self.clients {
+                    if let Some(l) = c.link.as_mut().filter(|l| l.node == n && members.contains(&l.key)) {
+                        if l.key.0 != from {
+                            l.down.push_back(frame.clone());
+                        }
+                    }
+                }
+            }
+            Output::Close { to, .. } => {
+                self.nodes[n].members.remove(&to);
+                if let Some(c) = self.clients.iter_mut().find(|c| c.link.as_ref().is_some_and(|l| l.key == to)) {
+                    // The socket closes: what was queued towards the client is lost with it.
+                    c.link = None;
+                    c.session.on_close();
+                }
+            }
+            Output::JoinReply { to, result } => match result {
+                Ok(()) => {
+                    self.nodes[n].members.insert(to);
+                }
+                Err(code) => {
+                    panic!("seed {}: join of {to:?} refused with {code:?}", self.seed);
+                }
+            },
+            Output::Append { epoch, group } => self.nodes[n].appends.push_back((epoch, group)),
+            Output::Read { id, req } => self.nodes[n].reads.push_back((id, req)),
+            Output::Publish(m) => {
+                // The bus loses a message now and then: polling must find it.
+                if !self.rng.chance(10) {
+                    self.nodes[1 - n].bus_in.push_back(m);
+                }
+            }
+            Output::Stat(_) => {}
+            Output::Unload => {}
+            Output::Failed(reason) => panic!("seed {}: room {n} failed: {reason}", self.seed),
+        }
+    }
+
+    fn connect(&mut self, i: usize) {
+        let node = self.rng.below(2) as usize;
+        let c = &mut self.clients[i];
+        c.sessions += 1;
+        let key: ConnKey = (Arc::from(c.pk.as_str()), c.sessions);
+        c.session.on_open();
+        let since = c.session.since();
+        c.link = Some(Link { key: key.clone(), node, up: VecDeque::new(), down: VecDeque::new() });
+        let join = JoinReq {
+            conn: key.0.clone(),
+            session: key.1,
+            user_id: c.user.clone(),
+            name: c.user.clone(),
+            avatar: None,
+            role: Role::Editor,
+            since,
+        };
+        self.feed(node, Input::Join(join));
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if let Some(l) = c.link.take() {
+            c.session.on_close();
+            self.leaves.push_back((l.node, l.key));
+        }
+    }
+
+    fn effects(&mut self, i: usize, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Send(m) => {
+                    if let Some(l) = self.clients[i].link.as_mut() {
+                        l.up.push_back(m);
+                    }
+                }
+                Effect::Reconnect { .. } => self.disconnect(i),
+                _ => {}
+            }
+        }
+    }
+
+    fn edit(&mut self, i: usize) {
+        let bytes = self.rng.bytes(64);
+        let now = self.client_now();
+        let c = &mut self.clients[i];
+        let Some(doc) = c.session.doc() else { return };
+        let mut src = Source::new(&bytes);
+        let ops = fuzz::gen::valid_batch(&mut src, doc, &mut c.fresh, 3);
+        if ops.is_empty() {
+            return;
+        }
+        match c.session.submit(&ops, now) {
+            Ok(effects) => self.effects(i, effects),
+            Err(e) => panic!("seed {}: a valid local edit was refused: {e}", self.seed),
+        }
+    }
+
+    fn deliver_up(&mut self, i: usize) {
+        let Some(l) = self.clients[i].link.as_mut() else { return };
+        let Some(msg) = l.up.pop_front() else { return };
+        let (key, node) = (l.key.clone(), l.node);
+        let user = self.clients[i].user.clone();
+        let msg = match msg {
+            ClientMsg::Operation { operation, base_version, op_id } => {
+                let ops = Op::batch_from_value(operation).expect("the session sends valid ops");
+                ClientIn::Submit(Submit {
+                    from: key.0.to_string(),
+                    account: Some(Arc::from(user)),
+                    base: base_version,
+                    op_id,
+                    ops,
+                })
+            }
+            ClientMsg::Cursor { x, y, selection } => ClientIn::Cursor(CursorPos { x, y, selection }),
+            ClientMsg::Transport { playing, position } => ClientIn::Transport { playing, position },
+            ClientMsg::Ping => ClientIn::Ping,
+        };
+        self.feed(node, Input::Client { conn: key.0, session: key.1, msg });
+    }
+
+    fn deliver_down(&mut self, i: usize) {
+        let Some(frame) = self.clients[i].link.as_mut().and_then(|l| l.down.pop_front()) else { return };
+        let msg =
+            decode_server(&frame).unwrap_or_else(|e| panic!("seed {}: undecodable frame {frame}: {e}", self.seed));
+        let now = self.client_now();
+        match self.clients[i].session.handle(msg, now) {
+            Ok(effects) => self.effects(i, effects),
+            Err(e) => panic!("seed {}: client {i} cannot take {frame}: {e}", self.seed),
+        }
+    }
+
+    fn store_append(&mut self, n: usize) {
+        let Some((epoch, group)) = self.nodes[n].appends.pop_front() else { return };
+        let durable_now = self.nodes[n].core.durable_version();
+        let durable = match self.store.append(std::slice::from_ref(&group)) {
+            Ok(()) => Durable { version: group.entries.last().map_or(0, |e| e.msg.version), ..Default::default() },
+            Err(StoreError::Conflict { version, .. }) => {
+                // The writer stores nothing more of this epoch.
+                self.nodes[n].appends.retain(|(e, _)| *e != epoch);
+                Durable { version: durable_now, conflict: Some(version), ..Default::default() }
+            }
+            Err(e) => panic!("seed {}: memory store failed: {e}", self.seed),
+        };
+        self.feed(n, Input::Durable { epoch, durable });
+    }
+
+    fn store_read(&mut self, n: usize) {
+        let Some((id, req)) = self.nodes[n].reads.pop_front() else { return };
+        let result = sequencer::room::perform(&*self.store, ROOM, req, (4, 100_000, usize::MAX));
+        self.feed(n, Input::ReadDone { id, result });
+    }
+
+    fn bus(&mut self, n: usize) {
+        if let Some(m) = self.nodes[n].bus_in.pop_front() {
+            self.feed(n, Input::Foreign(m));
+        }
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.now.mono_ms += ms;
+        self.now.epoch_ms += ms;
+        for n in 0..2 {
+            if self.nodes[n].core.next_deadline().is_some_and(|d| d <= self.now.mono_ms) {
+                self.feed(n, Input::Tick);
+            }
+        }
+    }
+
+    fn step(&mut self, editing: bool) {
+        let i = self.rng.below(self.clients.len() as u64) as usize;
+        let n = self.rng.below(2) as usize;
+        match self.rng.below(100) {
+            0..=14 if editing => self.edit(i),
+            15..=17 if editing && self.clients[i].link.is_some() => self.disconnect(i),
+            18..=19 if editing => {
+                let pos = CursorPos { x: self.rng.below(100) as f64, y: 0.0, selection: None };
+                if let Some(l) = self.clients[i].link.as_mut() {
+                    l.up.push_back(ClientMsg::Cursor { x: pos.x, y: pos.y, selection: None });
+                }
+            }
+            20..=24 => {
+                if let Some((node, key)) = self.leaves.pop_front() {
+                    self.nodes[node].members.remove(&key);
+                    self.feed(node, Input::Leave { conn: key.0, session: key.1 });
+                }
+            }
+            25..=29 if self.clients[i].link.is_none() => self.connect(i),
+            30..=49 => self.deliver_up(i),
+            50..=69 => self.deliver_down(i),
+            70..=79 => self.store_append(n),
+            80..=86 => self.store_read(n),
+            87..=92 => self.bus(n),
+            _ => {
+                let ms = self.rng.below(30);
+                self.tick(ms);
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.clients.iter().any(|c| {
+            c.link.is_none()
+                || c.session.has_pending()
+                || c.link.as_ref().is_some_and(|l| !l.up.is_empty() || !l.down.is_empty())
+        }) || self.nodes.iter().any(|n| !n.appends.is_empty() || n.core.is_blocked() || !n.bus_in.is_empty())
+            || !self.leaves.is_empty()
+            || self.nodes.iter().any(|n| !n.members.is_empty() && n.core.durable_version() != self.head())
+            || self.clients.iter().any(|c| c.session.version() != Some(self.head()))
+    }
+
+    fn report(&self) -> String {
+        let mut out = format!("head {}\n", self.head());
+        if let Ok(l) = self.store.load(ROOM) {
+            for m in &l.ops {
+                out += &format!("  v{} {:?} by {} ({:?})\n", m.version, m.op_id, m.user_id, m.account);
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            out += &format!(
+                "client {i}: link {:?} live {} version {:?} pending {} inflight {:?} up {} down {}\n",
+                c.link.as_ref().map(|l| (l.key.clone(), l.node)),
+                c.session.is_live(),
+                c.session.version(),
+                c.session.has_pending(),
+                c.session.inflight_id(),
+                c.link.as_ref().map_or(0, |l| l.up.len()),
+                c.link.as_ref().map_or(0, |l| l.down.len()),
+            );
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            out += &format!(
+                "node {n}: durable {} head {} blocked {} members {:?} appends {} reads {} bus {}\n",
+                node.core.durable_version(),
+                node.core.doc().version(),
+                node.core.is_blocked(),
+                node.members,
+                node.appends.len(),
+                node.reads.len(),
+                node.bus_in.len()
+            );
+        }
+        out
+    }
+
+    fn head(&self) -> u64 {
+        self.store
+            .load(ROOM)
+            .map(|l| l.ops.last().map_or(l.snapshot.as_ref().map_or(0, |s| s.0), |m| m.version))
+            .unwrap_or(0)
+    }
+
+    fn run(&mut self, steps: usize) {
+        for _ in 0..steps {
+            self.step(true);
+        }
+        let mut guard = 0;
+        while self.busy() {
+            guard += 1;
+            assert!(guard < 200_000, "seed {}: the run did not settle: {}", self.seed, self.report());
+            self.step(false);
+        }
+        let server = without_transport(load(&*self.store, ROOM, 4).doc());
+        for (n, node) in self.nodes.iter().enumerate().filter(|(_, n)| !n.members.is_empty()) {
+            assert_eq!(
+                without_transport(node.core.doc().doc()),
+                server,
+                "seed {}: room {n} differs from the store",
+                self.seed
+            );
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            let doc = c.session.doc().map(without_transport);
+            assert_eq!(doc.as_ref(), Some(&server), "seed {}: client {i} differs from the store", self.seed);
+        }
+    }
+}
+
+fn without_transport(d: &Document) -> Document {
+    let mut d = d.clone();
+    d.set_transport(false, 0.0);
+    d
+}
+
+#[allow(dead_code)]
+fn _uses(_: OperationMsg) {}
+
+#[test]
+fn rooms_and_sessions_converge_over_many_seeds() {
+    if let Some(seed) = std::env::var("ROOM_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Sim::new(seed).run(400);
+        return;
+    }
+    let seeds: u64 = std::env::var("ROOM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    for seed in 0..seeds {
+        Sim::new(seed).run(400);
+    }
+}
