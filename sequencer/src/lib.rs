@@ -14,11 +14,13 @@
 //! - [`conn`]: one socket: auth, limits, decoding, a reader loop and a writer task.
 //! - [`room`]: one task per room owning its `ServerDoc`, presence and transport; the registry.
 //! - [`outbox`]: a connection's bounded outbound queue: the slow-client policy.
-//! - [`store`]: the [`store::Store`] trait, [`store::MemoryStore`], [`store::SqliteStore`] and the
-//!   group-commit writer thread.
-//! - [`store_pg`]: the PostgreSQL store (`--store postgres://…`) shared by several nodes;
-//!   [`bus`]: the Redis fan-out between them (`--bus`). A room's multi-node logic (lost races,
-//!   other nodes' ops) is in `room/cluster.rs`; `docs/scale-out.md` explains the whole.
+//! - [`store`]: the [`store::Store`] trait and what every backend shares, one file per backend
+//!   ([`store::memory`], [`store::sqlite`], and [`store::postgres`] shared by several nodes,
+//!   `--store postgres://…`) and [`store::writer`], the group-commit writer thread that every
+//!   store's writes go through. [`store_pg`] is the former path of [`store::postgres`].
+//! - [`bus`]: the Redis fan-out between nodes sharing a store (`--bus`). A room's multi-node
+//!   logic (lost races, other nodes' ops) is in `room/cluster.rs`; `docs/scale-out.md` explains
+//!   the whole.
 //! - [`auth`]: app and room tokens (HS256 JWT).
 //! - [`error`]: every refusal and its one mapping to wire error codes and close codes.
 //! - [`metrics`]: Prometheus text for `/metrics`.
@@ -82,7 +84,9 @@ pub mod metrics;
 pub mod outbox;
 pub mod room;
 pub mod store;
-pub mod store_pg;
+
+/// The PostgreSQL store under its former path; it lives in [`store::postgres`].
+pub use store::postgres as store_pg;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -303,7 +307,7 @@ pub fn open_store(storage: &Storage) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match storage {
         Storage::Memory => Arc::new(MemoryStore::new()),
         Storage::Sqlite(dir) => Arc::new(SqliteStore::open(dir)?),
-        Storage::Postgres(url) => Arc::new(store_pg::PgStore::open(url)?),
+        Storage::Postgres(url) => Arc::new(store::postgres::PgStore::open(url)?),
     })
 }
 
