@@ -1,8 +1,10 @@
 //! The PostgreSQL store against this machine's server (`SEQUENCER_TEST_PG`, default
 //! `postgres://postgres@127.0.0.1:5432/test`). Each test works in its own database, dropped at
-//! the end; without a reachable server the tests print why and return.
+//! the end; without a reachable server the tests fail in CI (`CI` set) and elsewhere print why
+//! and return.
 
 mod pg;
+mod services;
 
 use std::sync::Arc;
 
