@@ -184,7 +184,8 @@ pub struct Config {
     pub room_idle: Duration,
     /// Lifetime of the room tokens `join` mints, in seconds. Default 3600.
     pub room_token_ttl: u64,
-    /// The Redis bus between nodes sharing a PostgreSQL store (`--bus`). Default none.
+    /// The Redis bus between nodes sharing a PostgreSQL store (`--bus`); not started for a
+    /// store that is not shared ([`store::Store::shared`]). Default none.
     pub bus: Option<bus::BusConfig>,
     /// With a shared store, a room with connections reads other nodes' ops from the store this
     /// often (the safety net under the bus). Default 200 ms.
@@ -256,7 +257,7 @@ pub struct Shared {
     pub persister: Arc<Persister>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The bus to other nodes, when configured.
+    /// The bus to other nodes, when configured and the store is shared.
     pub bus: Option<Arc<bus::Bus>>,
     /// Permits for open sockets (`max_connections`).
     pub connections: Arc<Semaphore>,
@@ -321,11 +322,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Opening a store may block (PostgreSQL connects and migrates).
     let storage = config.storage.clone();
     let store = tokio::task::spawn_blocking(move || open_store(&storage)).await.context("opening the store")??;
-    let persister = Persister::start(store, metrics.clone())?;
+    // Whether other nodes write this store is the store's answer; the multi-node machinery
+    // (the bus here, a room's cluster logic) runs only when they do.
     let bus = match &config.bus {
-        Some(b) => Some(bus::Bus::start(b).await?),
+        Some(b) if store.shared() => Some(bus::Bus::start(b).await?),
+        Some(_) => {
+            warn!("a bus is configured but no other node writes this store; not starting the bus");
+            None
+        }
         None => None,
     };
+    let persister = Persister::start(store, metrics.clone())?;
     let (notify_shutdown, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared {

@@ -41,6 +41,7 @@ fn plain(m: Sequenced) -> Entry {
 fn schema_is_created_once_and_reopened() {
     let Some(db) = pg::TestDb::create("schema") else { return };
     let a = PgStore::open(&db.url).unwrap();
+    assert!(a.shared(), "several nodes write one database: the cluster logic must run");
     a.append(&[group("r", vec![plain(msg(1, "o1"))])]).unwrap();
     drop(a);
     // A second open (a restart, or another node) keeps the data and does not migrate again.

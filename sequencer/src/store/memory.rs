@@ -44,6 +44,10 @@ impl Store for MemoryStore {
         false
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn load(&self, room: &str) -> Result<Loaded, StoreError> {
         Ok(self.with(|rooms| match rooms.get(room) {
             None => Loaded::default(),

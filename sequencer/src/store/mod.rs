@@ -116,6 +116,11 @@ pub struct Loaded {
 pub trait Store: Send + Sync + 'static {
     /// Whether calls may block on IO (then they run on the writer thread or `spawn_blocking`).
     fn blocking(&self) -> bool;
+    /// Whether other processes (other server nodes) write this store too. When true, the
+    /// server runs its multi-node logic: a [`StoreError::Conflict`] is a race lost to another
+    /// node, rooms read other nodes' ops from the store, and the bus (if configured) is started.
+    /// No default: a store that answers wrongly loses ops (false) or does needless work (true).
+    fn shared(&self) -> bool;
     /// The latest snapshot of `room` and the ops after it.
     fn load(&self, room: &str) -> Result<Loaded, StoreError> {
         let snapshot = self.snapshot_at_or_before(room, u64::MAX >> 1)?;
@@ -281,12 +286,16 @@ mod tests {
 
     #[test]
     fn memory_store_contract() {
-        exercise(&MemoryStore::new());
+        let store = MemoryStore::new();
+        assert!(!store.shared(), "only this process writes its memory");
+        exercise(&store);
     }
 
     #[test]
     fn sqlite_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        exercise(&SqliteStore::open(dir.path()).unwrap());
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(!store.shared(), "only this process writes its file");
+        exercise(&store);
     }
 }

@@ -193,6 +193,10 @@ impl Store for PgStore {
         true
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn append(&self, groups: &[RoomAppend]) -> Result<(), StoreError> {
         self.with(|c| {
             let mut tx = c.client.transaction()?;

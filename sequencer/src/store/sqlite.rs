@@ -104,6 +104,10 @@ impl Store for SqliteStore {
         true
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn append(&self, groups: &[RoomAppend]) -> Result<(), StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
