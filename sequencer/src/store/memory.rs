@@ -1,7 +1,10 @@
 //! The in-process store (`--memory`): every room's log and snapshots in a map behind one mutex.
 //!
 //! Nothing reaches a disk and nothing is shared with another process: the log lives as long as
-//! the process (PROTOCOL §4). Calls never block on IO ([`Store::blocking`] is false).
+//! the process (PROTOCOL §4). Calls never block on IO ([`Store::blocking`] is false), so rooms
+//! read it inline; writes still go through the [`Persister`](super::Persister)'s writer like
+//! every other store's, so a room on this store runs the same pending → durable path as one on
+//! SQLite or PostgreSQL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

@@ -13,8 +13,9 @@
 //! - [`writer`]: [`Persister`], the group-commit writer thread rooms hand their ops to, and the
 //!   [`Durable`] watch it answers on.
 //!
-//! [`Store`] is synchronous and may block: a blocking store ([`Store::blocking`]) is only called
-//! from the writer thread and from `spawn_blocking` (reads).
+//! [`Store`] is synchronous and may block. Every store is written only by the writer thread (the
+//! in-memory one too, so every room gets the same durability feedback); a blocking store
+//! ([`Store::blocking`]) is read only from `spawn_blocking`.
 //!
 //! The trait is shaped for a shared database with several server nodes too:
 //! [`Store::append`] writes a whole group in one transaction and fails with
@@ -228,13 +229,14 @@ pub fn account_of(stored: &str) -> Option<Arc<str>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ot_core::protocol::OperationMsg;
     use ot_core::Op;
     use serde_json::json;
 
-    fn msg(v: u64, id: &str) -> Sequenced {
+    /// Version `v`: one track inserted, op id `id`, account `acct`.
+    pub(crate) fn msg(v: u64, id: &str) -> Sequenced {
         let op = Op::batch_from_value(
             json!({"type":"insert","target":"track","id":format!("t{v}"),"index":0,"value":{"name":"x"}}),
         )
