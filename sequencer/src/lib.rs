@@ -20,11 +20,13 @@
 //!   out its outputs (outboxes, store writes and reads, the bus, the clock); tests and the
 //!   simulation drive the core directly. The registry finds or starts rooms.
 //! - [`outbox`]: a connection's bounded outbound queue: the slow-client policy.
-//! - [`store`]: the [`store::Store`] trait, [`store::MemoryStore`], [`store::SqliteStore`] and the
-//!   group-commit writer thread.
-//! - [`store_pg`]: the PostgreSQL store (`--store postgres://…`) shared by several nodes;
-//!   [`bus`]: the Redis fan-out between them (`--bus`). A room's multi-node logic (lost races,
-//!   other nodes' ops) is part of its core; `docs/scale-out.md` explains the whole.
+//! - [`store`]: the [`store::Store`] trait and what every backend shares, one file per backend
+//!   ([`store::memory`], [`store::sqlite`], and [`store::postgres`] shared by several nodes,
+//!   `--store postgres://…`) and [`store::writer`], the group-commit writer thread that every
+//!   store's writes go through. [`store_pg`] is the former path of [`store::postgres`].
+//! - [`bus`]: the Redis fan-out between nodes sharing a store (`--bus`). A room's multi-node
+//!   logic (lost races, other nodes' ops) is part of its core; `docs/scale-out.md` explains the
+//!   whole.
 //! - [`auth`]: app and room tokens (HS256 JWT): signing and verifying. The claims, their
 //!   builder and the roles are ot-core's [`ot_core::protocol::token`], re-exported.
 //! - [`error`]: every refusal and its one mapping to wire error codes; the close codes
@@ -92,7 +94,9 @@ pub mod metrics;
 pub mod outbox;
 pub mod room;
 pub mod store;
-pub mod store_pg;
+
+/// The PostgreSQL store under its former path; it lives in [`store::postgres`].
+pub use store::postgres as store_pg;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -190,7 +194,8 @@ pub struct Config {
     pub room_idle: Duration,
     /// Lifetime of the room tokens `join` mints, in seconds. Default 3600.
     pub room_token_ttl: u64,
-    /// The Redis bus between nodes sharing a PostgreSQL store (`--bus`). Default none.
+    /// The Redis bus between nodes sharing a PostgreSQL store (`--bus`); not started for a
+    /// store that is not shared ([`store::Store::shared`]). Default none.
     pub bus: Option<bus::BusConfig>,
     /// With a shared store, a room with connections reads other nodes' ops from the store this
     /// often (the safety net under the bus). Default 200 ms.
@@ -262,7 +267,7 @@ pub struct Shared {
     pub persister: Arc<Persister>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The bus to other nodes, when configured.
+    /// The bus to other nodes, when configured and the store is shared.
     pub bus: Option<Arc<bus::Bus>>,
     /// Permits for open sockets (`max_connections`).
     pub connections: Arc<Semaphore>,
@@ -313,7 +318,7 @@ pub fn open_store(storage: &Storage) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match storage {
         Storage::Memory => Arc::new(MemoryStore::new()),
         Storage::Sqlite(dir) => Arc::new(SqliteStore::open(dir)?),
-        Storage::Postgres(url) => Arc::new(store_pg::PgStore::open(url)?),
+        Storage::Postgres(url) => Arc::new(store::postgres::PgStore::open(url)?),
     })
 }
 
@@ -327,11 +332,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Opening a store may block (PostgreSQL connects and migrates).
     let storage = config.storage.clone();
     let store = tokio::task::spawn_blocking(move || open_store(&storage)).await.context("opening the store")??;
-    let persister = Persister::start(store, metrics.clone())?;
+    // Whether other nodes write this store is the store's answer; the multi-node machinery
+    // (the bus here, a room's cluster logic) runs only when they do.
     let bus = match &config.bus {
-        Some(b) => Some(bus::Bus::start(b).await?),
+        Some(b) if store.shared() => Some(bus::Bus::start(b).await?),
+        Some(_) => {
+            warn!("a bus is configured but no other node writes this store; not starting the bus");
+            None
+        }
         None => None,
     };
+    let persister = Persister::start(store, metrics.clone())?;
     let (notify_shutdown, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared {

@@ -220,7 +220,12 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     };
     info!(version = doc.version(), "room loaded");
     shared.metrics.room(true);
-    let shared_store = matches!(shared.config.storage, crate::Storage::Postgres(_));
+    let shared_store = shared.persister.store.shared();
+    let Some(writer) = shared.persister.sender() else {
+        // The writer has stopped: the server is shutting down.
+        shared.rooms.remove(&id, gen);
+        return;
+    };
     let started = Instant::now();
     let core = RoomCore::new(doc, CoreConfig::new(&shared.config, id.clone(), shared_store), clock(started));
     let (durable_tx, durable_rx) = watch::channel(Durable { version: core.durable_version(), ..Default::default() });
@@ -236,7 +241,7 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
         epoch: 0,
         durable_tx: Arc::new(durable_tx),
         durable_rx,
-        writer: shared.persister.sender(),
+        writer,
         reads_tx,
         bus,
         inputs: VecDeque::new(),
@@ -270,7 +275,7 @@ struct Shell {
     epoch: u64,
     durable_tx: Arc<watch::Sender<Durable>>,
     durable_rx: watch::Receiver<Durable>,
-    writer: Option<mpsc::Sender<WriteReq>>,
+    writer: mpsc::Sender<WriteReq>,
     reads_tx: mpsc::Sender<(u64, ReadResult)>,
     bus: Option<Subscription>,
     /// Inputs produced while carrying out outputs (a store that answers at once).
@@ -306,7 +311,7 @@ impl Shell {
                     }
                 },
                 Some((id, result)) = reads_rx.recv() => Input::ReadDone { id, result },
-                changed = self.durable_rx.changed(), if self.writer.is_some() => {
+                changed = self.durable_rx.changed() => {
                     if changed.is_err() {
                         continue;
                     }
@@ -458,30 +463,10 @@ impl Shell {
             self.durable_rx = rx;
             self.epoch = epoch;
         }
-        match &self.writer {
-            Some(w) => {
-                let req = WriteReq { group, durable: self.durable_tx.clone() };
-                if w.send(req).await.is_err() {
-                    let durable = Durable { failed: Some("store writer stopped".into()), ..Default::default() };
-                    self.inputs.push_back(Input::Durable { epoch, durable });
-                }
-            }
-            None => {
-                let started = std::time::Instant::now();
-                let version = group.entries.last().map_or(0, |e| e.msg.version);
-                let r = self.shared.persister.store.append(std::slice::from_ref(&group));
-                self.shared.metrics.storage_append(started.elapsed(), 1);
-                let durable = match r {
-                    Ok(()) => Durable { version, failed: None, conflict: None },
-                    Err(StoreError::Conflict { version: v, .. }) => {
-                        Durable { version: self.core.durable_version(), failed: None, conflict: Some(v) }
-                    }
-                    Err(e) => {
-                        Durable { version: self.core.durable_version(), failed: Some(e.to_string()), conflict: None }
-                    }
-                };
-                self.inputs.push_back(Input::Durable { epoch, durable });
-            }
+        let req = WriteReq { group, durable: self.durable_tx.clone() };
+        if self.writer.send(req).await.is_err() {
+            let durable = Durable { failed: Some("store writer stopped".into()), ..Default::default() };
+            self.inputs.push_back(Input::Durable { epoch, durable });
         }
     }
 

@@ -1,8 +1,10 @@
 //! The PostgreSQL store against this machine's server (`SEQUENCER_TEST_PG`, default
 //! `postgres://postgres@127.0.0.1:5432/test`). Each test works in its own database, dropped at
-//! the end; without a reachable server the tests print why and return.
+//! the end; without a reachable server the tests fail in CI (`CI` set) and elsewhere print why
+//! and return.
 
 mod pg;
+mod services;
 
 use std::sync::Arc;
 
@@ -39,6 +41,7 @@ fn plain(m: Sequenced) -> Entry {
 fn schema_is_created_once_and_reopened() {
     let Some(db) = pg::TestDb::create("schema") else { return };
     let a = PgStore::open(&db.url).unwrap();
+    assert!(a.shared(), "several nodes write one database: the cluster logic must run");
     a.append(&[group("r", vec![plain(msg(1, "o1"))])]).unwrap();
     drop(a);
     // A second open (a restart, or another node) keeps the data and does not migrate again.

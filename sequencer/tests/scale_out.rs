@@ -3,9 +3,10 @@
 //! a Redis restart is survived by reading the store.
 //!
 //! Each test uses its own database and bus prefix. Without PostgreSQL (or Redis, for the tests
-//! that need it) a test prints why and returns.
+//! that need it) a test fails in CI (`CI` set) and elsewhere prints why and returns.
 
 mod pg;
+mod services;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -24,17 +25,6 @@ const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
 fn token(room: &str, sub: &str) -> String {
     sequencer::auth::room_token(SECRET, room, sub, sub, sequencer::auth::Role::Editor, 600).unwrap()
-}
-
-fn redis_up(url: &str) -> bool {
-    let ok = redis::Client::open(url)
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: Redis at {url} is unreachable");
-    }
-    ok
 }
 
 fn prefix() -> String {
@@ -279,7 +269,7 @@ async fn spread_converges(bus: Option<(&str, &str)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_spread_over_three_nodes_converge_with_the_bus() {
-    if !redis_up(SHARED_REDIS) {
+    if !services::redis_up(SHARED_REDIS) {
         return;
     }
     let p = prefix();
@@ -325,7 +315,7 @@ fn spawn_node(db: &pg::TestDb, bus: &str, prefix: &str) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_nodes_clients_fail_over_and_no_acked_op_is_lost() {
-    if !redis_up(SHARED_REDIS) {
+    if !services::redis_up(SHARED_REDIS) {
         return;
     }
     let Some(db) = pg::TestDb::create("failover") else { return };
@@ -367,18 +357,20 @@ impl Redis {
             .spawn();
         match child {
             Ok(c) => {
+                // Dropped (killed) if it never answers.
+                let redis = Redis(c);
                 let url = format!("redis://127.0.0.1:{port}");
                 for _ in 0..50 {
                     if redis::Client::open(url.as_str()).and_then(|c| c.get_connection()).is_ok() {
-                        return Some(Redis(c));
+                        return Some(redis);
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                eprintln!("SKIPPED: redis-server on port {port} did not come up");
+                services::unavailable("redis-server", &format!("it did not come up on port {port}"));
                 None
             }
             Err(e) => {
-                eprintln!("SKIPPED: cannot run redis-server ({e})");
+                services::unavailable("redis-server", &format!("it cannot be run ({e})"));
                 None
             }
         }

@@ -1,6 +1,9 @@
-//! A throwaway PostgreSQL database per test, dropped when the guard drops.
+//! A throwaway PostgreSQL database per test, dropped when the guard drops. A test file using
+//! it also declares `mod services;` (what happens when the server is unreachable).
 
 #![allow(dead_code)] // each test file uses a different part
+
+use crate::services;
 
 /// The server the tests use: `SEQUENCER_TEST_PG` or this machine's default.
 pub fn admin_url() -> String {
@@ -15,23 +18,27 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates `seq_<tag>_<random>`, or prints why not and returns `None` when the server is
-    /// unreachable (the embedded store needs no PostgreSQL; these tests then have nothing to do).
+    /// Creates `seq_<tag>_<random>`. When the server is unreachable: panics in CI, otherwise
+    /// prints why and returns `None` (the embedded store needs no PostgreSQL; the test then has
+    /// nothing to do). See [`services::unavailable`].
+    #[track_caller]
     pub fn create(tag: &str) -> Option<TestDb> {
         // The `postgres` crate runs its own runtime: keep it off any async test's threads.
         let tag = tag.to_string();
-        std::thread::spawn(move || Self::create_blocking(&tag)).join().expect("create test database")
+        match std::thread::spawn(move || Self::create_blocking(&tag)).join().expect("create test database") {
+            Ok(db) => Some(db),
+            Err(why) => {
+                services::unavailable("PostgreSQL", &why);
+                None
+            }
+        }
     }
 
-    fn create_blocking(tag: &str) -> Option<TestDb> {
+    /// The database, or why the server is unreachable.
+    fn create_blocking(tag: &str) -> Result<TestDb, String> {
         let admin = admin_url();
-        let mut client = match postgres::Client::connect(&admin, postgres::NoTls) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("SKIPPED: PostgreSQL at {admin} is unreachable ({e}); set SEQUENCER_TEST_PG");
-                return None;
-            }
-        };
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+            .map_err(|e| format!("{admin} (SEQUENCER_TEST_PG) is unreachable: {e}"))?;
         let name = format!("seq_{tag}_{}", uuid::Uuid::new_v4().simple());
         client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
         let config: postgres::Config = admin.parse().expect("admin url");
@@ -40,7 +47,7 @@ impl TestDb {
             Some(postgres::config::Host::Tcp(h)) => (h.clone(), config.get_ports().first().copied().unwrap_or(5432)),
             _ => ("127.0.0.1".to_string(), 5432),
         };
-        Some(TestDb { url: format!("postgres://{user}@{host}:{port}/{name}"), name })
+        Ok(TestDb { url: format!("postgres://{user}@{host}:{port}/{name}"), name })
     }
 
     /// A plain client on the test database.

@@ -21,7 +21,7 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 use serde_json::Value;
 
-use crate::store::{account_key, account_of, RoomAppend, Store, StoreError};
+use super::{account_key, account_of, RoomAppend, Store, StoreError};
 
 /// Migrations in order; `schema_version` holds how many were applied.
 const MIGRATIONS: &[&str] = &[
@@ -190,6 +190,10 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 
 impl Store for PgStore {
     fn blocking(&self) -> bool {
+        true
+    }
+
+    fn shared(&self) -> bool {
         true
     }
 

@@ -1,0 +1,303 @@
+//! Storage behind a trait: the op log keyed by (room, version) with each op's `opId` and
+//! account, and snapshots every N ops.
+//!
+//! This module holds what every backend shares: the [`Store`] trait, [`StoreError`], the
+//! records ([`Entry`], [`RoomAppend`], [`Loaded`]), rebuilding a room from what is stored
+//! ([`restore`], [`older_history`]) and how an op's account is kept ([`account_key`],
+//! [`account_of`]). The backends and the writer each have a file:
+//!
+//! - [`memory`]: [`MemoryStore`], the log in process memory (`--memory`).
+//! - [`sqlite`]: [`SqliteStore`], the embedded default (`--data-dir`), and its schema.
+//! - [`postgres`]: [`PgStore`](postgres::PgStore), one log shared by several nodes
+//!   (`--store postgres://…`).
+//! - [`writer`]: [`Persister`], the group-commit writer thread rooms hand their ops to, and the
+//!   [`Durable`] watch it answers on.
+//!
+//! [`Store`] is synchronous and may block. Every store is written only by the writer thread (the
+//! in-memory one too, so every room gets the same durability feedback); a blocking store
+//! ([`Store::blocking`]) is read only from `spawn_blocking`.
+//!
+//! The trait is shaped for a shared database with several server nodes too:
+//! [`Store::append`] writes a whole group in one transaction and fails with
+//! [`StoreError::Conflict`] when a (room, version) is already taken, i.e. another node
+//! sequenced that version first; the room then reloads from the store.
+
+pub mod memory;
+pub mod postgres;
+pub mod sqlite;
+pub mod writer;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+pub use writer::{Durable, Persister, WriteReq};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ot_core::sync::{OlderHistory, Sequenced};
+use ot_core::{apply, Document};
+use serde_json::Value;
+
+/// A storage failure, typed so callers can act.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer already stored this version of this room.
+    #[error("version {version} of room `{room}` is already stored")]
+    Conflict {
+        /// The room.
+        room: String,
+        /// The version taken.
+        version: u64,
+    },
+    /// The database failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL server or the connection to it failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// A stored record does not decode.
+    #[error("corrupt record in room `{room}` at version {version}: {reason}")]
+    Corrupt {
+        /// The room.
+        room: String,
+        /// The version.
+        version: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The data directory could not be prepared.
+    #[error("data dir {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A stale op's rebase would read more history than a room reads at once.
+    #[error("rebasing from version {base} would read over {limit} bytes of history")]
+    HistoryTooLarge {
+        /// The op's base.
+        base: u64,
+        /// The byte bound.
+        limit: usize,
+    },
+    /// The writer thread is gone (shutdown or a panic).
+    #[error("the store writer has stopped")]
+    WriterGone,
+}
+
+/// One sequenced op to store, with the state after it when a snapshot is due.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The op as broadcast.
+    pub msg: Sequenced,
+    /// The state (PROTOCOL §5.1 JSON) at `msg.version`, when a snapshot is taken here.
+    pub snapshot: Option<Value>,
+}
+
+/// What a room appends in one go.
+#[derive(Debug, Clone)]
+pub struct RoomAppend {
+    /// The room.
+    pub room: Arc<str>,
+    /// Consecutive versions, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// What a room loads on first use: its latest snapshot and every op after it.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The latest snapshot: its version and state.
+    pub snapshot: Option<(u64, Value)>,
+    /// The ops after the snapshot, in order.
+    pub ops: Vec<Sequenced>,
+}
+
+/// The op log and snapshots of every room.
+pub trait Store: Send + Sync + 'static {
+    /// Whether calls may block on IO (then they run on the writer thread or `spawn_blocking`).
+    fn blocking(&self) -> bool;
+    /// Whether other processes (other server nodes) write this store too. When true, the
+    /// server runs its multi-node logic: a [`StoreError::Conflict`] is a race lost to another
+    /// node, rooms read other nodes' ops from the store, and the bus (if configured) is started.
+    /// No default: a store that answers wrongly loses ops (false) or does needless work (true).
+    fn shared(&self) -> bool;
+    /// The latest snapshot of `room` and the ops after it.
+    fn load(&self, room: &str) -> Result<Loaded, StoreError> {
+        let snapshot = self.snapshot_at_or_before(room, u64::MAX >> 1)?;
+        let from = snapshot.as_ref().map_or(0, |(v, _)| *v);
+        let ops = self.ops(room, from, u64::MAX >> 1, usize::MAX)?;
+        Ok(Loaded { snapshot, ops })
+    }
+    /// Stores every group atomically, in one transaction. A version already stored is a
+    /// [`StoreError::Conflict`] and nothing of the call is stored.
+    fn append(&self, groups: &[RoomAppend]) -> Result<(), StoreError>;
+    /// Ops with `from < version <= to`, at most `limit`, in order.
+    fn ops(&self, room: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Sequenced>, StoreError>;
+    /// The latest snapshot at or before `version`.
+    fn snapshot_at_or_before(&self, room: &str, version: u64) -> Result<Option<(u64, Value)>, StoreError>;
+    /// The op `account` stored under `op_id`, for exactly-once across restarts (op ids are
+    /// scoped per account, PROTOCOL §4). Stores keep each op's account beside it, and every op
+    /// they return carries it in [`OperationMsg::account`](ot_core::protocol::OperationMsg::account).
+    fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError>;
+}
+
+pub(crate) fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt { room: room.to_string(), version, reason: reason.to_string() }
+}
+
+/// Builds the [`OlderHistory`] for a stale op based on `base`: the state at `base` (the snapshot
+/// at or before it plus replay), the ops `base+1 ..= until`, and the op already stored under
+/// `op_id` by `account`. The ops are read in chunks and the read stops with
+/// [`StoreError::HistoryTooLarge`] past `max_bytes` of JSON, so a stale op cannot make its room
+/// wait on an unbounded read.
+pub fn older_history(
+    store: &dyn Store,
+    room: &str,
+    base: u64,
+    until: u64,
+    account: Option<&str>,
+    op_id: Option<&str>,
+    max_bytes: usize,
+) -> Result<OlderHistory, StoreError> {
+    let known = match op_id {
+        Some(id) => store.find_op(room, account, id)?,
+        None => None,
+    };
+    let (snap_v, mut state) = match store.snapshot_at_or_before(room, base)? {
+        Some((v, value)) => {
+            let (doc, _) = Document::from_state_value(&value).map_err(|e| corrupt(room, v, e))?;
+            (v, doc)
+        }
+        None => (0, Document::new()),
+    };
+    for m in store.ops(room, snap_v, base, usize::MAX)? {
+        apply(&mut state, &m.operation).map_err(|e| corrupt(room, m.version, e))?;
+    }
+    let mut ops = Vec::new();
+    let (mut bytes, mut from) = (0usize, base);
+    while from < until {
+        let chunk = store.ops(room, from, until, HISTORY_CHUNK)?;
+        let Some(last) = chunk.last() else { break };
+        from = last.version;
+        for m in chunk {
+            bytes += ot_core::protocol::json_len(&*m);
+            if bytes > max_bytes {
+                return Err(StoreError::HistoryTooLarge { base, limit: max_bytes });
+            }
+            ops.push(m);
+        }
+    }
+    Ok(OlderHistory { base, state, ops, known })
+}
+
+/// How many ops [`older_history`] reads at a time.
+const HISTORY_CHUNK: usize = 1024;
+
+/// Replays `loaded` into a fresh [`ot_core::sync::ServerDoc`].
+pub fn restore(
+    room: &str,
+    loaded: Loaded,
+    window: usize,
+    max_rebase: u64,
+    history_bytes: usize,
+) -> Result<ot_core::sync::ServerDoc, StoreError> {
+    let (doc, version) = match &loaded.snapshot {
+        Some((v, value)) => {
+            let (doc, _) = Document::from_state_value(value).map_err(|e| corrupt(room, *v, e))?;
+            (doc, *v)
+        }
+        None => (Document::new(), 0),
+    };
+    let mut sd = ot_core::sync::ServerDoc::new(doc, version, window, max_rebase);
+    sd.set_history_bytes(history_bytes);
+    for m in loaded.ops {
+        let v = m.version;
+        sd.replay(m).map_err(|e| corrupt(room, v, e))?;
+    }
+    Ok(sd)
+}
+
+/// How a store keeps an op's account: the account, or the empty string for none.
+pub fn account_key(account: Option<&str>) -> &str {
+    account.unwrap_or("")
+}
+
+/// The account as kept by a store, back as [`OperationMsg::account`](ot_core::protocol::OperationMsg::account).
+pub fn account_of(stored: &str) -> Option<Arc<str>> {
+    (!stored.is_empty()).then(|| Arc::from(stored))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use ot_core::protocol::OperationMsg;
+    use ot_core::Op;
+    use serde_json::json;
+
+    /// Version `v`: one track inserted, op id `id`, account `acct`.
+    pub(crate) fn msg(v: u64, id: &str) -> Sequenced {
+        let op = Op::batch_from_value(
+            json!({"type":"insert","target":"track","id":format!("t{v}"),"index":0,"value":{"name":"x"}}),
+        )
+        .unwrap();
+        Arc::new(OperationMsg {
+            operation: op,
+            version: v,
+            user_id: "c".into(),
+            op_id: Some(id.into()),
+            account: Some(Arc::from("acct")),
+        })
+    }
+
+    fn exercise(store: &dyn Store) {
+        let room: Arc<str> = Arc::from("r");
+        let entries = (1..=5).map(|v| Entry { msg: msg(v, &format!("o{v}")), snapshot: None }).collect();
+        store.append(&[RoomAppend { room: room.clone(), entries }]).unwrap();
+        let dup = vec![Entry { msg: msg(3, "x"), snapshot: None }];
+        assert!(matches!(
+            store.append(&[RoomAppend { room: room.clone(), entries: dup }]),
+            Err(StoreError::Conflict { version: 3, .. })
+        ));
+        assert_eq!(store.ops("r", 1, 3, 10).unwrap().len(), 2);
+        assert_eq!(store.find_op("r", Some("acct"), "o4").unwrap().unwrap().version, 4);
+        assert_eq!(store.find_op("r", Some("acct"), "o4").unwrap().unwrap().account.as_deref(), Some("acct"));
+        assert!(store.find_op("r", Some("other"), "o4").unwrap().is_none(), "op ids are scoped per account");
+        assert!(store.find_op("r", Some("acct"), "nope").unwrap().is_none());
+        assert_eq!(store.ops("r", 0, 2, 10).unwrap()[0].account.as_deref(), Some("acct"));
+        let mut sd = restore("r", store.load("r").unwrap(), 2, 100, usize::MAX).unwrap();
+        assert_eq!(sd.version(), 5);
+        let mut doc = sd.doc().clone();
+        let snap = Entry { msg: msg(6, "o6"), snapshot: None };
+        sd.replay(snap.msg.clone()).unwrap();
+        apply(&mut doc, &snap.msg.operation).unwrap();
+        let snap = Entry { snapshot: Some(doc.to_state_value(6)), ..snap };
+        store.append(&[RoomAppend { room, entries: vec![snap] }]).unwrap();
+        let loaded = store.load("r").unwrap();
+        assert_eq!(loaded.snapshot.as_ref().map(|s| s.0), Some(6));
+        assert!(loaded.ops.is_empty());
+        let older = older_history(store, "r", 2, 6, Some("acct"), Some("o5"), usize::MAX).unwrap();
+        assert!(matches!(
+            older_history(store, "r", 2, 6, Some("acct"), None, 200),
+            Err(StoreError::HistoryTooLarge { base: 2, limit: 200 })
+        ));
+        assert_eq!(older.state.tracks().len(), 2);
+        assert_eq!(older.ops.len(), 4);
+        assert_eq!(older.known.unwrap().version, 5);
+    }
+
+    #[test]
+    fn memory_store_contract() {
+        let store = MemoryStore::new();
+        assert!(!store.shared(), "only this process writes its memory");
+        exercise(&store);
+    }
+
+    #[test]
+    fn sqlite_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(!store.shared(), "only this process writes its file");
+        exercise(&store);
+    }
+}

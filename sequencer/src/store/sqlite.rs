@@ -1,0 +1,197 @@
+//! The embedded default store (`--data-dir`): SQLite in WAL mode with `synchronous=FULL`, one
+//! file per server, written by this process only.
+//!
+//! The schema is created on open, and a log written before op ids were scoped per account gets
+//! its `account` column and index on open too. Calls block on disk IO, so the server calls
+//! this store only from the [`Persister`](super::Persister)'s writer thread and from
+//! `spawn_blocking` (reads).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ot_core::protocol::OperationMsg;
+use ot_core::sync::Sequenced;
+use serde_json::Value;
+
+use super::{account_key, account_of, corrupt, RoomAppend, Store, StoreError};
+
+/// The embedded default: SQLite in WAL mode under the data dir, `synchronous=FULL`.
+///
+/// Writes go through one connection (the writer thread's); reads take a connection from a small
+/// pool, so readers never wait for a writer (WAL).
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<rusqlite::Connection>,
+    readers: Mutex<Vec<rusqlite::Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ops (
+    room TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    op_id TEXT,
+    body TEXT NOT NULL,
+    account TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (room, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    room TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (room, version)
+) WITHOUT ROWID;
+";
+
+impl SqliteStore {
+    /// Opens (creating if missing) `dir/sequencer.db`.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        let path = dir.join("sequencer.db");
+        let conn = Self::connect(&path)?;
+        conn.execute_batch(SCHEMA)?;
+        // Logs written before op ids were scoped per account have no `account` column.
+        let has_account: bool =
+            conn.prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'account'")?.exists([])?;
+        if !has_account {
+            conn.execute_batch("ALTER TABLE ops ADD COLUMN account TEXT NOT NULL DEFAULT ''")?;
+        }
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS ops_by_id;
+             CREATE INDEX IF NOT EXISTS ops_by_account_id ON ops (room, account, op_id) WHERE op_id IS NOT NULL;",
+        )?;
+        Ok(SqliteStore { path, writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
+    }
+
+    fn connect(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(conn)
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => Self::connect(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        out
+    }
+
+    fn decode(room: &str, version: u64, account: &str, body: &str) -> Result<Sequenced, StoreError> {
+        let mut m: OperationMsg = serde_json::from_str(body).map_err(|e| corrupt(room, version, e))?;
+        m.account = account_of(account);
+        Ok(Arc::new(m))
+    }
+
+    fn decode_state(room: &str, version: u64, text: &str) -> Result<Value, StoreError> {
+        serde_json::from_str(text).map_err(|e| corrupt(room, version, e))
+    }
+}
+
+fn is_conflict(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl Store for SqliteStore {
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn append(&self, groups: &[RoomAppend]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        {
+            let mut ins =
+                tx.prepare_cached("INSERT INTO ops (room, version, op_id, body, account) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut snap =
+                tx.prepare_cached("INSERT OR REPLACE INTO snapshots (room, version, state) VALUES (?1, ?2, ?3)")?;
+            for g in groups {
+                for e in &g.entries {
+                    let body = serde_json::to_string(&*e.msg).map_err(|err| corrupt(&g.room, e.msg.version, err))?;
+                    let version = e.msg.version as i64;
+                    let account = account_key(e.msg.account.as_deref());
+                    ins.execute(rusqlite::params![&*g.room, version, e.msg.op_id, body, account]).map_err(|err| {
+                        if is_conflict(&err) {
+                            StoreError::Conflict { room: g.room.to_string(), version: e.msg.version }
+                        } else {
+                            err.into()
+                        }
+                    })?;
+                    if let Some(s) = &e.snapshot {
+                        snap.execute(rusqlite::params![&*g.room, version, s.to_string()])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn ops(&self, room: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Sequenced>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT version, account, body FROM ops WHERE room = ?1 AND version > ?2 AND version <= ?3 \
+                 ORDER BY version LIMIT ?4",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let from = i64::try_from(from).unwrap_or(i64::MAX);
+            let to = i64::try_from(to).unwrap_or(i64::MAX);
+            let rows = st.query_map(rusqlite::params![room, from, to, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (v, account, body) = row?;
+                out.push(Self::decode(room, v as u64, &account, &body)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn snapshot_at_or_before(&self, room: &str, version: u64) -> Result<Option<(u64, Value)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT version, state FROM snapshots WHERE room = ?1 AND version <= ?2 ORDER BY version DESC LIMIT 1",
+            )?;
+            let version = i64::try_from(version).unwrap_or(i64::MAX);
+            let mut rows = st.query(rusqlite::params![room, version])?;
+            match rows.next()? {
+                None => Ok(None),
+                Some(r) => {
+                    let v: i64 = r.get(0)?;
+                    let text: String = r.get(1)?;
+                    Ok(Some((v as u64, Self::decode_state(room, v as u64, &text)?)))
+                }
+            }
+        })
+    }
+
+    fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT version, account, body FROM ops WHERE room = ?1 AND account = ?2 AND op_id = ?3 LIMIT 1",
+            )?;
+            let mut rows = st.query(rusqlite::params![room, account_key(account), op_id])?;
+            match rows.next()? {
+                None => Ok(None),
+                Some(r) => {
+                    let v: i64 = r.get(0)?;
+                    let account: String = r.get(1)?;
+                    let body: String = r.get(2)?;
+                    Ok(Some(Self::decode(room, v as u64, &account, &body)?))
+                }
+            }
+        })
+    }
+}
