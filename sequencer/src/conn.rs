@@ -27,6 +27,7 @@ use tracing::{debug, info, Instrument};
 use crate::auth::{verify_room, Claims};
 use crate::error::{Close, Rejection};
 use crate::outbox::{Next, Outbox};
+use crate::room::core::JoinReq;
 use crate::room::{error_frame, ClientIn, Join, RoomMsg};
 use crate::Shared;
 
@@ -229,13 +230,15 @@ impl Connection {
             let tx = self.shared.rooms.get_or_spawn(&self.shared, &self.room)?;
             let (reply, answer) = tokio::sync::oneshot::channel();
             let join = Join {
-                conn: self.conn.clone(),
-                session,
-                user_id: self.claims.sub.clone(),
-                name: self.claims.name.clone(),
-                avatar: self.claims.avatar.clone(),
-                role: self.claims.role,
-                since: self.since,
+                req: JoinReq {
+                    conn: self.conn.clone(),
+                    session,
+                    user_id: self.claims.sub.clone(),
+                    name: self.claims.name.clone(),
+                    avatar: self.claims.avatar.clone(),
+                    role: self.claims.role,
+                    since: self.since,
+                },
                 outbox: outbox.clone(),
                 reply,
             };

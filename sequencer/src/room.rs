@@ -26,7 +26,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{error, info, Instrument};
 
-use crate::auth::Role;
 use crate::bus::Subscription;
 use crate::error::{Close, Rejection};
 use crate::outbox::Outbox;
@@ -45,22 +44,10 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// A connection asking to join.
+/// A connection asking to join: what the core decides on, and where its frames and answer go.
 pub struct Join {
-    /// The connection id (`_pk`).
-    pub conn: Arc<str>,
-    /// Tells this connection from an earlier one with the same `_pk`.
-    pub session: u64,
-    /// Account id.
-    pub user_id: String,
-    /// Display name.
-    pub name: String,
-    /// Avatar URL.
-    pub avatar: Option<String>,
-    /// Editor or viewer.
-    pub role: Role,
-    /// The version the client holds, for a catch-up.
-    pub since: Option<u64>,
+    /// Who asks, for the core.
+    pub req: core::JoinReq,
     /// Where the room sends this connection's frames.
     pub outbox: Arc<Outbox>,
     /// Answered once `init` is queued, or with the close reason.
@@ -347,17 +334,9 @@ impl Shell {
     fn on_msg(&mut self, msg: RoomMsg) -> Option<Input> {
         match msg {
             RoomMsg::Join(j) => {
-                let key = (j.conn.clone(), j.session);
+                let key = (j.req.conn.clone(), j.req.session);
                 self.joining.insert(key, (j.outbox, j.reply));
-                Some(Input::Join(core::JoinReq {
-                    conn: j.conn,
-                    session: j.session,
-                    user_id: j.user_id,
-                    name: j.name,
-                    avatar: j.avatar,
-                    role: j.role,
-                    since: j.since,
-                }))
+                Some(Input::Join(j.req))
             }
             RoomMsg::Leave { conn, session } => {
                 self.members.remove(&(conn.clone(), session));
