@@ -17,7 +17,7 @@ use std::sync::Arc;
 use common::room::{config, load};
 use fuzz::gen::Fresh;
 use fuzz::source::Source;
-use ot_core::protocol::{decode_server, ClientMsg, CursorPos, OperationMsg};
+use ot_core::protocol::{decode_server, ClientMsg, CursorPos};
 use ot_core::session::{Effect, Now as ClientNow, Session};
 use ot_core::sync::{Sequenced, Submit};
 use ot_core::{Document, Op};
@@ -84,6 +84,17 @@ struct Sim {
     now: Now,
     /// Connections that ended but whose `Leave` has not reached their room yet.
     leaves: VecDeque<(usize, ConnKey)>,
+    /// What the run exercised.
+    seen: Seen,
+}
+
+/// Counts of what a run exercised, so the simulation cannot quietly stop covering them.
+#[derive(Default, Debug, Clone, Copy)]
+struct Seen {
+    lost_races: u64,
+    reconnects: u64,
+    history_reads: u64,
+    sequenced: u64,
 }
 
 impl Sim {
@@ -117,7 +128,7 @@ impl Sim {
                 fresh: Fresh::default(),
             })
             .collect();
-        Sim { seed, rng, store, nodes, clients, now, leaves: VecDeque::new() }
+        Sim { seed, rng, store, nodes, clients, now, leaves: VecDeque::new(), seen: Seen::default() }
     }
 
     fn client_now(&self) -> ClientNow {
@@ -194,6 +205,7 @@ impl Sim {
 
     fn connect(&mut self, i: usize) {
         let node = self.rng.below(2) as usize;
+        self.seen.reconnects += 1;
         let c = &mut self.clients[i];
         c.sessions += 1;
         let key: ConnKey = (Arc::from(c.pk.as_str()), c.sessions);
@@ -290,6 +302,7 @@ impl Sim {
         let durable = match self.store.append(std::slice::from_ref(&group)) {
             Ok(()) => Durable { version: group.entries.last().map_or(0, |e| e.msg.version), ..Default::default() },
             Err(StoreError::Conflict { version, .. }) => {
+                self.seen.lost_races += 1;
                 // The writer stores nothing more of this epoch.
                 self.nodes[n].appends.retain(|(e, _)| *e != epoch);
                 Durable { version: durable_now, conflict: Some(version), ..Default::default() }
@@ -301,6 +314,9 @@ impl Sim {
 
     fn store_read(&mut self, n: usize) {
         let Some((id, req)) = self.nodes[n].reads.pop_front() else { return };
+        if matches!(req, ReadReq::Older { .. }) {
+            self.seen.history_reads += 1;
+        }
         let result = sequencer::room::perform(&*self.store, ROOM, req, (4, 100_000, usize::MAX));
         self.feed(n, Input::ReadDone { id, result });
     }
@@ -404,7 +420,7 @@ impl Sim {
             .unwrap_or(0)
     }
 
-    fn run(&mut self, steps: usize) {
+    fn run(&mut self, steps: usize) -> Seen {
         for _ in 0..steps {
             self.step(true);
         }
@@ -427,6 +443,8 @@ impl Sim {
             let doc = c.session.doc().map(without_transport);
             assert_eq!(doc.as_ref(), Some(&server), "seed {}: client {i} differs from the store", self.seed);
         }
+        self.seen.sequenced = self.head();
+        self.seen
     }
 }
 
@@ -436,9 +454,6 @@ fn without_transport(d: &Document) -> Document {
     d
 }
 
-#[allow(dead_code)]
-fn _uses(_: OperationMsg) {}
-
 #[test]
 fn rooms_and_sessions_converge_over_many_seeds() {
     if let Some(seed) = std::env::var("ROOM_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
@@ -446,7 +461,14 @@ fn rooms_and_sessions_converge_over_many_seeds() {
         return;
     }
     let seeds: u64 = std::env::var("ROOM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let mut total = Seen::default();
     for seed in 0..seeds {
-        Sim::new(seed).run(400);
+        let s = Sim::new(seed).run(400);
+        total.lost_races += s.lost_races;
+        total.reconnects += s.reconnects;
+        total.history_reads += s.history_reads;
+        total.sequenced += s.sequenced;
     }
+    eprintln!("{seeds} seeds: {total:?}");
+    assert!(total.lost_races > 0 && total.reconnects > 0 && total.history_reads > 0, "{total:?}");
 }
