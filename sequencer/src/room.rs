@@ -205,14 +205,14 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
             return;
         }
     };
-    info!(version = doc.version(), "room loaded");
-    shared.metrics.room(true);
-    let shared_store = shared.persister.store.shared();
     let Some(writer) = shared.persister.sender() else {
         // The writer has stopped: the server is shutting down.
         shared.rooms.remove(&id, gen);
         return;
     };
+    info!(version = doc.version(), "room loaded");
+    shared.metrics.room(true);
+    let shared_store = shared.persister.store.shared();
     let started = Instant::now();
     let core = RoomCore::new(doc, CoreConfig::new(&shared.config, id.clone(), shared_store), clock(started));
     let (durable_tx, durable_rx) = watch::channel(Durable { version: core.durable_version(), ..Default::default() });
