@@ -548,6 +548,9 @@ impl Task {
         match cmd {
             Command::Submit(ops, reply) => {
                 let r = self.session.submit(&ops, now).map(|e| effects = e);
+                // Published before the reply, so a caller that waits for `settled` next sees
+                // the edit pending rather than the state before it.
+                self.publish();
                 // The caller may have stopped waiting; the edit stands either way.
                 let _ = reply.send(r);
             }
@@ -557,6 +560,7 @@ impl Task {
                     ops
                 });
                 // As above.
+                self.publish();
                 let _ = reply.send(r);
             }
             Command::Send(msg) => {
@@ -706,11 +710,12 @@ impl Task {
                 }
             }
         };
-        if matches!(end, End::Retry(_) | End::Now(_) | End::Server(_)) {
-            // A failed or server-closed socket is dropped without finishing the close handshake.
-            out.kill();
-        } else {
-            self.backoff.reset();
+        match &end {
+            // A failed socket is dropped without a close handshake.
+            End::Retry(_) | End::Now(_) => out.kill(),
+            // Answer the server's close frame (bounded, best effort), so it need not wait for us.
+            End::Server(_) => out.close(CloseCode::Normal).await,
+            End::Stop(_) => self.backoff.reset(),
         }
         end
     }
