@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ot_core::protocol::{encode, OperationMsg, ServerMsg};
+use ot_core::protocol::OperationMsg;
 use ot_core::sync::{Sequenced, ServerDoc};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -527,11 +527,6 @@ fn join_error(room: &str, e: tokio::task::JoinError) -> StoreError {
     StoreError::Corrupt { room: room.to_string(), version: 0, reason: format!("store task failed: {e}") }
 }
 
-/// Encodes a server message once, as a shareable text frame.
-pub fn frame(msg: &ServerMsg) -> Utf8Bytes {
-    Utf8Bytes::from(encode(msg))
-}
-
 /// Encodes a sequenced op as its `operation` message, without cloning it.
 pub fn op_frame(msg: &OperationMsg) -> Utf8Bytes {
     Utf8Bytes::from(core::op_text(msg))
@@ -563,6 +558,7 @@ pub fn rfc3339(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ot_core::protocol::ServerMsg;
 
     #[test]
     fn rfc3339_formats() {
