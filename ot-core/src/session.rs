@@ -335,6 +335,11 @@ impl Session {
         self.doc.as_ref().is_some_and(ClientDoc::has_pending)
     }
 
+    /// How many local edits wait for an ack (see [`ClientDoc::pending_edits`]).
+    pub fn pending_edits(&self) -> usize {
+        self.doc.as_ref().map_or(0, ClientDoc::pending_edits)
+    }
+
     /// The op id in flight.
     pub fn inflight_id(&self) -> Option<&str> {
         self.doc.as_ref().and_then(ClientDoc::inflight_id)
@@ -824,7 +829,11 @@ mod tests {
         let ops =
             Op::batch_from_value(json!({"type":"update","target":"project","path":["tempo"],"value":99})).unwrap();
         assert!(s.submit(&ops, now()).unwrap().is_empty(), "offline: nothing is sent");
+        let bump =
+            Op::batch_from_value(json!({"type":"update","target":"project","path":["tempo"],"value":100})).unwrap();
+        s.submit(&bump, now()).unwrap();
         assert!(s.has_pending());
+        assert_eq!(s.pending_edits(), 2, "two edits wait, composed into one op");
         s.on_open();
         let rejoin = ServerMsg::Init {
             users: vec![],
@@ -839,8 +848,9 @@ mod tests {
         let sent: Vec<_> = e.iter().filter(|e| matches!(e, Effect::Send(_))).collect();
         assert_eq!(sent.len(), 1, "sent once on rejoin: {e:?}");
         assert_eq!(s.inflight_id(), Some("me:1"));
+        assert_eq!(s.pending_edits(), 2, "both travel in the op in flight");
         let ack = OperationMsg {
-            operation: ops.clone(),
+            operation: bump.clone(),
             version: 1,
             user_id: "me".into(),
             op_id: Some("me:1".into()),
@@ -848,6 +858,7 @@ mod tests {
         };
         s.handle(ServerMsg::Operation(ack.clone()), now()).unwrap();
         assert!(!s.has_pending());
+        assert_eq!(s.pending_edits(), 0);
         assert!(s.handle(ServerMsg::Operation(ack), now()).unwrap().is_empty(), "a duplicate ack is stale");
         assert_eq!(s.version(), Some(1));
     }

@@ -372,6 +372,8 @@ struct InFlight {
     op_id: String,
     base: u64,
     ops: Vec<Op>,
+    /// How many local edits ([`ClientDoc::local`] calls) it carries, composed.
+    edits: usize,
     /// The connection ids it was sent under: its ack carries one of them as `userId`. Another
     /// account may send an op with the same id (ids are scoped per account), and that is never
     /// mistaken for this op's ack.
@@ -386,6 +388,8 @@ pub struct ClientDoc {
     version: u64,
     inflight: Option<InFlight>,
     buffer: Vec<Op>,
+    /// How many local edits the buffer carries, composed.
+    buffer_edits: usize,
     id_prefix: String,
     next_seq: u64,
     /// This client's current connection id (`yourId`), when known.
@@ -401,6 +405,7 @@ impl ClientDoc {
             version,
             inflight: None,
             buffer: Vec::new(),
+            buffer_edits: 0,
             id_prefix: id_prefix.into(),
             next_seq: 0,
             connection: None,
@@ -435,6 +440,13 @@ impl ClientDoc {
         self.inflight.is_some() || !self.buffer.is_empty()
     }
 
+    /// How many local edits are not yet acknowledged (in flight and buffered; an edit counts
+    /// once however many ops it has and however it was composed). A no-op edit counts too
+    /// until the op that carries it is acknowledged or dropped.
+    pub fn pending_edits(&self) -> usize {
+        self.inflight.as_ref().map_or(0, |f| f.edits) + self.buffer_edits
+    }
+
     /// The op id in flight, if any.
     pub fn inflight_id(&self) -> Option<&str> {
         self.inflight.as_ref().map(|f| f.op_id.as_str())
@@ -445,6 +457,8 @@ impl ClientDoc {
         let annotated = apply(&mut self.doc, ops)?;
         let buffer = std::mem::take(&mut self.buffer);
         self.buffer = compose(buffer, annotated);
+        // An empty buffer means the buffered edits cancelled out: nothing waits.
+        self.buffer_edits = if self.buffer.is_empty() { 0 } else { self.buffer_edits + 1 };
         Ok(())
     }
 
@@ -459,6 +473,7 @@ impl ClientDoc {
             op_id: format!("{}:{}", self.id_prefix, self.next_seq),
             base: self.version,
             ops: std::mem::take(&mut self.buffer),
+            edits: std::mem::take(&mut self.buffer_edits),
             sent_as: self.connection.iter().cloned().collect(),
         };
         let out = Outgoing { op_id: f.op_id.clone(), base_version: f.base, ops: f.ops.clone() };
@@ -499,6 +514,10 @@ impl ClientDoc {
             let mine = std::mem::take(&mut self.buffer);
             self.buffer = transform(mine.clone(), &remote, Side::Later);
             remote = transform(remote, &mine, Side::Earlier);
+            if self.buffer.is_empty() {
+                // A concurrent edit made them moot (their entity was deleted, say).
+                self.buffer_edits = 0;
+            }
         }
         let applied = apply(&mut self.doc, &remote).map_err(ClientError::Diverged)?;
         self.version = msg.version;
@@ -510,6 +529,7 @@ impl ClientDoc {
     pub fn reload(&mut self, doc: Document, version: u64) -> Vec<Op> {
         let mut dropped = self.inflight.take().map(|f| f.ops).unwrap_or_default();
         dropped.append(&mut self.buffer);
+        self.buffer_edits = 0;
         self.doc = doc;
         self.version = version;
         dropped
