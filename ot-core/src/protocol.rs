@@ -131,6 +131,27 @@ pub struct TransportState {
     pub server_time: u64,
 }
 
+impl TransportState {
+    /// Where the playhead is at `server_ms` (server clock, milliseconds since the epoch): it
+    /// runs on from `position` while `playing`, and stays put while paused. A `server_ms`
+    /// before `server_time` (a clock estimate that moved back) never moves it backwards.
+    ///
+    /// ```
+    /// use ot_core::protocol::TransportState;
+    /// let t = TransportState { playing: true, position: 2.0, server_time: 1_000 };
+    /// assert_eq!(t.position_at(3_500), 4.5);
+    /// assert_eq!(t.position_at(500), 2.0);
+    /// let paused = TransportState { playing: false, ..t };
+    /// assert_eq!(paused.position_at(3_500), 2.0);
+    /// ```
+    pub fn position_at(&self, server_ms: u64) -> f64 {
+        if !self.playing {
+            return self.position;
+        }
+        self.position + server_ms.saturating_sub(self.server_time) as f64 / 1000.0
+    }
+}
+
 /// A message from the server (PROTOCOL §3.2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -41,7 +41,8 @@ use crate::room::{ask, RoomMsg};
 use crate::store::{Store, StoreError};
 use crate::Shared;
 
-type Resp = Response<Full<Bytes>>;
+/// An HTTP response with its whole body.
+pub type Resp = Response<Full<Bytes>>;
 
 /// The most bytes hyper buffers for one connection's reads, so the largest request line plus
 /// headers taken (larger: 431 and the connection is closed). hyper's own default is ~400 KB,
@@ -84,7 +85,8 @@ pub async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr,
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+/// A response with a body, its content type, and CORS open to every origin.
+pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -186,6 +188,17 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
                 "state" => state(&shared, &id).instrument(span).await,
                 "collaborators" => collaborators(&shared, &id).instrument(span).await,
                 _ => ops(&shared, &id, req.uri().query()).instrument(span).await,
+            }
+        }
+        (&Method::GET, [name]) => {
+            let gzip = req
+                .headers()
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+            match crate::web::serve(shared.config.web_dir.as_deref(), name, gzip).await {
+                Some(r) => r,
+                None => error(StatusCode::NOT_FOUND, "not found"),
             }
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),

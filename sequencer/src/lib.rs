@@ -94,6 +94,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod room;
 pub mod store;
+pub mod web;
 
 /// The PostgreSQL store under its former path; it lives in [`store::postgres`].
 pub use store::postgres as store_pg;
@@ -172,6 +173,8 @@ pub struct Config {
     /// The URL clients should connect to (`join`'s `host`/`partykitHost`); when unset, the
     /// request's `Host` header if it is a valid host\[:port\], else the listen address.
     pub public_host: Option<String>,
+    /// The built studio page (`web/dist`), served at `/`; `None`: `/` says how to build it.
+    pub web_dir: Option<std::path::PathBuf>,
     /// Frames queued for one connection before it is closed as a slow consumer. Default 1024.
     pub outbox_capacity: usize,
     /// A connection that answers nothing for this long is closed. Default 45 s.
@@ -225,6 +228,7 @@ impl Config {
             header_timeout: Duration::from_secs(10),
             max_reply_bytes: 8 * 1024 * 1024,
             public_host: None,
+            web_dir: None,
             outbox_capacity: 1024,
             heartbeat_timeout: Duration::from_secs(45),
             cursor_tick: Duration::from_millis(20),

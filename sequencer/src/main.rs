@@ -116,6 +116,10 @@ struct ServeArgs {
     /// valid `Host` header, else the listen address).
     #[arg(long, env = "SEQUENCER_PUBLIC_HOST")]
     public_host: Option<String>,
+    /// The built studio page to serve at `/` (`scripts/build-web.sh` writes `web/dist`).
+    /// Default: this repository's `web/dist` (or `./web/dist`) when it exists.
+    #[arg(long, env = "SEQUENCER_WEB_DIR")]
+    web_dir: Option<PathBuf>,
     /// Frames queued for a connection that does not read before it is closed (4008).
     #[arg(long, env = "SEQUENCER_OUTBOX", default_value_t = 1024)]
     outbox: usize,
@@ -239,6 +243,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         header_timeout: secs(a.header_timeout, "header-timeout")?,
         max_reply_bytes: a.max_reply_bytes,
         public_host: a.public_host.clone(),
+        web_dir: web_dir(a.web_dir.clone()),
         outbox_capacity: a.outbox,
         heartbeat_timeout: secs(a.heartbeat_timeout, "heartbeat-timeout")?,
         cursor_tick: Duration::from_millis(a.cursor_tick),
@@ -271,11 +276,30 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             println!("no --secret or SEQUENCER_SECRET given; generated secret: {secret}");
             println!("demo room token (room `demo`, 24 h): {token}");
             println!("socket URL: ws://{addr}/parties/main/demo?token={token}");
+            if config.web_dir.is_some() {
+                println!(
+                    "studio page (open it in two windows to edit together): http://{addr}/?room=demo&token={token}"
+                );
+            }
+        }
+        match &config.web_dir {
+            Some(d) => println!("studio page served from {}", d.display()),
+            None => println!("no studio page built (scripts/build-web.sh builds it); GET / says so"),
         }
         println!("store: {store}");
         println!("listening on {addr}");
         sequencer::run(listener, config, shutdown_signal()).await
     })
+}
+
+/// The page directory: the flag's, else this repository's `web/dist`, else `./web/dist`, when
+/// it holds an `index.html`.
+fn web_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    if flag.is_some() {
+        return flag;
+    }
+    let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web/dist"));
+    [repo, PathBuf::from("web/dist")].into_iter().find(|d| d.join("index.html").is_file())
 }
 
 async fn shutdown_signal() {
