@@ -466,8 +466,17 @@ impl Session {
 
     /// A transport message; the local transport changes at once.
     pub fn set_transport(&mut self, playing: bool, position: f64, now: Now) -> ClientMsg {
-        self.transport = Some(TransportState { playing, position, server_time: self.server_time_ms(now) });
+        self.note_transport(TransportState { playing, position, server_time: self.server_time_ms(now) });
         ClientMsg::Transport { playing, position }
+    }
+
+    /// Keeps the transport, and mirrors it into the document's `isPlaying` and `playhead` as
+    /// the server's state has them.
+    fn note_transport(&mut self, t: TransportState) {
+        if let Some(doc) = &mut self.doc {
+            doc.set_transport(t.playing, t.position);
+        }
+        self.transport = Some(t);
     }
 
     /// A ping; its pong gives a clock sample.
@@ -536,7 +545,7 @@ impl Session {
             }
             ServerMsg::Transport { playing, position, server_time, .. } => {
                 let t = TransportState { playing, position, server_time };
-                self.transport = Some(t.clone());
+                self.note_transport(t.clone());
                 Ok(vec![Effect::Event(Event::Transport(t))])
             }
             ServerMsg::Pong { server_time } => {
@@ -609,7 +618,8 @@ impl Session {
         self.your_id = Some(your_id.clone());
         self.users = Arc::new(users.into_iter().map(|p| (p.id.clone(), p)).collect());
         if let Some(t) = transport {
-            self.transport = Some(t);
+            // Authoritative after a `since` catch-up too, which carries no state.
+            self.note_transport(t);
         }
         if self.clock.is_none() {
             // A first, coarse sample: init's serverTime against the local clock.

@@ -435,6 +435,12 @@ impl ClientDoc {
         self.version
     }
 
+    /// Sets the document's transport fields (`isPlaying`, `playhead`) as the server last
+    /// stamped them: the transport is not an op, so it travels beside the versions.
+    pub fn set_transport(&mut self, playing: bool, position: f64) {
+        self.doc.set_transport(playing, position);
+    }
+
     /// Whether any local op is not yet acknowledged.
     pub fn has_pending(&self) -> bool {
         self.inflight.is_some() || !self.buffer.is_empty()

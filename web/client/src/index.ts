@@ -322,6 +322,7 @@ export class StudioClient {
   private setTransport(playing: boolean, position: number): void {
     const frame = this.session.setTransport(playing, Math.max(0, position), performance.now(), Date.now());
     this.send(frame);
+    this.stateCache = null;
     this.emit("transport", this.transport() as Transport);
     this.changed();
   }
@@ -396,6 +397,8 @@ export class StudioClient {
         this.emit("presence", this.presence());
         break;
       case "transport":
+        // The document's `isPlaying` and `playhead` follow the transport, as on the server.
+        this.stateCache = null;
         this.emit("transport", { playing: ev.playing, position: ev.position, serverTime: ev.serverTime });
         break;
       case "clock":

@@ -32,6 +32,18 @@ fn init_edit_ack_and_remote_round_trip_as_json() {
     assert_eq!(e[0]["event"]["version"], 3);
     assert!(s.live());
     assert_eq!(s.playhead(1_500.0, 1_700_000_001_500.0), 3.5, "the playhead runs on from init's transport");
+    let state: Value = serde_json::from_str(&s.state_json().unwrap()).unwrap();
+    assert_eq!(
+        (state["isPlaying"].as_bool(), state["playhead"].as_f64()),
+        (Some(true), Some(2.0)),
+        "as in the server's state"
+    );
+    let pause =
+        json!({"type":"transport","playing":false,"position":7.5,"userId":"ben","serverTime":1_700_000_000_900u64});
+    s.receive_text(&pause.to_string(), at(5));
+    let state: Value = serde_json::from_str(&s.state_json().unwrap()).unwrap();
+    assert_eq!((state["isPlaying"].as_bool(), state["playhead"].as_f64()), (Some(false), Some(7.5)));
+    assert_eq!(s.playhead(9_000.0, 1_700_000_009_000.0), 7.5, "paused: the playhead stays");
 
     let e = effects(
         &s.edit_text(r#"{"type":"insert","target":"track","id":"t1","index":0,"value":{"name":"Drums"}}"#, at(10))
