@@ -14,8 +14,8 @@ if [ "${1:-}" = "--rust-only" ]; then
 fi
 
 if ! $rust_only; then
-  # Built first: the Rust tests include the check that the page's files are served.
   scripts/build-web.sh
+  (cd web && npm run typecheck --silent)
 fi
 
 cargo test --workspace --release "$@"
