@@ -49,8 +49,9 @@ enum Rule {
     Later,
     Earlier,
     /// An undo entry over a remote op: the remote op wins every conflict, as if the entry was
-    /// sequenced first, except that an entry's write of an object takes in what the remote op
-    /// wrote inside it (so undoing it keeps that).
+    /// sequenced first (but an insert-id collision too), except that an entry's write of an
+    /// object takes in what the remote op wrote inside it (so undoing it keeps that), or is
+    /// dropped where it cannot.
     Entry,
     /// A remote op over an undo entry: the counterpart of `Entry`.
     Carry,
@@ -94,8 +95,9 @@ impl Rule {
 /// remote op wrote at or above the entry's path, an entity it deleted or moved, drop that part
 /// of the entry. One rule differs: an entry that writes an object (or removes it) that the
 /// remote op wrote a key into keeps that key as the remote op left it, so undoing an outer
-/// write never reverts someone else's inner write (unless a scalar stood where the key goes).
-pub(crate) fn transform_entry(entry: Vec<Op>, remote: &[Op]) -> (Vec<Op>, Vec<Op>) {
+/// write never reverts someone else's inner write (and where the entry's value has a scalar
+/// in that key's way, the entry's write is dropped instead).
+pub fn transform_entry(entry: Vec<Op>, remote: &[Op]) -> (Vec<Op>, Vec<Op>) {
     let carried = transform_rule(remote.to_vec(), &entry, Rule::Carry);
     (transform_rule(entry, remote, Rule::Entry), carried)
 }
@@ -625,10 +627,31 @@ fn t_update(mut a: Update, b: &Op, rule: Rule) -> Vec<Op> {
                         });
                         return vec![Op::Update(a)];
                     }
+                    if rule == Rule::Carry {
+                        // The entry cannot take the key in (a scalar stands in the way), so it
+                        // is dropped (see `Rule::Entry`): after it, this op writes back the
+                        // whole object as it stands after this op.
+                        if let Some(mut v) = b.prev.clone() {
+                            write_into_prev(&mut v, &p[q.len()..], &a.value, a.remove);
+                            a.path = q.clone();
+                            (a.value, a.remove) = match v {
+                                Prev::Value(v) => (v, false),
+                                Prev::Absent => (Value::Null, true),
+                            };
+                            a.prev = Some(if b.remove { Prev::Absent } else { Prev::Value(b.value.clone()) });
+                            return vec![Op::Update(a)];
+                        }
+                    }
                     // The outer write wins; the inner write is dropped.
                     return vec![];
                 }
-                if rule == Rule::Entry && a_outer && !b_outer && takes_in(&a, &q[p.len()..]) {
+                if rule == Rule::Entry && a_outer && !b_outer && !takes_in(&a, &q[p.len()..]) {
+                    // An undo entry writing an object someone else wrote a key into since, where
+                    // the entry's value has a scalar in the key's way: undoing it would revert
+                    // their write, so the entry no longer means anything here.
+                    return vec![];
+                }
+                if rule == Rule::Entry && a_outer && !b_outer {
                     // An undo entry writing the object a remote op wrote a key into: the key
                     // keeps the remote op's value.
                     let mut m = match (a.remove, std::mem::take(&mut a.value)) {
