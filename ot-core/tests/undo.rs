@@ -215,8 +215,8 @@ fn check_undo_spares_others(seed: u64) -> usize {
     let d1 = room.server.doc().clone();
     // My edit as sequenced: the values it wrote are mine, even where someone else wrote the
     // path concurrently (and was sequenced before it).
-    let my_edit: Vec<&Op> =
-        room.log[from..].iter().filter(|m| m.user_id == "c0").flat_map(|m| m.operation.iter()).collect();
+    let my_edit: Vec<Op> =
+        room.log[from..].iter().filter(|m| m.user_id == "c0").flat_map(|m| m.operation.iter().cloned()).collect();
     let overwritten_by_me = |target: Target, id: Option<&str>, path: &[String]| {
         my_edit.iter().any(|op| match op {
             Op::Update(u) => {
@@ -237,21 +237,34 @@ fn check_undo_spares_others(seed: u64) -> usize {
             _ => None,
         })
         .collect();
-    let mine_from = room.log.len();
     room.undo(0);
     room.drain();
     let d2 = room.server.doc().clone();
-    let undo_ops: Vec<&Op> =
-        room.log[mine_from..].iter().filter(|m| m.user_id == "c0").flat_map(|m| m.operation.iter()).collect();
     if std::env::var("OT_UNDO_SEED").is_ok() {
         for m in &room.log[from..] {
             eprintln!("v{} {}: {}", m.version, m.user_id, serde_json::to_string(&m.operation).unwrap());
         }
     }
-    // Undoing my insert of an entity deletes it, with whatever others wrote inside it since.
+    // Undoing my insert of an entity deletes it, with whatever others wrote inside it since
+    // (and with the clips in it, when it is a track). The step undone may be an older one of
+    // mine, when the newer ones turned out empty.
+    let created_by_me: Vec<String> = room
+        .log
+        .iter()
+        .filter(|m| m.user_id == "c0")
+        .flat_map(|m| m.operation.iter())
+        .filter_map(|op| match op {
+            Op::Insert(i) => Some(i),
+            _ => None,
+        })
+        .flat_map(|i| {
+            let clips = i.value.get("clips").and_then(Value::as_array).into_iter().flatten();
+            std::iter::once(i.id.to_string()).chain(clips.filter_map(|c| c.get("id")?.as_str().map(str::to_string)))
+        })
+        .collect();
     let deleted_by_undo = |id: Option<&str>| {
         let parent = id.and_then(|id| d1.get(id)).and_then(|e| e.parent.as_deref());
-        undo_ops.iter().any(|op| matches!(op, Op::Delete(d) if Some(&*d.id) == id || Some(&*d.id) == parent))
+        [id, parent].into_iter().flatten().any(|x| created_by_me.iter().any(|c| c == x))
     };
     let mut checked = 0;
     for (target, id, path) in theirs {
