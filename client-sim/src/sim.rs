@@ -590,9 +590,10 @@ async fn step(client: &Client, workload: Arc<Mutex<Workload>>) -> Result<usize, 
     match next {
         Step::Undo => client.undo().await.map(|o| o.applied.map_or(0, |ops| ops.len())),
         Step::Redo => client.redo().await.map(|o| o.applied.map_or(0, |ops| ops.len())),
-        Step::Edit => {
-            client.edit(move |doc: &Document| workload.lock().unwrap_or_else(|p| p.into_inner()).next(doc).1).await.map(|o| o.len())
-        }
+        Step::Edit => client
+            .edit(move |doc: &Document| workload.lock().unwrap_or_else(|p| p.into_inner()).next(doc).1)
+            .await
+            .map(|o| o.len()),
     }
 }
 

@@ -316,7 +316,13 @@ fn client_with_steps(steps: usize, same_path: bool) -> ClientDoc {
         client.local(&edit).expect("bench edit applies");
         if let Some(out) = client.take_outgoing() {
             let v = client.version() + 1;
-            let ack = OperationMsg { operation: out.ops, version: v, user_id: "me".into(), op_id: Some(out.op_id), account: None };
+            let ack = OperationMsg {
+                operation: out.ops,
+                version: v,
+                user_id: "me".into(),
+                op_id: Some(out.op_id),
+                account: None,
+            };
             client.receive(&ack).expect("ack");
         }
     }

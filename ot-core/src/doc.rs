@@ -358,7 +358,12 @@ impl Document {
                 }
                 doc.insert_entity(
                     id.clone(),
-                    Entity { kind, parent: None, props: PropMap::from(crate::apply::prune_props(props)), clips: clip_ids },
+                    Entity {
+                        kind,
+                        parent: None,
+                        props: PropMap::from(crate::apply::prune_props(props)),
+                        clips: clip_ids,
+                    },
                 );
                 match kind {
                     EntityKind::Track => doc.tracks.push_back(id),

@@ -49,7 +49,7 @@ enum Rule {
     Later,
     Earlier,
     /// An undo entry over a remote op: the remote op wins every conflict, as if the entry was
-    /// sequenced first (but an insert-id collision too), except that an entry's write of an
+    /// sequenced first (and it loses an insert-id collision too), except that an entry's write of an
     /// object takes in what the remote op wrote inside it (so undoing it keeps that), or is
     /// dropped where it cannot.
     Entry,

@@ -220,7 +220,10 @@ fn check_undo_spares_others(seed: u64) -> usize {
     let overwritten_by_me = |target: Target, id: Option<&str>, path: &[String]| {
         my_edit.iter().any(|op| match op {
             Op::Update(u) => {
-                u.target == target && u.id.as_deref() == id && path.len() >= u.path.len() && path[..u.path.len()] == u.path[..]
+                u.target == target
+                    && u.id.as_deref() == id
+                    && path.len() >= u.path.len()
+                    && path[..u.path.len()] == u.path[..]
             }
             _ => false,
         })
@@ -322,7 +325,13 @@ fn msg(version: u64, user: &str, operation: Vec<Op>) -> OperationMsg {
 fn ack_all(me: &mut ClientDoc) -> u64 {
     while let Some(out) = me.take_outgoing() {
         let v = me.version() + 1;
-        let m = OperationMsg { operation: out.ops, version: v, user_id: "me".into(), op_id: Some(out.op_id), account: None };
+        let m = OperationMsg {
+            operation: out.ops,
+            version: v,
+            user_id: "me".into(),
+            op_id: Some(out.op_id),
+            account: None,
+        };
         assert_eq!(me.receive(&m).unwrap(), ot_core::sync::Received::Ack);
     }
     me.version()
