@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use ot_core::protocol::{
     decode_server, ClientMsg, Close, CloseAction, Presence, TransportState, CONNECTION_ID_MAX, ROOM_ID_MAX,
 };
+use ot_core::sync::UndoOutcome;
 use ot_core::{Document, Op, OpError};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -136,6 +137,10 @@ pub struct Snapshot {
     /// The server's close that stopped the client, if one did (a [`CloseAction::Stop`] code:
     /// [`Close::Replaced`] when a newer connection with the same connection id took over).
     pub stopped_by: Option<Close>,
+    /// Whether there is a step to undo (see [`Client::undo`]).
+    pub can_undo: bool,
+    /// Whether there is a step to redo.
+    pub can_redo: bool,
 }
 
 /// An event with the instant the client task produced it.
@@ -170,6 +175,10 @@ type EditFn = Box<dyn FnOnce(&Document) -> Vec<Op> + Send>;
 enum Command {
     Submit(Vec<Op>, oneshot::Sender<Result<(), OpError>>),
     Edit(EditFn, oneshot::Sender<Result<Vec<Op>, OpError>>),
+    /// Undo (`true`) or redo (`false`).
+    Undo(bool, oneshot::Sender<Result<UndoOutcome, OpError>>),
+    /// Begin (`true`) or end (`false`) an undo group.
+    Group(bool),
     Send(ClientMsg),
     Transport(bool, f64),
     Disconnect,
@@ -297,6 +306,45 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Submit(ops, tx)).await?;
         rx.await.map_err(|_| ClientError::Stopped(None))?.map_err(ClientError::Op)
+    }
+
+    /// Undoes this person's last undo step that still means something (never anyone else's
+    /// edit), as an ordinary edit sent like [`Client::submit`]'s; steps that became empty (their
+    /// entity deleted or their value overwritten by someone else since) are skipped and
+    /// counted. Edits submitted less than 500 ms apart are one step (see
+    /// [`ot_core::sync::UndoConfig`]), and so is every edit between [`Client::begin_group`]
+    /// and [`Client::end_group`].
+    pub async fn undo(&self) -> Result<UndoOutcome, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Undo(true, tx)).await?;
+        rx.await.map_err(|_| ClientError::Stopped(None))?.map_err(ClientError::Op)
+    }
+
+    /// Redoes the last undone step; a new edit clears the redo stack.
+    pub async fn redo(&self) -> Result<UndoOutcome, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Undo(false, tx)).await?;
+        rx.await.map_err(|_| ClientError::Stopped(None))?.map_err(ClientError::Op)
+    }
+
+    /// Whether there is a step to undo (as of the last published state).
+    pub fn can_undo(&self) -> bool {
+        self.state.borrow().can_undo
+    }
+
+    /// Whether there is a step to redo (as of the last published state).
+    pub fn can_redo(&self) -> bool {
+        self.state.borrow().can_redo
+    }
+
+    /// Opens an undo group: the edits until [`Client::end_group`] are one undo step (a drag).
+    pub async fn begin_group(&self) -> Result<(), ClientError> {
+        self.send(Command::Group(true)).await
+    }
+
+    /// Closes the undo group opened by [`Client::begin_group`].
+    pub async fn end_group(&self) -> Result<(), ClientError> {
+        self.send(Command::Group(false)).await
     }
 
     /// Like [`Client::submit`], with ops made by `make` from the exact local document they will
@@ -454,6 +502,8 @@ impl Task {
             events_lagged: self.lagged,
             fatal: self.fatal.clone(),
             stopped_by: self.stopped_by,
+            can_undo: s.can_undo(),
+            can_redo: s.can_redo(),
         });
     }
 
@@ -562,6 +612,23 @@ impl Task {
                 // As above.
                 self.publish();
                 let _ = reply.send(r);
+            }
+            Command::Undo(undo, reply) => {
+                let r = if undo { self.session.undo(now) } else { self.session.redo(now) };
+                let r = r.map(|(outcome, e)| {
+                    effects = e;
+                    outcome
+                });
+                // As above.
+                self.publish();
+                let _ = reply.send(r);
+            }
+            Command::Group(begin) => {
+                if begin {
+                    self.session.begin_group()
+                } else {
+                    self.session.end_group()
+                }
             }
             Command::Send(msg) => {
                 if self.session.is_live() {

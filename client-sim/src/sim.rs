@@ -29,7 +29,7 @@ use crate::endpoint::{BaseUrl, EndpointError, UrlForm};
 use crate::http::{get_json, HttpError};
 use crate::session::Event;
 use crate::stats::{Report, Stats};
-use crate::workload::{Limits, Workload};
+use crate::workload::{Limits, Step, Workload};
 
 /// Faults to inject. Rates are per client per second.
 #[derive(Clone, Debug, Default)]
@@ -496,10 +496,7 @@ async fn drive(
             in_step = true;
             let (c, w, tx) = (client.clone(), workload.clone(), step_tx.clone());
             tokio::spawn(async move {
-                let r = c
-                    .edit(move |doc: &Document| w.lock().unwrap_or_else(|p| p.into_inner()).next(doc).1)
-                    .await
-                    .map(|o| o.len());
+                let r = step(&c, w).await;
                 // The driver may have finished; then the result is moot.
                 let _ = tx.send(r).await;
             });
@@ -556,7 +553,7 @@ async fn drive(
                 in_step = true;
                 let (c, w, tx) = (client.clone(), workload.clone(), step_tx.clone());
                 tokio::spawn(async move {
-                    let r = c.edit(move |doc: &Document| w.lock().unwrap_or_else(|p| p.into_inner()).next(doc).1).await.map(|o| o.len());
+                    let r = step(&c, w).await;
                     // As above.
                     let _ = tx.send(r).await;
                 });
@@ -584,6 +581,20 @@ async fn drive(
     }
     finish(&mut done);
     Driven { stats, acked }
+}
+
+/// One step of a user: an edit made from the exact local document, or an undo or redo of their
+/// own edits. Returns how many ops it applied locally (0: nothing to do).
+async fn step(client: &Client, workload: Arc<Mutex<Workload>>) -> Result<usize, ClientError> {
+    let next = workload.lock().unwrap_or_else(|p| p.into_inner()).next_step();
+    match next {
+        Step::Undo => client.undo().await.map(|o| o.applied.map_or(0, |ops| ops.len())),
+        Step::Redo => client.redo().await.map(|o| o.applied.map_or(0, |ops| ops.len())),
+        Step::Edit => client
+            .edit(move |doc: &Document| workload.lock().unwrap_or_else(|p| p.into_inner()).next(doc).1)
+            .await
+            .map(|o| o.len()),
+    }
 }
 
 /// Runs the same workload against a bare relay at `cfg.urls` (no OT, no verdict): each client

@@ -1,6 +1,7 @@
 //! A seeded generator of realistic studio edits, each valid against the document it is given:
 //! tracks, clips and markers added, deleted and moved, clips dragged between tracks, marker
-//! edits, property drags as bursts of updates to one value, tempo and name changes.
+//! edits, property drags as bursts of updates to one value, tempo and name changes; and now and
+//! then an undo or a redo of the user's own edits ([`Workload::next_step`]).
 //!
 //! Pure: the caller passes the document (the client's exact local state) and gets ops back.
 
@@ -80,6 +81,18 @@ pub enum Kind {
     Rename,
 }
 
+/// What a user does next: an edit (made by [`Workload::next`] from the exact local document),
+/// or an undo or redo of their own edits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Edit: call [`Workload::next`] with the local document.
+    Edit,
+    /// Undo the last undo step.
+    Undo,
+    /// Redo the last undone step.
+    Redo,
+}
+
 fn ops(v: Value) -> Vec<Op> {
     // The generator builds only well-formed ops; a failure here is a bug in this module and
     // shows up as a local rejection counted by the simulator.
@@ -112,6 +125,19 @@ impl Workload {
     /// Whether a property drag is under way (its next steps are updates of one value).
     pub fn dragging(&self) -> bool {
         self.drag.is_some()
+    }
+
+    /// Whether the next step is an edit, an undo (about one step in twenty) or a redo (one in
+    /// forty). A property drag under way always goes on with an edit.
+    pub fn next_step(&mut self) -> Step {
+        if self.drag.is_some() {
+            return Step::Edit;
+        }
+        match self.rng.gen_range(0..40u32) {
+            0 | 1 => Step::Undo,
+            2 => Step::Redo,
+            _ => Step::Edit,
+        }
     }
 
     /// The next edit, valid against `doc`, and what kind it is.

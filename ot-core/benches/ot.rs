@@ -7,6 +7,11 @@
 //!   versions ago? (target: 1,000 under 100 µs)
 //! - `compose/chain/{10,100,1000}`: what does composing a client's buffer cost?
 //! - `codec/op_message/{decode,encode}`: what does the wire cost per operation frame?
+//! - `undo/remote_op/{disjoint,same_path}/{0,100}`: what does keeping a client's undo and redo
+//!   stacks transformed add to taking one remote op, with 0 or 100 undo steps, when the steps
+//!   touch other values than the remote op (the common case) or all the same value? (target:
+//!   100 steps add under 20 µs)
+//! - `undo/at_head/100`: what does an undo cost with 100 steps on the stack?
 //!
 //! Fixed seeds everywhere; results go through `black_box`. Run with
 //! `cargo bench -p ot-core --bench ot -- --warm-up-time 1 --measurement-time 3`.
@@ -15,7 +20,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use ot_core::protocol::{decode_client, encode, ClientMsg, OperationMsg, ServerMsg};
-use ot_core::sync::{ServerDoc, Submit};
+use ot_core::sync::{ClientDoc, ServerDoc, Submit};
 use ot_core::{apply, compose, transform, Document, Op, Side};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -301,5 +306,73 @@ fn bench_codec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_apply, bench_transform, bench_rebase, bench_compose, bench_codec);
+/// A client on a 1k-entity document with `steps` undo steps: updates of the gain of distinct
+/// clips, or, with `same_path`, all of the gain of clip `c0_0`. All acknowledged.
+fn client_with_steps(steps: usize, same_path: bool) -> ClientDoc {
+    let mut client = ClientDoc::new(document(1_000), 0, "me");
+    for i in 0..steps {
+        let clip = if same_path { "c0_0".to_string() } else { format!("c{}_{}", i / 50 + 1, i % 50) };
+        let edit = ops(json!({"type": "update", "target": "clip", "id": clip, "path": ["gain"], "value": i as f64}));
+        client.local(&edit).expect("bench edit applies");
+        if let Some(out) = client.take_outgoing() {
+            let v = client.version() + 1;
+            let ack = OperationMsg {
+                operation: out.ops,
+                version: v,
+                user_id: "me".into(),
+                op_id: Some(out.op_id),
+                account: None,
+            };
+            client.receive(&ack).expect("ack");
+        }
+    }
+    client
+}
+
+fn bench_undo(c: &mut Criterion) {
+    let mut g = c.benchmark_group("undo");
+    for (name, same_path) in [("disjoint", false), ("same_path", true)] {
+        for steps in [0usize, 100] {
+            let client = client_with_steps(steps, same_path);
+            let mut scratch = client.doc().clone();
+            let remote = apply(
+                &mut scratch,
+                &ops(json!({"type": "update", "target": "clip", "id": "c0_0", "path": ["gain"], "value": 0.5})),
+            )
+            .expect("remote op applies");
+            let msg = OperationMsg {
+                operation: remote,
+                version: client.version() + 1,
+                user_id: "other".into(),
+                op_id: None,
+                account: None,
+            };
+            g.bench_with_input(BenchmarkId::new(format!("remote_op/{name}"), steps), &steps, |b, _| {
+                b.iter_batched(
+                    || client.clone(),
+                    |mut c| {
+                        c.receive(black_box(&msg)).expect("remote op applies");
+                        c
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    let client = client_with_steps(100, false);
+    g.bench_function("at_head/100", |b| {
+        b.iter_batched(
+            || client.clone(),
+            |mut c| {
+                let out = c.undo().expect("undo applies");
+                black_box(out);
+                c
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_transform, bench_rebase, bench_compose, bench_codec, bench_undo);
 criterion_main!(benches);

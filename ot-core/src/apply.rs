@@ -104,12 +104,10 @@ fn invert_one(op: &Op) -> Option<Op> {
 pub(crate) fn apply_one(doc: &mut Document, op: &Op) -> Result<Op, OpError> {
     match op {
         Op::Insert(o) => apply_insert(doc, o).map(|()| {
-            // Annotated in the subtree form a delete carries: no `id`, a track's `clips` present.
+            // Annotated in the subtree form a delete carries: no `id`, a track's `clips` present,
+            // and the values as stored (without empty objects).
             let mut o = o.clone();
-            o.value.remove("id");
-            if o.kind == EntityKind::Track {
-                o.value.entry("clips").or_insert_with(|| Value::Array(Vec::new()));
-            }
+            o.value = doc.entity_value(&o.id).unwrap_or_default();
             Op::Insert(o)
         }),
         Op::Delete(o) => apply_delete(doc, o),
@@ -165,7 +163,7 @@ fn apply_insert(doc: &mut Document, o: &Insert) -> Result<(), OpError> {
                     if doc.get(&cid).is_some() || cid == o.id || clips.iter().any(|(x, _)| *x == cid) {
                         return Err(OpError::DuplicateId { id: cid.to_string() });
                     }
-                    clips.push((cid, c));
+                    clips.push((cid, prune_props(c)));
                 }
             }
             Some(_) => return Err(OpError::InvalidValue { id: o.id.to_string(), reason: "`clips` is not an array" }),
@@ -184,7 +182,7 @@ fn apply_insert(doc: &mut Document, o: &Insert) -> Result<(), OpError> {
             },
         );
     }
-    let props = PropMap::from(props);
+    let props = PropMap::from(prune_props(props));
     doc.insert_entity(o.id.clone(), Entity { kind: o.kind, parent: o.parent.clone(), props, clips: clip_ids });
     if let Some(list) = doc.list_mut(&key) {
         list.insert(o.index, o.id.clone());
@@ -274,17 +272,27 @@ fn apply_update(doc: &mut Document, o: &Update) -> Result<Op, OpError> {
         (Some(_), None) => return Err(OpError::MissingField { op: "update", field: "id" }),
     };
     let mut out = o.clone();
-    if !o.remove {
-        // A write through a missing (or non-object) intermediate is a write of the outer value:
-        // normalizing it so makes the outer-wins rule of §5.3 cover it, and keeps TP1.
-        if let Some(k) = first_missing_intermediate(props, &o.path) {
-            out.value = nest(&o.path[k + 1..], o.value.clone());
+    // An object property is never empty (PROTOCOL §5.3): a value is stored without empty
+    // objects inside it, and writing `{}` is removing the key.
+    if !out.remove {
+        match prune_empty(std::mem::take(&mut out.value)) {
+            Some(v) => out.value = v,
+            None => out.remove = true,
+        }
+    }
+    if !out.remove {
+        // A write through an intermediate that holds a non-object is a write of the outer
+        // value (the old scalar is what its inverse must put back). Missing intermediates are
+        // created, and the path stays as written: the write is an inner write.
+        if let Some(k) = first_non_object_intermediate(props, &out.path) {
+            out.value = nest(&out.path[k + 1..], out.value);
             out.path.truncate(k + 1);
         }
     }
     // The old value at the path written, and nothing more: an update's annotation (and so its
     // broadcast and its stored record) is as large as what it replaced, not as the whole
-    // top-level property.
+    // top-level property. With the empty-object rule it is also exact: the inverse of a write
+    // that created intermediates removes the key, and removing it prunes them again.
     let prev = match get_path(props, &out.path) {
         Some(v) => Prev::Value(v.clone()),
         None => Prev::Absent,
@@ -303,21 +311,49 @@ fn get_path<'a>(obj: &'a PropMap, path: &[String]) -> Option<&'a Value> {
     rest.iter().try_fold(obj.get(first)?, |v, k| v.as_object()?.get(k))
 }
 
-/// The index of the first intermediate key of `path` that is missing or not an object.
-fn first_missing_intermediate(obj: &PropMap, path: &[String]) -> Option<usize> {
-    let (first, rest) = path.split_first()?;
-    if rest.is_empty() {
-        return None;
-    }
-    let Some(Value::Object(top)) = obj.get(first) else { return Some(0) };
-    let mut cur = top;
-    for (i, k) in rest[..rest.len() - 1].iter().enumerate() {
+/// The index of the first intermediate key of `path` that holds something other than an
+/// object; `None` when every intermediate is an object or missing (then created).
+fn first_non_object_intermediate(obj: &PropMap, path: &[String]) -> Option<usize> {
+    let (_, inner) = path.split_last()?;
+    let (first, rest) = inner.split_first()?;
+    let mut cur = match obj.get(first) {
+        None => return None,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Some(0),
+    };
+    for (i, k) in rest.iter().enumerate() {
         match cur.get(k) {
+            None => return None,
             Some(Value::Object(m)) => cur = m,
-            _ => return Some(i + 1),
+            Some(_) => return Some(i + 1),
         }
     }
     None
+}
+
+/// `value` without empty objects, at any depth through objects (arrays are values set whole
+/// and are kept as they are); `None` when `value` itself is, or becomes, an empty object.
+pub(crate) fn prune_empty(value: Value) -> Option<Value> {
+    match value {
+        Value::Object(m) => {
+            let m: Props = m.into_iter().filter_map(|(k, v)| prune_empty(v).map(|v| (k, v))).collect();
+            (!m.is_empty()).then_some(Value::Object(m))
+        }
+        other => Some(other),
+    }
+}
+
+/// Properties without empty objects (see [`prune_empty`]): an object property is never empty.
+pub(crate) fn prune_props(props: Props) -> Props {
+    props.into_iter().filter_map(|(k, v)| prune_empty(v).map(|v| (k, v))).collect()
+}
+
+/// Whether `value` holds an empty object anywhere through objects (see [`prune_empty`]).
+pub(crate) fn has_empty_object(value: &Value) -> bool {
+    match value {
+        Value::Object(m) => m.is_empty() || m.values().any(has_empty_object),
+        _ => false,
+    }
 }
 
 /// [`write_path`] on a document's properties: only the top-level value written into is copied.
@@ -332,7 +368,12 @@ fn write_props(obj: &mut PropMap, path: &[String], value: &Value, remove: bool) 
         return;
     }
     match obj.get_mut(first) {
-        Some(Value::Object(m)) => write_path(m, rest, value, remove),
+        Some(Value::Object(m)) => {
+            write_path(m, rest, value, remove);
+            if m.is_empty() {
+                obj.remove(first);
+            }
+        }
         _ if remove => {}
         _ => {
             let mut m = Props::new();
@@ -352,41 +393,68 @@ fn nest(path: &[String], value: Value) -> Value {
 }
 
 /// Writes `value` at `path` inside `obj`, creating (or replacing non-object) intermediates;
-/// with `remove`, deletes the key if it is there. Never fails.
+/// with `remove` (or an empty-object `value`), deletes the key if it is there and prunes the
+/// objects that this leaves empty below `obj` (`obj` itself may end up empty: the caller
+/// decides what an empty `obj` means). Never fails.
 pub(crate) fn write_path(obj: &mut Props, path: &[String], value: &Value, remove: bool) {
-    let Some((last, inner)) = path.split_last() else { return };
-    let mut cur = obj;
-    for k in inner {
-        if remove && !cur.get(k).is_some_and(Value::is_object) {
-            return;
-        }
-        let slot = cur.entry(k.clone()).or_insert_with(|| Value::Object(Props::new()));
-        if !slot.is_object() {
-            *slot = Value::Object(Props::new());
-        }
-        let Value::Object(next) = slot else { return };
-        cur = next;
+    let Some((first, rest)) = path.split_first() else { return };
+    let value = if remove { None } else { prune_empty(value.clone()) };
+    let Some(value) = value else {
+        remove_path(obj, first, rest);
+        return;
+    };
+    if rest.is_empty() {
+        obj.insert(first.clone(), value);
+        return;
     }
-    if remove {
-        cur.remove(last);
-    } else {
-        cur.insert(last.clone(), value.clone());
+    let slot = obj.entry(first.clone()).or_insert_with(|| Value::Object(Props::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Props::new());
+    }
+    if let Value::Object(next) = slot {
+        write_path(next, rest, &value, false);
+    }
+}
+
+/// Removes `first.rest…` from `obj`, pruning objects left empty below `obj`.
+fn remove_path(obj: &mut Props, first: &str, rest: &[String]) {
+    match rest.split_first() {
+        None => {
+            obj.remove(first);
+        }
+        Some((next, tail)) => {
+            if let Some(Value::Object(m)) = obj.get_mut(first) {
+                remove_path(m, next, tail);
+                if m.is_empty() {
+                    obj.remove(first);
+                }
+            }
+        }
     }
 }
 
 /// Applies a write at `rel` (the path below the one `prev` annotates) to that old value.
 pub(crate) fn write_into_prev(prev: &mut Prev, rel: &[String], value: &Value, remove: bool) {
     if rel.is_empty() {
-        *prev = if remove { Prev::Absent } else { Prev::Value(value.clone()) };
+        *prev = match (remove, prune_empty(value.clone())) {
+            (false, Some(v)) => Prev::Value(v),
+            _ => Prev::Absent,
+        };
         return;
     }
     match prev {
-        Prev::Value(Value::Object(m)) => write_path(m, rel, value, remove),
+        Prev::Value(Value::Object(m)) => {
+            write_path(m, rel, value, remove);
+            if m.is_empty() {
+                // The object the annotated path held lost its last key: the path is absent.
+                *prev = Prev::Absent;
+            }
+        }
         _ if remove => {}
         _ => {
             let mut m = Props::new();
             write_path(&mut m, rel, value, false);
-            *prev = Prev::Value(Value::Object(m));
+            *prev = if m.is_empty() { Prev::Absent } else { Prev::Value(Value::Object(m)) };
         }
     }
 }

@@ -320,7 +320,9 @@ impl Document {
                 props.insert(k.clone(), v.clone());
             }
         }
-        doc.props = PropMap::from(props);
+        // An object property is never empty (PROTOCOL §5.3): a stored state that holds one
+        // (written before that rule) loads without it, on every replica alike.
+        doc.props = PropMap::from(crate::apply::prune_props(props));
         for (field, kind) in [("tracks", EntityKind::Track), ("markers", EntityKind::Marker)] {
             let Some(list) = obj.get(field) else { continue };
             let list = list.as_array().ok_or(StateError::BadField { field })?;
@@ -344,7 +346,7 @@ impl Document {
                                 Entity {
                                     kind: EntityKind::Clip,
                                     parent: Some(id.clone()),
-                                    props: PropMap::from(cprops),
+                                    props: PropMap::from(crate::apply::prune_props(cprops)),
                                     clips: Vector::new(),
                                 },
                             );
@@ -356,7 +358,12 @@ impl Document {
                 }
                 doc.insert_entity(
                     id.clone(),
-                    Entity { kind, parent: None, props: PropMap::from(props), clips: clip_ids },
+                    Entity {
+                        kind,
+                        parent: None,
+                        props: PropMap::from(crate::apply::prune_props(props)),
+                        clips: clip_ids,
+                    },
                 );
                 match kind {
                     EntityKind::Track => doc.tracks.push_back(id),
@@ -406,6 +413,15 @@ impl Document {
             }
             if e.props.contains_key("id") || (e.kind == EntityKind::Track && e.props.contains_key("clips")) {
                 return Err(format!("{id} holds a structural key among its properties"));
+            }
+        }
+        let empty = |props: &PropMap| props.iter().any(|(_, v)| crate::apply::has_empty_object(v));
+        if empty(&self.props) {
+            return Err("a project property holds an empty object".into());
+        }
+        for (id, e) in &self.entities {
+            if empty(&e.props) {
+                return Err(format!("a property of {id} holds an empty object"));
             }
         }
         for k in PROJECT_STRUCTURAL_KEYS {

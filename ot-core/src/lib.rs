@@ -14,7 +14,7 @@
 //!   with what the state held; build the inverse from that.
 //! - [`transform()`] and [`compose`]: the conflict rules of PROTOCOL §5.3.
 //! - [`sync`]: the sans-IO server and client documents (rebase, exactly-once, optimistic apply,
-//!   one op in flight).
+//!   one op in flight), and each client's undo and redo stacks ([`sync::ClientDoc::undo`]).
 //! - [`protocol`]: the protocol's rules, shared by server and clients: the socket messages of
 //!   PROTOCOL §3 and their limits; [`protocol::close`], the close codes and what a client does
 //!   on each; [`protocol::ids`], the id rule; [`protocol::token`], the token claims, their one
@@ -31,6 +31,8 @@
 //!   `S·b·transform(a,b,Later)` equals `S·a·transform(b,a,Earlier)`; its results keep their
 //!   annotations exact.
 //! - `apply(S, a)` then `apply(invert(a))` restores `S` exactly; `compose(a, b)` equals `a` then `b`.
+//! - Undo right after a local edit restores the document; n undos then n redos change nothing;
+//!   an undo never reverts what someone else wrote after the edit it undoes.
 //!
 //! ```
 //! use ot_core::{apply, transform, Document, Op, Side};

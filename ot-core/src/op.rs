@@ -1,6 +1,6 @@
 //! The four operations of PROTOCOL §5.2 and their exact wire form.
 //!
-//! An op as a client sends it names what to do; an op as [`crate::apply`] returns it is
+//! An op as a client sends it names what to do; an op as [`crate::apply()`] returns it is
 //! *annotated* with what the state held: a move's and a delete's `from`, a delete's `value`
 //! (the whole subtree it removed), an update's `prev` (the old value at the path it wrote). Transform needs these annotations and keeps them exact; the server
 //! broadcasts them, and clients keep them as they are. Unknown extra fields are kept.

@@ -37,7 +37,7 @@ use std::time::Duration;
 use crate::protocol::{
     ClientMsg, Close, CloseAction, CursorPos, ErrorCode, OperationMsg, Presence, ServerMsg, TransportState,
 };
-use crate::sync::{ClientDoc, ClientError, Outgoing, Received};
+use crate::sync::{ClientDoc, ClientError, Outgoing, Received, UndoConfig, UndoOutcome};
 use crate::{Document, Op, OpError};
 
 pub mod backoff;
@@ -255,6 +255,8 @@ pub struct ClockEstimate {
 pub struct Session {
     pk: String,
     doc: Option<ClientDoc>,
+    /// How local edits become undo steps (kept here too: the document comes with `init`).
+    undo_config: UndoConfig,
     your_id: Option<String>,
     users: Arc<BTreeMap<String, Presence>>,
     transport: Option<TransportState>,
@@ -296,6 +298,7 @@ impl Session {
         Session {
             pk: pk.into(),
             doc: None,
+            undo_config: UndoConfig::default(),
             your_id: None,
             users: Arc::new(BTreeMap::new()),
             transport: None,
@@ -411,8 +414,63 @@ impl Session {
         let Some(doc) = &mut self.doc else {
             return Err(OpError::Malformed { reason: "no document yet: wait for the first init".into() });
         };
-        doc.local(ops)?;
+        doc.local_at(ops, now.mono_ms)?;
         Ok(self.flush(now))
+    }
+
+    /// Undoes this person's last undo step that still means something, as an ordinary local
+    /// edit (see [`ClientDoc::undo`]); returns what it did and the same effects as
+    /// [`Session::submit`]. Before the first `init` there is nothing to undo.
+    pub fn undo(&mut self, now: Now) -> Result<(UndoOutcome, Vec<Effect>), OpError> {
+        let Some(doc) = &mut self.doc else { return Ok((UndoOutcome::default(), Vec::new())) };
+        let outcome = doc.undo()?;
+        Ok((outcome, self.flush(now)))
+    }
+
+    /// Redoes the last undone step (see [`ClientDoc::redo`]); like [`Session::undo`].
+    pub fn redo(&mut self, now: Now) -> Result<(UndoOutcome, Vec<Effect>), OpError> {
+        let Some(doc) = &mut self.doc else { return Ok((UndoOutcome::default(), Vec::new())) };
+        let outcome = doc.redo()?;
+        Ok((outcome, self.flush(now)))
+    }
+
+    /// Whether there is a step to undo.
+    pub fn can_undo(&self) -> bool {
+        self.doc.as_ref().is_some_and(ClientDoc::can_undo)
+    }
+
+    /// Whether there is a step to redo.
+    pub fn can_redo(&self) -> bool {
+        self.doc.as_ref().is_some_and(ClientDoc::can_redo)
+    }
+
+    /// Opens an explicit undo group: every edit until [`Session::end_group`] is one step (see
+    /// [`ClientDoc::begin_group`]). Before the first `init` it does nothing.
+    pub fn begin_group(&mut self) {
+        if let Some(doc) = &mut self.doc {
+            doc.begin_group();
+        }
+    }
+
+    /// Closes the group opened by [`Session::begin_group`].
+    pub fn end_group(&mut self) {
+        if let Some(doc) = &mut self.doc {
+            doc.end_group();
+        }
+    }
+
+    /// How edits become undo steps: the capture window (edits submitted less than
+    /// `capture_ms` apart, by [`Now::mono_ms`], are one step) and the stack bound.
+    pub fn undo_config(&self) -> UndoConfig {
+        self.undo_config
+    }
+
+    /// Sets [`Session::undo_config`].
+    pub fn set_undo_config(&mut self, config: UndoConfig) {
+        self.undo_config = config;
+        if let Some(doc) = &mut self.doc {
+            doc.set_undo_config(config);
+        }
     }
 
     /// Runs `make` on the current local document and submits what it returns (for edits that
@@ -604,7 +662,11 @@ impl Session {
                         }
                         reloaded = true;
                     }
-                    None => self.doc = Some(ClientDoc::new(fresh, v, self.pk.clone())),
+                    None => {
+                        let mut doc = ClientDoc::new(fresh, v, self.pk.clone());
+                        doc.set_undo_config(self.undo_config);
+                        self.doc = Some(doc);
+                    }
                 }
             }
             (None, Some(_)) if ops.is_some() => {}
@@ -871,5 +933,45 @@ mod tests {
         assert_eq!(s.pending_edits(), 0);
         assert!(s.handle(ServerMsg::Operation(ack), now()).unwrap().is_empty(), "a duplicate ack is stale");
         assert_eq!(s.version(), Some(1));
+    }
+
+    #[test]
+    fn undo_and_redo_are_ordinary_edits_with_the_effects_of_submit() {
+        let mut s = Session::new("me");
+        assert!(!s.can_undo());
+        assert_eq!(s.undo(now()).unwrap().0, UndoOutcome::default(), "nothing to undo before init");
+        s.on_open();
+        s.handle(init(0), now()).unwrap();
+        // Two edits 100 ms apart are one step (capture window); a third 600 ms later is another.
+        s.submit(&track("t1"), at(1_000)).unwrap();
+        s.submit(&track("t2"), at(1_100)).unwrap();
+        s.submit(&track("t3"), at(1_700)).unwrap();
+        let (out, effects) = s.undo(at(1_800)).unwrap();
+        assert!(out.did_apply());
+        assert_eq!(s.doc().unwrap().tracks().len(), 2);
+        assert!(effects.is_empty(), "the first edit is still in flight: the undo waits in the buffer");
+        let (_, _) = s.undo(at(1_900)).unwrap();
+        assert_eq!(s.doc().unwrap().tracks().len(), 0);
+        assert!(!s.can_undo() && s.can_redo());
+        // The ack of the first edit lets the buffered edits (and undos) go as one op.
+        let ack = OperationMsg {
+            operation: track("t1"),
+            version: 1,
+            user_id: "me".into(),
+            op_id: Some("me:1".into()),
+            account: None,
+        };
+        let e = s.handle(ServerMsg::Operation(ack), now()).unwrap();
+        assert!(e.iter().any(|e| matches!(e, Effect::Send(_))), "{e:?}");
+        // A redo sends like a submit once nothing is in flight; an explicit group is one step.
+        s.begin_group();
+        s.submit(&track("g1"), at(10_000)).unwrap();
+        s.submit(&track("g2"), at(20_000)).unwrap();
+        s.end_group();
+        assert!(!s.can_redo(), "a new edit clears the redo stack");
+        s.undo(at(30_000)).unwrap();
+        assert!(s.doc().unwrap().get("g1").is_none() && s.doc().unwrap().get("g2").is_none());
+        let (out, _) = s.redo(at(30_100)).unwrap();
+        assert!(out.did_apply() && s.doc().unwrap().get("g2").is_some());
     }
 }

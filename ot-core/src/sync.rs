@@ -1,5 +1,6 @@
 //! The sans-IO sync state machines: the server's document (history window, rebase, exactly-once)
-//! and the client's document (optimistic apply, one op in flight, a composed buffer).
+//! and the client's document (optimistic apply, one op in flight, a composed buffer, and its
+//! person's undo and redo stacks, see [`ClientDoc::undo`]).
 //!
 //! Neither does IO, reads a clock or draws a random number: the sequencer, the Rust client and
 //! the deterministic simulation in the tests all drive these same types.
@@ -13,6 +14,10 @@ use crate::error::OpError;
 use crate::op::Op;
 use crate::protocol::OperationMsg;
 use crate::transform::{compose, transform, Side};
+
+mod undo;
+
+pub use undo::{UndoConfig, UndoOutcome};
 
 /// A sequenced operation: its version, its annotated ops, who sent it and its op id.
 pub type Sequenced = Arc<OperationMsg>;
@@ -394,6 +399,8 @@ pub struct ClientDoc {
     next_seq: u64,
     /// This client's current connection id (`yourId`), when known.
     connection: Option<String>,
+    /// The undo and redo stacks of this client's person.
+    history: undo::History,
 }
 
 impl ClientDoc {
@@ -409,6 +416,7 @@ impl ClientDoc {
             id_prefix: id_prefix.into(),
             next_seq: 0,
             connection: None,
+            history: undo::History::default(),
         }
     }
 
@@ -459,13 +467,121 @@ impl ClientDoc {
     }
 
     /// Applies a local edit optimistically and queues it. Nothing changes on error.
+    ///
+    /// The edit becomes an undo step of its own (or joins the open group, see
+    /// [`ClientDoc::begin_group`]) and clears the redo stack. [`ClientDoc::local_at`] also
+    /// merges edits made within the capture window.
     pub fn local(&mut self, ops: &[Op]) -> Result<(), OpError> {
+        let annotated = self.queue(ops)?;
+        self.history.record(&annotated, None);
+        Ok(())
+    }
+
+    /// [`ClientDoc::local`] for an edit made at `now_ms` (milliseconds of any monotonic clock):
+    /// it joins the top undo step when the previous local edit was less than
+    /// [`UndoConfig::capture_ms`] before it (a drag's burst of updates is one step).
+    pub fn local_at(&mut self, ops: &[Op], now_ms: u64) -> Result<(), OpError> {
+        let annotated = self.queue(ops)?;
+        self.history.record(&annotated, Some(now_ms));
+        Ok(())
+    }
+
+    /// Applies `ops` to the local document and composes them into the buffer; returns them
+    /// annotated.
+    fn queue(&mut self, ops: &[Op]) -> Result<Vec<Op>, OpError> {
         let annotated = apply(&mut self.doc, ops)?;
         let buffer = std::mem::take(&mut self.buffer);
-        self.buffer = compose(buffer, annotated);
+        self.buffer = compose(buffer, annotated.clone());
         // An empty buffer means the buffered edits cancelled out: nothing waits.
         self.buffer_edits = if self.buffer.is_empty() { 0 } else { self.buffer_edits + 1 };
-        Ok(())
+        Ok(annotated)
+    }
+
+    /// Undoes this person's most recent undo step that still means something: its inverse,
+    /// kept transformed over everything applied since, becomes an ordinary local edit
+    /// (optimistic, sent, acknowledged and rebased like any other), and its own inverse goes
+    /// onto the redo stack. Empty steps on top (their entity was deleted by someone else, their
+    /// value overwritten by a later write) are dropped and counted in
+    /// [`UndoOutcome::skipped_empty`]. Never reverts what someone else wrote: a step loses
+    /// every conflict with the ops applied after it (PROTOCOL §4).
+    ///
+    /// An error means a step no longer applied, which the transforms rule out; the undo stack
+    /// is then cleared and the document is unchanged.
+    pub fn undo(&mut self) -> Result<UndoOutcome, OpError> {
+        let (ops, skipped_empty) = self.history.pop_undo();
+        let Some(ops) = ops else { return Ok(UndoOutcome { applied: None, skipped_empty }) };
+        match self.queue(&ops) {
+            Ok(applied) => {
+                self.history.undone(&applied);
+                Ok(UndoOutcome { applied: Some(applied), skipped_empty })
+            }
+            Err(e) => {
+                self.history.clear_undo();
+                Err(e)
+            }
+        }
+    }
+
+    /// Redoes the most recently undone step (the reverse of [`ClientDoc::undo`], with the same
+    /// skipping of empty steps); its inverse goes back onto the undo stack. A new local edit
+    /// clears the redo stack.
+    pub fn redo(&mut self) -> Result<UndoOutcome, OpError> {
+        let (ops, skipped_empty) = self.history.pop_redo();
+        let Some(ops) = ops else { return Ok(UndoOutcome { applied: None, skipped_empty }) };
+        match self.queue(&ops) {
+            Ok(applied) => {
+                self.history.redone(&applied);
+                Ok(UndoOutcome { applied: Some(applied), skipped_empty })
+            }
+            Err(e) => {
+                self.history.clear_redo();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the undo stack holds a step (it may turn out empty: see [`ClientDoc::undo`]).
+    pub fn can_undo(&self) -> bool {
+        self.history.can_undo()
+    }
+
+    /// Whether the redo stack holds a step.
+    pub fn can_redo(&self) -> bool {
+        self.history.can_redo()
+    }
+
+    /// How many steps the undo and the redo stack hold.
+    pub fn undo_depth(&self) -> (usize, usize) {
+        (self.history.undo_len(), self.history.redo_len())
+    }
+
+    /// Opens an explicit group: every local edit until the matching
+    /// [`ClientDoc::end_group`] is one undo step (a gesture). Groups nest; only the outermost
+    /// pair counts.
+    pub fn begin_group(&mut self) {
+        self.history.begin_group();
+    }
+
+    /// Closes the group opened by [`ClientDoc::begin_group`]; the next edit starts a new step.
+    /// Without an open group it does nothing.
+    pub fn end_group(&mut self) {
+        self.history.end_group();
+    }
+
+    /// Whether an explicit group is open.
+    pub fn in_group(&self) -> bool {
+        self.history.in_group()
+    }
+
+    /// How edits become undo steps.
+    pub fn undo_config(&self) -> UndoConfig {
+        self.history.config()
+    }
+
+    /// Sets the capture window and the stack bound (stacks past the new bound lose their
+    /// oldest steps).
+    pub fn set_undo_config(&mut self, config: UndoConfig) {
+        self.history.set_config(config);
     }
 
     /// The op to send now, if none is in flight and the buffer holds something. It stays in
@@ -526,13 +642,16 @@ impl ClientDoc {
             }
         }
         let applied = apply(&mut self.doc, &remote).map_err(ClientError::Diverged)?;
+        self.history.transform_over_remote(&applied);
         self.version = msg.version;
         Ok(Received::Remote(applied))
     }
 
     /// Replaces everything with a fresh server state (after `version_too_old`, a rejected op,
-    /// or a gap) and returns the local ops that were dropped.
+    /// or a gap) and returns the local ops that were dropped. The undo and redo stacks are
+    /// cleared: their steps were relative to the document replaced.
     pub fn reload(&mut self, doc: Document, version: u64) -> Vec<Op> {
+        self.history.clear();
         let mut dropped = self.inflight.take().map(|f| f.ops).unwrap_or_default();
         dropped.append(&mut self.buffer);
         self.buffer_edits = 0;

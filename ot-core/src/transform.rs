@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::apply::write_into_prev;
 use crate::doc::{EntityKind, Id, ListKey, Props};
-use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Target, Update};
+use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Prev, Target, Update};
 
 /// Which of two concurrent ops the server sequences later. The later op wins ties of position,
 /// move destination and same-path updates; the earlier wins an insert-id collision.
@@ -39,19 +39,83 @@ impl Side {
 /// It is total: every pair has an answer, and the result applies cleanly after `b`. A result
 /// may hold several ops (a cancelled move becomes a move back, say) or none.
 pub fn transform(a: Vec<Op>, b: &[Op], side: Side) -> Vec<Op> {
+    transform_rule(a, b, Rule::from(side))
+}
+
+/// Who wins a conflict. `Later` and `Earlier` are [`Side`]'s; `Entry` and `Carry` are the pair
+/// that keeps an undo entry applicable after a remote op (see [`transform_entry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    Later,
+    Earlier,
+    /// An undo entry over a remote op: the remote op wins every conflict, as if the entry was
+    /// sequenced first (and it loses an insert-id collision too), except that an entry's write of an
+    /// object takes in what the remote op wrote inside it (so undoing it keeps that), or is
+    /// dropped where it cannot.
+    Entry,
+    /// A remote op over an undo entry: the counterpart of `Entry`.
+    Carry,
+}
+
+impl From<Side> for Rule {
+    fn from(side: Side) -> Rule {
+        match side {
+            Side::Later => Rule::Later,
+            Side::Earlier => Rule::Earlier,
+        }
+    }
+}
+
+impl Rule {
+    fn flip(self) -> Rule {
+        match self {
+            Rule::Later => Rule::Earlier,
+            Rule::Earlier => Rule::Later,
+            Rule::Entry => Rule::Carry,
+            Rule::Carry => Rule::Entry,
+        }
+    }
+
+    fn later(self) -> bool {
+        matches!(self, Rule::Later | Rule::Carry)
+    }
+
+    /// Whether an insert loses an id collision: the later-sequenced one does, and an undo
+    /// entry does (it never takes out someone else's entity).
+    fn loses_id_collision(self) -> bool {
+        matches!(self, Rule::Later | Rule::Entry)
+    }
+}
+
+/// Transforms an undo entry over a remote op made on the same state (the local document as the
+/// entry applies to it), returning the entry after the remote op and the remote op after the
+/// entry: `S · remote · entry'` equals `S · entry · remote'`, both annotated exactly.
+///
+/// The remote op wins every conflict, as if the entry had been sequenced first: a value the
+/// remote op wrote at or above the entry's path, an entity it deleted or moved, drop that part
+/// of the entry. One rule differs: an entry that writes an object (or removes it) that the
+/// remote op wrote a key into keeps that key as the remote op left it, so undoing an outer
+/// write never reverts someone else's inner write (and where the entry's value has a scalar
+/// in that key's way, the entry's write is dropped instead).
+pub fn transform_entry(entry: Vec<Op>, remote: &[Op]) -> (Vec<Op>, Vec<Op>) {
+    let carried = transform_rule(remote.to_vec(), &entry, Rule::Carry);
+    (transform_rule(entry, remote, Rule::Entry), carried)
+}
+
+fn transform_rule(a: Vec<Op>, b: &[Op], rule: Rule) -> Vec<Op> {
     let mut a = a;
     for bop in b {
         if a.is_empty() {
             break;
         }
-        a = transform_over_one(a, bop, side);
+        a = transform_over_one(a, bop, rule);
     }
     a
 }
 
 /// Transforms each of `ops` (a sequence) over the single op `b`, carrying `b` along the
 /// sequence.
-fn transform_over_one(a: Vec<Op>, b: &Op, side: Side) -> Vec<Op> {
+fn transform_over_one(a: Vec<Op>, b: &Op, side: Rule) -> Vec<Op> {
     let mut a = a;
     // The common case when rebasing: nothing in `a` touches what `b` touches.
     if a.iter().all(|x| independent(x, b)) {
@@ -71,9 +135,9 @@ fn transform_over_one(a: Vec<Op>, b: &Op, side: Side) -> Vec<Op> {
             continue;
         }
         let last = i + 1 == n;
-        let a_res = transform(vec![aop.clone()], &bcur, side);
+        let a_res = transform_rule(vec![aop.clone()], &bcur, side);
         if !last {
-            bcur = transform(bcur, std::slice::from_ref(&aop), side.flip());
+            bcur = transform_rule(bcur, std::slice::from_ref(&aop), side.flip());
         }
         out.extend(a_res);
     }
@@ -208,27 +272,27 @@ fn without_id(v: &Value) -> Props {
 /// The primitive rule for one op over one op, applied in full (no shortcut for independent
 /// ops): what [`transform`] builds on. Same law as [`transform`].
 pub fn transform_one(a: Op, b: &Op, side: Side) -> Vec<Op> {
-    transform_prim(a, b, side)
+    transform_prim(a, b, Rule::from(side))
 }
 
 /// Primitive transform: one op over one op.
-fn transform_prim(a: Op, b: &Op, side: Side) -> Vec<Op> {
-    let later = side == Side::Later;
+fn transform_prim(a: Op, b: &Op, rule: Rule) -> Vec<Op> {
+    let later = rule.later();
     match a {
-        Op::Insert(a) => t_insert(a, b, later),
+        Op::Insert(a) => t_insert(a, b, later, rule.loses_id_collision()),
         Op::Delete(a) => t_delete(a, b),
         Op::Move(a) => t_move(a, b, later),
-        Op::Update(a) => t_update(a, b, later),
+        Op::Update(a) => t_update(a, b, rule),
     }
 }
 
-fn t_insert(mut a: Insert, b: &Op, later: bool) -> Vec<Op> {
+fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Vec<Op> {
     let la = a.list();
     match b {
         Op::Insert(b) => {
             let a_ids = insert_ids(&a);
             if insert_ids(b).iter().any(|x| a_ids.contains(x)) {
-                if later {
+                if loses_collision {
                     return vec![];
                 }
                 // `a` was sequenced first and wins: take `b`'s entity out again, then insert.
@@ -524,7 +588,8 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
     vec![Op::Move(a)]
 }
 
-fn t_update(mut a: Update, b: &Op, later: bool) -> Vec<Op> {
+fn t_update(mut a: Update, b: &Op, rule: Rule) -> Vec<Op> {
+    let later = rule.later();
     match b {
         Op::Insert(_) | Op::Move(_) => {}
         Op::Delete(b) => {
@@ -552,8 +617,55 @@ fn t_update(mut a: Update, b: &Op, later: bool) -> Vec<Op> {
                         return vec![];
                     }
                 } else if b_outer {
+                    if rule == Rule::Carry && takes_in(b, &p[q.len()..]) {
+                        // A remote inner write over an undo entry that writes its outer object:
+                        // the entry takes the key in (see `Rule::Entry`), so the write stays,
+                        // and finds there what the entry wrote.
+                        a.prev = Some(match (b.remove, &b.value) {
+                            (false, v) => get_value(v, &p[q.len()..]).map_or(Prev::Absent, |v| Prev::Value(v.clone())),
+                            (true, _) => Prev::Absent,
+                        });
+                        return vec![Op::Update(a)];
+                    }
+                    if rule == Rule::Carry {
+                        // The entry cannot take the key in (a scalar stands in the way), so it
+                        // is dropped (see `Rule::Entry`): after it, this op writes back the
+                        // whole object as it stands after this op.
+                        if let Some(mut v) = b.prev.clone() {
+                            write_into_prev(&mut v, &p[q.len()..], &a.value, a.remove);
+                            a.path = q.clone();
+                            (a.value, a.remove) = match v {
+                                Prev::Value(v) => (v, false),
+                                Prev::Absent => (Value::Null, true),
+                            };
+                            a.prev = Some(if b.remove { Prev::Absent } else { Prev::Value(b.value.clone()) });
+                            return vec![Op::Update(a)];
+                        }
+                    }
                     // The outer write wins; the inner write is dropped.
                     return vec![];
+                }
+                if rule == Rule::Entry && a_outer && !b_outer && !takes_in(&a, &q[p.len()..]) {
+                    // An undo entry writing an object someone else wrote a key into since, where
+                    // the entry's value has a scalar in the key's way: undoing it would revert
+                    // their write, so the entry no longer means anything here.
+                    return vec![];
+                }
+                if rule == Rule::Entry && a_outer && !b_outer {
+                    // An undo entry writing the object a remote op wrote a key into: the key
+                    // keeps the remote op's value.
+                    let mut m = match (a.remove, std::mem::take(&mut a.value)) {
+                        (false, Value::Object(m)) => m,
+                        _ => Props::new(),
+                    };
+                    crate::apply::write_path(&mut m, &q[p.len()..], &b.value, b.remove);
+                    if m.is_empty() {
+                        a.remove = true;
+                        a.value = Value::Null;
+                    } else {
+                        a.remove = false;
+                        a.value = Value::Object(m);
+                    }
                 }
                 // `a` survives: it is the later write of the same path, or the outer one. Its
                 // `prev` (the old value at its path) now holds what `b` wrote inside it.
@@ -564,4 +676,30 @@ fn t_update(mut a: Update, b: &Op, later: bool) -> Vec<Op> {
         }
     }
     vec![Op::Update(a)]
+}
+
+/// Whether the write `outer` can take in a write at `rel` below its path (see `Rule::Entry`):
+/// it removes the object, or writes an object in which every intermediate key of `rel` is an
+/// object or missing. Otherwise a scalar stands where the key would go, and the outer write
+/// wins whole.
+fn takes_in(outer: &Update, rel: &[String]) -> bool {
+    if outer.remove {
+        return true;
+    }
+    let Some((_, inner)) = rel.split_last() else { return false };
+    let Value::Object(top) = &outer.value else { return false };
+    let mut cur = top;
+    for k in inner {
+        match cur.get(k) {
+            None => return true,
+            Some(Value::Object(m)) => cur = m,
+            Some(_) => return false,
+        }
+    }
+    true
+}
+
+/// The value at `path` inside `v`, if every key along it is there.
+fn get_value<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.as_object()?.get(k))
 }

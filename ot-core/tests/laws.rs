@@ -5,7 +5,7 @@
 mod common;
 
 use common::{gen_batch, gen_doc, gen_junk_op, gen_op};
-use ot_core::transform::transform_one;
+use ot_core::transform::{transform_entry, transform_one};
 use ot_core::{apply, compose, independent, invert, transform, Document, Op, Side};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -124,6 +124,24 @@ proptest! {
         let (d1, _) = applied(&sab, &whole);
         let (d2, _) = applied(&sab, &steps);
         prop_assert!(d1 == d2, "seed {}", seed);
+    }
+
+    #[test]
+    fn undo_entry_transform_converges_with_exact_annotations(seed in any::<u64>()) {
+        // An undo entry `u` and a remote op `r` on the same state: the entry after `r`, and `r`
+        // carried past the entry, reach the same state either way.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let (su, u) = applied(&s, &gen_batch(&mut rng, &s, 3));
+        let (sr, r) = applied(&s, &gen_batch(&mut rng, &s, 3));
+        let (u2, r2) = transform_entry(u.clone(), &r);
+        let mut left = sr.clone();
+        let u2a = apply(&mut left, &u2).unwrap_or_else(|e| panic!("seed {seed}: entry' does not apply: {e}"));
+        let mut right = su.clone();
+        let r2a = apply(&mut right, &r2).unwrap_or_else(|e| panic!("seed {seed}: remote' does not apply: {e}"));
+        prop_assert!(left == right, "seed {}: S·r·u' differs from S·u·r'\nu={:?}\nr={:?}", seed, u, r);
+        prop_assert_eq!(plain(&u2a), plain(&u2), "seed {}: entry' annotations", seed);
+        prop_assert_eq!(plain(&r2a), plain(&r2), "seed {}: remote' annotations", seed);
     }
 
     #[test]

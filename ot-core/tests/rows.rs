@@ -231,12 +231,81 @@ fn row_insert_vs_insert_same_id_first_wins() {
 }
 
 #[test]
-fn row_update_through_missing_object_counts_as_outer_write() {
-    // `t2` has no `fx`: writing `fx.delay` creates it, which is a write of the outer `fx`, so
-    // against a concurrent write of another key under `fx` the later one wins whole.
+fn row_update_prefix_outer_wins_when_outer_object_was_missing_either_order() {
+    // `t2` has no `fx`: writing `fx.delay` into it is still an inner write, and loses to a
+    // concurrent write of the whole `fx`, whichever is sequenced first.
+    let inner = json!({"type":"update","target":"track","id":"t2","path":["fx","delay"],"value":0.9});
+    let outer = json!({"type":"update","target":"track","id":"t2","path":["fx"],"value":{"reverb":0.1}});
+    for (first, second) in [(outer.clone(), inner.clone()), (inner.clone(), outer.clone())] {
+        let (d, _, _) = concurrent(first, second);
+        assert_eq!(d.get("t2").unwrap().props.get("fx"), Some(&json!({"reverb":0.1})));
+    }
+    // The inner write keeps its path: it is not turned into a write of `fx`.
+    let (_, _, seq_inner) = concurrent(json!({"type":"update","target":"project","path":["tempo"],"value":1}), inner);
+    assert_eq!(seq_inner[0].to_value()["path"], json!(["fx", "delay"]));
+}
+
+#[test]
+fn row_update_different_keys_into_missing_object_both_survive_either_order() {
     let a = json!({"type":"update","target":"track","id":"t2","path":["fx","delay"],"value":0.9});
     let b = json!({"type":"update","target":"track","id":"t2","path":["fx","reverb"],"value":0.1});
-    let (d, _, second) = concurrent(b, a);
-    assert_eq!(d.get("t2").unwrap().props.get("fx"), Some(&json!({"delay":0.9})));
-    assert_eq!(second[0].to_value()["path"], json!(["fx"]));
+    for (first, second) in [(a.clone(), b.clone()), (b, a)] {
+        let (mut d, f, g) = concurrent(first, second);
+        assert_eq!(d.get("t2").unwrap().props.get("fx"), Some(&json!({"delay":0.9,"reverb":0.1})));
+        // Undoing either write takes out its own key and no more.
+        let mut only_f = d.clone();
+        apply(&mut only_f, &invert(&g)).unwrap();
+        assert_eq!(only_f.get("t2").unwrap().props.get("fx").unwrap().as_object().unwrap().len(), 1);
+        apply(&mut only_f, &invert(&f)).unwrap();
+        assert!(only_f.get("t2").unwrap().props.get("fx").is_none(), "the object created goes with its last key");
+        apply(&mut d, &invert(&g)).unwrap();
+        assert!(d.get("t2").unwrap().props.get("fx").is_some());
+    }
+}
+
+#[test]
+fn row_object_property_removing_last_key_removes_it_either_order() {
+    // `t1.fx` is `{"reverb":0.5}`: removing `fx.reverb` removes `fx`; a concurrent write of
+    // `fx.delay` then creates it again with only its own key.
+    let rm = json!({"type":"update","target":"track","id":"t1","path":["fx","reverb"],"value":null,"remove":true});
+    let add = json!({"type":"update","target":"track","id":"t1","path":["fx","delay"],"value":0.2});
+    let (d, _, _) = concurrent(rm.clone(), json!({"type":"update","target":"project","path":["tempo"],"value":1}));
+    assert!(d.get("t1").unwrap().props.get("fx").is_none(), "no empty `fx` is left");
+    for (first, second) in [(rm.clone(), add.clone()), (add, rm)] {
+        let (d, _, _) = concurrent(first, second);
+        assert_eq!(d.get("t1").unwrap().props.get("fx"), Some(&json!({"delay":0.2})));
+    }
+}
+
+#[test]
+fn row_object_property_writing_empty_object_removes_it_either_order() {
+    let empty = json!({"type":"update","target":"track","id":"t1","path":["fx"],"value":{}});
+    let nested_empty = json!({"type":"update","target":"track","id":"t1","path":["fx"],"value":{"a":{}}});
+    let inner = json!({"type":"update","target":"track","id":"t1","path":["fx","delay"],"value":0.2});
+    for w in [empty, nested_empty] {
+        // Alone, the write removes `fx`, and its inverse puts the old value back.
+        let mut d = base();
+        let done = apply(&mut d, &ops(w.clone())).unwrap();
+        assert!(d.get("t1").unwrap().props.get("fx").is_none());
+        apply(&mut d, &invert(&done)).unwrap();
+        assert!(d == base());
+        // Against a concurrent inner write it is the outer write, and wins in either order.
+        for (first, second) in [(w.clone(), inner.clone()), (inner.clone(), w.clone())] {
+            let (d, _, _) = concurrent(first, second);
+            assert!(d.get("t1").unwrap().props.get("fx").is_none());
+        }
+    }
+}
+
+#[test]
+fn a_write_through_a_scalar_is_a_write_of_the_outer_value() {
+    // `t1.name` is a string: writing `name.x` replaces it with an object, as a write of `name`,
+    // so the inverse puts the string back.
+    let w = json!({"type":"update","target":"track","id":"t1","path":["name","x"],"value":1});
+    let mut d = base();
+    let done = apply(&mut d, &ops(w)).unwrap();
+    assert_eq!(done[0].to_value()["path"], json!(["name"]));
+    assert_eq!(d.get("t1").unwrap().props.get("name"), Some(&json!({"x":1})));
+    apply(&mut d, &invert(&done)).unwrap();
+    assert!(d == base());
 }

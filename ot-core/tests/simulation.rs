@@ -1,4 +1,5 @@
-//! Deterministic simulation: one server document, 3–8 client documents, random edits, random
+//! Deterministic simulation: one server document, 3–8 client documents, random edits, undos
+//! and redos (grouped by explicit groups and by the capture window of a simulated clock), random
 //! delivery delays (FIFO per link), random disconnects with reconnect and resend; then drain to
 //! quiescence and assert every replica equals the server.
 //!
@@ -31,6 +32,10 @@ struct Sim {
     /// What a store would hold: every sequenced op, and the state at every version.
     log: Vec<Sequenced>,
     states: Vec<Document>,
+    /// Simulated milliseconds, for the undo capture window.
+    now_ms: u64,
+    /// Undo and redo steps that applied, to show the simulation exercises them.
+    undos: u64,
 }
 
 impl Sim {
@@ -46,7 +51,7 @@ impl Sim {
         let server = ServerDoc::new(doc.clone(), 0, window, max_rebase);
         let clients = (0..n).map(|i| ClientDoc::new(doc.clone(), 0, format!("c{i}"))).collect();
         let links = (0..n).map(|_| Link { up: VecDeque::new(), down: VecDeque::new(), online: true }).collect();
-        Sim { rng, server, clients, links, seed, log: Vec::new(), states: vec![doc] }
+        Sim { rng, server, clients, links, seed, log: Vec::new(), states: vec![doc], now_ms: 0, undos: 0 }
     }
 
     fn send(&mut self, i: usize) {
@@ -148,14 +153,30 @@ impl Sim {
 
     fn step(&mut self) {
         let i = self.rng.gen_range(0..self.clients.len());
+        self.now_ms += self.rng.gen_range(0..400);
         match self.rng.gen_range(0..100) {
-            0..=29 => {
+            0..=21 => {
                 let doc = self.clients[i].doc().clone();
                 let ops = gen_batch(&mut self.rng, &doc, 3);
                 self.clients[i]
-                    .local(&ops)
+                    .local_at(&ops, self.now_ms)
                     .unwrap_or_else(|e| panic!("seed {}: local op did not apply: {e}", self.seed));
                 self.send(i);
+            }
+            22..=27 => {
+                let c = &mut self.clients[i];
+                let out = if self.rng.gen_bool(0.6) { c.undo() } else { c.redo() };
+                let out = out.unwrap_or_else(|e| panic!("seed {}: client {i}: undo or redo failed: {e}", self.seed));
+                self.undos += u64::from(out.did_apply());
+                self.send(i);
+            }
+            28..=29 => {
+                let c = &mut self.clients[i];
+                if c.in_group() {
+                    c.end_group()
+                } else {
+                    c.begin_group()
+                }
             }
             30..=59 => {
                 if self.links[i].online {
@@ -223,14 +244,15 @@ impl Sim {
     }
 }
 
-fn run(seed: u64, steps: usize) -> u64 {
+/// Returns the versions sequenced and the undo or redo steps applied.
+fn run(seed: u64, steps: usize) -> (u64, u64) {
     let mut sim = Sim::new(seed);
     for _ in 0..steps {
         sim.step();
     }
     sim.drain();
     sim.check();
-    sim.server.version()
+    (sim.server.version(), sim.undos)
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -246,12 +268,15 @@ fn run_half(half: u64) {
         return;
     }
     let seeds = env("OT_SIM_SEEDS", 1_000);
-    let mut versions = 0;
+    let (mut versions, mut undos) = (0, 0);
     for seed in (0..seeds).filter(|s| s % 2 == half) {
-        versions += run(seed, steps);
+        let (v, u) = run(seed, steps);
+        versions += v;
+        undos += u;
     }
-    // The simulation must actually sequence work, or it proves nothing.
+    // The simulation must actually sequence work, and undo some, or it proves nothing.
     assert!(versions > seeds / 2 * 50, "only {versions} versions over {} seeds", seeds / 2);
+    assert!(undos > seeds / 2 * 20, "only {undos} undo or redo steps over {} seeds", seeds / 2);
 }
 
 /// Even seeds (the two halves run in parallel).
