@@ -241,6 +241,10 @@ impl fmt::Display for ServerClose {
     }
 }
 
+/// The round trip given to the first, coarse clock sample (`init`'s `serverTime`, whose real
+/// round trip is unknown): any `pong` replaces it.
+const COARSE_RTT: Duration = Duration::from_secs(3600);
+
 /// The best clock sample so far (the one with the smallest round trip).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ClockEstimate {
@@ -523,8 +527,18 @@ impl Session {
     }
 
     /// A transport message; the local transport changes at once.
+    ///
+    /// The server stamps the change with its clock when the message arrives, and sends it to
+    /// the others only; so the local copy is stamped with the estimated arrival (server time
+    /// now plus half the best round trip), and the playhead here runs in step with everyone
+    /// else's rather than ahead by the one-way delay.
     pub fn set_transport(&mut self, playing: bool, position: f64, now: Now) -> ClientMsg {
-        self.note_transport(TransportState { playing, position, server_time: self.server_time_ms(now) });
+        let one_way = match self.clock {
+            Some(c) if c.rtt < COARSE_RTT => c.rtt.as_millis() as u64 / 2,
+            _ => 0,
+        };
+        let server_time = self.server_time_ms(now).saturating_add(one_way);
+        self.note_transport(TransportState { playing, position, server_time });
         ClientMsg::Transport { playing, position }
     }
 
@@ -685,10 +699,7 @@ impl Session {
         }
         if self.clock.is_none() {
             // A first, coarse sample: init's serverTime against the local clock.
-            self.clock = Some(ClockEstimate {
-                offset_ms: server_time as i64 - now.epoch_ms as i64,
-                rtt: Duration::from_secs(3600),
-            });
+            self.clock = Some(ClockEstimate { offset_ms: server_time as i64 - now.epoch_ms as i64, rtt: COARSE_RTT });
         }
         if let Some(ops) = ops {
             for m in &ops {
@@ -867,6 +878,10 @@ mod tests {
         let e = s.handle(ServerMsg::Pong { server_time: 1_000 + 120 + 10_000 }, at(140)).unwrap();
         assert_eq!(e, vec![Effect::Event(Event::Clock { offset_ms: 10_000, rtt: Duration::from_millis(40) })]);
         assert_eq!(s.server_time_ms(at(200)), 1_000 + 200 + 10_000);
+        // A local play is stamped with its estimated arrival at the server (half the round
+        // trip later), as the server stamps it for everyone else.
+        s.set_transport(true, 0.0, at(200));
+        assert_eq!(s.transport().map(|t| t.server_time), Some(1_000 + 200 + 10_000 + 20));
     }
 
     #[test]

@@ -368,6 +368,8 @@ export class StudioClient {
       case "sent":
         break;
       case "acked":
+        // The snapshot carries the version: an ack of this client's own edit moves it.
+        this.stateCache = null;
         this.statusCache = null;
         this.emit("ack", ev.opId, ev.version);
         this.emit("status", this.status());
