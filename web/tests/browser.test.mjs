@@ -453,6 +453,43 @@ describe("studio page in Chromium", { skip: skip ?? false }, () => {
     }
   });
 
+  test("Ctrl+Z undoes this page's own edit, never the other page's; Shift+Ctrl+Z redoes", { timeout: 30_000 }, async () => {
+    const room = "undo";
+    const a = await openStudio(browser, server.pageUrl(room, "ana", "Ana"));
+    const b = await openStudio(browser, server.pageUrl(room, "ben", "Ben"));
+    try {
+      // Each click its own undo step, whatever the timing.
+      await a.evaluate(() => window.studio.setUndoConfig(0, 100));
+      await a.click('[data-testid="add-track"]');
+      await a.click('[data-testid="add-track"]');
+      let st = await converge(server, room, [a, b], "two tracks from page A");
+      assert.equal(st.tracks.length, 2);
+      // B renames A's first track; then A presses Ctrl+Z: its second track goes, B's rename stays.
+      const first = st.tracks[0].id;
+      await b.evaluate((id) => window.studio.edit({ type: "update", target: "track", id, path: ["name"], value: "Ben's" }), first);
+      await converge(server, room, [a, b], "B's rename");
+      assert.ok(await a.locator('[data-testid="undo"]').isEnabled());
+      await a.locator('[data-testid="lane"]').first().hover();
+      await a.keyboard.press("Control+z");
+      st = await converge(server, room, [a, b], "after A's undo");
+      assert.deepEqual(st.tracks.map((t) => t.id), [first], "A's latest track is taken back");
+      assert.equal(st.tracks[0].name, "Ben's", "B's rename is untouched");
+      await a.keyboard.press("Control+Shift+z");
+      st = await converge(server, room, [a, b], "after A's redo");
+      assert.equal(st.tracks.length, 2, "the redo puts it back");
+      assert.equal(st.tracks[0].name, "Ben's");
+      // B's Ctrl+Z takes back B's rename only.
+      await b.locator('[data-testid="lane"]').first().hover();
+      await b.keyboard.press("Control+z");
+      st = await converge(server, room, [a, b], "after B's undo");
+      assert.equal(st.tracks.length, 2, "A's tracks stay");
+      assert.notEqual(st.tracks[0].name, "Ben's");
+      noPageErrors([a, b]);
+    } finally {
+      await closeAll([a, b]);
+    }
+  });
+
   test("screenshots of a two-page session", { timeout: 30_000 }, async () => {
     const room = "showcase";
     const a = await openStudio(browser, server.pageUrl(room, "ana", "Ana Lima"));

@@ -183,3 +183,42 @@ test("ot-core's functions are exposed for tests and tools", async () => {
   assert.throws(() => apply(state, "{}"));
   assert.equal(transform('[{"type":"delete","target":"track","id":"t1"}]', '[{"type":"delete","target":"track","id":"t1"}]', "later"), "[]");
 });
+
+test("undo takes back this client's own edit and never another's; redo puts it back", async () => {
+  const room = "undo";
+  const a = await connect(server, room, "ana");
+  const b = await connect(server, room, "ben");
+  await Promise.all([live(a), live(b)]);
+  a.setUndoConfig(0, 100); // every edit its own step, whatever the timing
+  a.edit({ type: "insert", target: "track", id: "t1", index: 0, value: { name: "Drums", clips: [] } });
+  a.edit({ type: "update", target: "track", id: "t1", path: ["volume"], value: 0.5 });
+  await settled(a);
+  await until(() => b.state().tracks.length === 1, "b sees the track");
+  // Ben renames the track after Ana's edits; Ana undoes her volume change.
+  b.edit({ type: "update", target: "track", id: "t1", path: ["name"], value: "Ben's drums" });
+  await settled(b);
+  await until(() => a.state().tracks[0].name === "Ben's drums", "a sees the rename");
+  assert.equal(a.status().canUndo, true);
+  assert.deepEqual(a.undo(), { applied: true, skipped: 0 });
+  assert.equal(a.state().tracks[0].volume, undefined, "her volume change is taken back");
+  assert.equal(a.state().tracks[0].name, "Ben's drums", "his rename stays");
+  assert.equal(a.status().canRedo, true);
+  await settled(a, b);
+  assert.deepEqual(a.redo(), { applied: true, skipped: 0 });
+  await settled(a, b);
+  const s = await server.state(room);
+  assert.equal(s.tracks[0].volume, 0.5);
+  assert.equal(s.tracks[0].name, "Ben's drums");
+  // A step someone else made moot is skipped: Ben deletes the track Ana inserted.
+  b.edit({ type: "delete", target: "track", id: "t1" });
+  await settled(b);
+  await until(() => a.state().tracks.length === 0, "a sees the delete");
+  const r = a.undo();
+  assert.equal(r.applied, false);
+  assert.ok(r.skipped >= 1, `skipped ${r.skipped}`);
+  await settled(a, b);
+  assert.deepEqual(canon(a.state()), canon(await server.state(room)));
+  assert.deepEqual((await server.state(room)).tracks, [], "nothing of Ben's was reverted");
+  a.close();
+  b.close();
+});

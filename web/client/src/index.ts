@@ -106,6 +106,14 @@ function uuid(): string {
 
 const EMPTY_STATE: StudioState = deepFreeze({ version: 0, playhead: 0, isPlaying: false, tracks: [], markers: [] });
 
+/** What {@link StudioClient.undo} and {@link StudioClient.redo} did. */
+export interface UndoResult {
+  /** Whether a step was applied (false: nothing left to undo or redo). */
+  readonly applied: boolean;
+  /** Steps passed over because they no longer meant anything. */
+  readonly skipped: number;
+}
+
 /** Thrown by {@link StudioClient.edit} when an edit does not apply to the local document (nothing changes). */
 export class InvalidEdit extends Error {
   override name = "InvalidEdit";
@@ -214,6 +222,8 @@ export class StudioClient {
         connection: this.connection,
         pending: this.session.pendingEdits,
         version: this.session.version ?? null,
+        canUndo: this.session.canUndo,
+        canRedo: this.session.canRedo,
         ...(this.stopped ? { stopped: this.stopped } : {}),
       };
       this.statusCache = Object.freeze(s);
@@ -239,6 +249,57 @@ export class StudioClient {
     this.emit("state", this.state());
     this.emit("status", this.status());
     this.changed();
+  }
+
+  /**
+   * Takes back this client's latest edit, never anyone else's: the step was kept transformed
+   * over everything since, and goes out as an ordinary edit. Steps that no longer mean anything
+   * (their entity was deleted, their value overwritten by someone) are skipped and counted.
+   * Edits closer together than the capture window (500 ms) are one step; so are the edits of a
+   * {@link StudioClient.group}.
+   */
+  undo(): UndoResult {
+    return this.undoOrRedo(false);
+  }
+
+  /** Puts back what the latest {@link StudioClient.undo} took back (until a new edit is made). */
+  redo(): UndoResult {
+    return this.undoOrRedo(true);
+  }
+
+  /** Whether {@link StudioClient.undo} has a step to take back. */
+  canUndo(): boolean {
+    return this.session.canUndo;
+  }
+
+  /** Whether {@link StudioClient.redo} has a step to put back. */
+  canRedo(): boolean {
+    return this.session.canRedo;
+  }
+
+  /** Runs `gesture` (which makes edits) as one undo step, however long it takes; returns its result. */
+  group<T>(gesture: () => T): T {
+    this.session.beginGroup();
+    try {
+      return gesture();
+    } finally {
+      this.session.endGroup();
+    }
+  }
+
+  /** Starts a gesture spread over events (a drag): every edit until {@link StudioClient.endGroup} is one undo step. */
+  beginGroup(): void {
+    this.session.beginGroup();
+  }
+
+  /** Ends the gesture {@link StudioClient.beginGroup} started. */
+  endGroup(): void {
+    this.session.endGroup();
+  }
+
+  /** Sets the capture window in milliseconds (default 500; 0 merges nothing by time) and the most undo steps kept (default 100). */
+  setUndoConfig(captureMs: number, maxSteps: number): void {
+    this.session.setUndoConfig(captureMs, maxSteps);
   }
 
   /** Moves this client's cursor; sent at most every `cursorIntervalMs` (the latest position wins). */
@@ -319,6 +380,19 @@ export class StudioClient {
 
   // --- internals -------------------------------------------------------------------------
 
+  private undoOrRedo(redo: boolean): UndoResult {
+    const now = performance.now();
+    const raw = redo ? this.session.redo(now, Date.now()) : this.session.undo(now, Date.now());
+    const out = JSON.parse(raw) as { applied: boolean; skipped: number; effects: Effect[] };
+    this.stateCache = null;
+    this.statusCache = null;
+    this.run(JSON.stringify(out.effects));
+    if (out.applied) this.emit("state", this.state());
+    this.emit("status", this.status());
+    this.changed();
+    return { applied: out.applied, skipped: out.skipped };
+  }
+
   private setTransport(playing: boolean, position: number): void {
     const frame = this.session.setTransport(playing, Math.max(0, position), performance.now(), Date.now());
     this.send(frame);
@@ -359,6 +433,7 @@ export class StudioClient {
     switch (ev.type) {
       case "ready":
         this.stateCache = null;
+        this.statusCache = null;
         this.usersCache = null;
         this.setConnection("live");
         this.startTimers();

@@ -27,7 +27,7 @@ const noClient = {
   subscribe: () => () => {},
   state: { version: 0, playhead: 0, isPlaying: false, tracks: [], markers: [] } as StudioState,
   presence: [] as readonly Presence[],
-  status: { connection: "connecting", pending: 0, version: null } as Status,
+  status: { connection: "connecting", pending: 0, version: null, canUndo: false, canRedo: false } as Status,
 };
 
 /**

@@ -79,6 +79,9 @@ export interface Status {
   readonly pending: number;
   /** The version the server last confirmed. */
   readonly version: number | null;
+  /** Whether this client has an edit of its own to undo, or an undo to redo. */
+  readonly canUndo: boolean;
+  readonly canRedo: boolean;
   /** Set when the client gave up and will not reconnect (a refused token, a bad room id, or another tab took over its connection id). */
   readonly stopped?: string;
 }

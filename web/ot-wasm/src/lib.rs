@@ -21,6 +21,7 @@
 
 use ot_core::protocol::{decode_server, encode, ClientMsg, Limits};
 use ot_core::session::{Effect, Now, Session, SessionError};
+use ot_core::sync::UndoConfig;
 use ot_core::{Document, Op, OpError, Side};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
@@ -161,6 +162,51 @@ impl StudioSession {
         self.edit_text(ops_json, now(mono_ms, epoch_ms)).map_err(to_js_error)
     }
 
+    /// Takes back this client's latest edit (its undo step, kept transformed over everything
+    /// since, so it never reverts anyone else's work) as a new local edit. Returns JSON
+    /// `{"applied": bool, "skipped": n, "effects": [...]}`: `skipped` counts steps that no
+    /// longer meant anything (their entity deleted, their value overwritten) and were passed
+    /// over.
+    pub fn undo(&mut self, mono_ms: f64, epoch_ms: f64) -> Result<String, JsError> {
+        self.undo_text(false, now(mono_ms, epoch_ms)).map_err(to_js_error)
+    }
+
+    /// Puts back what the latest undo took back; as [`StudioSession::undo`].
+    pub fn redo(&mut self, mono_ms: f64, epoch_ms: f64) -> Result<String, JsError> {
+        self.undo_text(true, now(mono_ms, epoch_ms)).map_err(to_js_error)
+    }
+
+    /// Whether there is a step to undo.
+    #[wasm_bindgen(getter, js_name = canUndo)]
+    pub fn can_undo(&self) -> bool {
+        self.inner.can_undo()
+    }
+
+    /// Whether there is a step to redo.
+    #[wasm_bindgen(getter, js_name = canRedo)]
+    pub fn can_redo(&self) -> bool {
+        self.inner.can_redo()
+    }
+
+    /// Starts a gesture: every edit until [`StudioSession::end_group`] is one undo step.
+    #[wasm_bindgen(js_name = beginGroup)]
+    pub fn begin_group(&mut self) {
+        self.inner.begin_group();
+    }
+
+    /// Ends the gesture [`StudioSession::begin_group`] started.
+    #[wasm_bindgen(js_name = endGroup)]
+    pub fn end_group(&mut self) {
+        self.inner.end_group();
+    }
+
+    /// Sets the capture window (edits closer together than `capture_ms` merge into one undo
+    /// step; 500 by default) and the most steps kept (100 by default).
+    #[wasm_bindgen(js_name = setUndoConfig)]
+    pub fn set_undo_config(&mut self, capture_ms: f64, max_steps: usize) {
+        self.inner.set_undo_config(UndoConfig { capture_ms: capture_ms.max(0.0) as u64, max_steps });
+    }
+
     /// The frame for a cursor move; `selection_json` is a JSON array of entity ids or empty.
     pub fn cursor(&self, x: f64, y: f64, selection_json: &str) -> Result<String, JsError> {
         self.cursor_text(x, y, selection_json).map_err(to_js_error)
@@ -230,6 +276,17 @@ impl StudioSession {
         let ops = parse_ops(ops_json).map_err(text_err)?;
         let effects = self.inner.submit(&ops, now).map_err(text_err)?;
         Ok(effects::to_json(&effects_value(&effects)))
+    }
+
+    /// [`StudioSession::undo`] (or redo) with the time as a [`Now`] and the failure as text.
+    pub fn undo_text(&mut self, redo: bool, now: Now) -> Text<String> {
+        let (outcome, effects) = if redo { self.inner.redo(now) } else { self.inner.undo(now) }.map_err(text_err)?;
+        Ok(json!({
+            "applied": outcome.applied.is_some(),
+            "skipped": outcome.skipped_empty,
+            "effects": effects_value(&effects),
+        })
+        .to_string())
     }
 
     /// [`StudioSession::cursor`] with the failure as text.

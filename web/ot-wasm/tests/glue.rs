@@ -131,3 +131,39 @@ fn free_functions_keep_the_laws() {
     assert!(text::transform(a, b, "sideways").is_err());
     assert!(text::compose(a, "{").is_err());
 }
+
+#[test]
+fn undo_and_redo_are_local_edits_that_never_revert_others() {
+    let mut s = StudioSession::new("me");
+    s.on_open();
+    s.receive_text(&init(0), at(0));
+    assert!(!s.can_undo());
+    s.edit_text(r#"{"type":"update","target":"project","path":["tempo"],"value":90}"#, at(0)).unwrap();
+    // 1 s later: a second step (past the 500 ms capture window).
+    s.edit_text(r#"{"type":"update","target":"project","path":["name"],"value":"Mine"}"#, at(1_000)).unwrap();
+    assert!(s.can_undo());
+    // Both are acknowledged (the second goes once the first is), then someone else renames the
+    // project after me: my rename's step becomes empty.
+    for (v, op) in [
+        (1, r#"{"type":"update","target":"project","path":["tempo"],"value":90}"#),
+        (2, r#"{"type":"update","target":"project","path":["name"],"value":"Mine"}"#),
+    ] {
+        let ack = json!({"type":"operation","version":v,"userId":"me","opId":format!("me:{v}"),
+            "operation":[serde_json::from_str::<Value>(op).unwrap()]});
+        let e = effects(&s.receive_text(&ack.to_string(), at(1_000 + v)));
+        assert_eq!(e[0]["event"]["type"], "acked", "{e:?}");
+    }
+    let theirs = json!({"type":"operation","version":3,"userId":"ben","opId":"ben:1",
+        "operation":[{"type":"update","target":"project","path":["name"],"value":"Theirs","prev":{"value":"Mine"}}]});
+    s.receive_text(&theirs.to_string(), at(1_100));
+    let out: Value = serde_json::from_str(&s.undo_text(false, at(1_200)).unwrap()).unwrap();
+    assert_eq!((out["applied"].as_bool(), out["skipped"].as_u64()), (Some(true), Some(1)), "{out}");
+    let state: Value = serde_json::from_str(&s.state_json().unwrap()).unwrap();
+    assert_eq!(state["name"], "Theirs", "their later write stays");
+    assert_eq!(state["tempo"], 120, "my tempo change is taken back");
+    assert!(s.can_redo());
+    let out: Value = serde_json::from_str(&s.undo_text(true, at(1_300)).unwrap()).unwrap();
+    assert_eq!(out["applied"], true);
+    let state: Value = serde_json::from_str(&s.state_json().unwrap()).unwrap();
+    assert_eq!(state["tempo"], 90);
+}

@@ -146,15 +146,36 @@ export function App({ host, room, token, viewer, userName }: AppProps): ReactEle
     else client.play();
   }, [client, canEdit, toast]);
 
-  // Keyboard: space plays/pauses, Delete removes the selection, Escape deselects.
-  const keys = useRef({ togglePlay, selected, edit });
-  keys.current = { togglePlay, selected, edit };
+  // Undo and redo take back this person's own edits only (ot-core keeps each step transformed
+  // over everyone's later edits); a step someone else made moot is skipped and said so.
+  const undoRedo = useCallback(
+    (redo: boolean) => {
+      if (!client || !canEdit) return;
+      const r = redo ? client.redo() : client.undo();
+      if (r.skipped > 0)
+        toast(`${r.skipped} step${r.skipped === 1 ? "" : "s"} skipped: someone else changed ${r.skipped === 1 ? "it" : "them"} since`, "info", "undo-skip");
+      else if (!r.applied) toast(redo ? "Nothing to redo" : "Nothing to undo", "info", "undo-none");
+    },
+    [client, canEdit, toast],
+  );
+
+  // Keyboard: space plays/pauses, Delete removes the selection, Escape deselects,
+  // Ctrl/Cmd+Z undoes, Shift+Ctrl/Cmd+Z (or Ctrl+Y) redoes.
+  const keys = useRef({ togglePlay, selected, edit, undoRedo });
+  keys.current = { togglePlay, selected, edit, undoRedo };
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
       const t = e.target as HTMLElement | null;
       if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
-      const { togglePlay: toggle, selected: sel, edit: send } = keys.current;
-      if (e.code === "Space") {
+      const { togglePlay: toggle, selected: sel, edit: send, undoRedo: undo } = keys.current;
+      const mod = e.ctrlKey || e.metaKey;
+      if (mod && !e.altKey && (e.key === "z" || e.key === "Z")) {
+        e.preventDefault();
+        undo(e.shiftKey);
+      } else if (mod && !e.altKey && (e.key === "y" || e.key === "Y")) {
+        e.preventDefault();
+        undo(true);
+      } else if (e.code === "Space") {
         e.preventDefault();
         toggle();
       } else if ((e.key === "Delete" || e.key === "Backspace") && sel) {
@@ -224,6 +245,14 @@ export function App({ host, room, token, viewer, userName }: AppProps): ReactEle
         </div>
 
         <div className="tools">
+          <div className="zoom">
+            <button className="icon-btn" title="Undo your last edit (Ctrl/Cmd+Z)" data-testid="undo" disabled={!canEdit || !status.canUndo} onClick={() => undoRedo(false)}>
+              <Icon name="undo" />
+            </button>
+            <button className="icon-btn" title="Redo (Shift+Ctrl/Cmd+Z)" data-testid="redo" disabled={!canEdit || !status.canRedo} onClick={() => undoRedo(true)}>
+              <Icon name="redo" />
+            </button>
+          </div>
           <button className="btn" disabled={!canEdit || !client} data-testid="add-track" onClick={addTrack}>
             <Icon name="plus" /> Track
           </button>
@@ -283,7 +312,7 @@ export function App({ host, room, token, viewer, userName }: AppProps): ReactEle
         </span>
         <span className="hint">
           {canEdit
-            ? "Double-click a lane to add a clip · drag clips between tracks · Delete removes the selection · Space plays"
+            ? "Double-click a lane to add a clip · drag clips between tracks · Delete removes the selection · Space plays · Ctrl+Z undoes your own edits"
             : "You are viewing: changes by the editors appear live"}
         </span>
         <span data-testid="version">v{status.version ?? "–"}</span>

@@ -17,6 +17,8 @@ const paths: Record<string, ReactElement> = {
     </>
   ),
   plus: <path d="M12 5v14M5 12h14" />,
+  undo: <path d="M9 7L4.5 11.5 9 16M5 11.5h9.5a5 5 0 010 10H12" />,
+  redo: <path d="M15 7l4.5 4.5L15 16M19 11.5H9.5a5 5 0 000 10H12" />,
   trash: (
     <>
       <path d="M4.5 7h15M9.5 7V4.8h5V7M6.5 7l.9 12.2h9.2L17.5 7" />
