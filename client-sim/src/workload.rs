@@ -4,7 +4,7 @@
 //!
 //! Pure: the caller passes the document (the client's exact local state) and gets ops back.
 
-use ot_core::{Document, Id, Op};
+use ot_core::{Document, EntityKind, Id, Op};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -112,6 +112,13 @@ impl Workload {
     /// Whether a property drag is under way (its next steps are updates of one value).
     pub fn dragging(&self) -> bool {
         self.drag.is_some()
+    }
+
+    /// The entity a property drag under way is changing (none for a project property): what
+    /// a client locks for the drag's duration.
+    pub fn drag_entity(&self) -> Option<(EntityKind, Id)> {
+        let d = self.drag.as_ref()?;
+        Some((EntityKind::from_name(d.target)?, d.id.clone()?))
     }
 
     /// The next edit, valid against `doc`, and what kind it is.
