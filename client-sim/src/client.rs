@@ -315,12 +315,15 @@ impl Client {
     }
 
     /// Takes the lock on `target` `id` and keeps it for as long as the returned guard lives:
-    /// the lock is sent again every half `ttl` (default 10 s, at most 60 s), and
+    /// the lock is sent again every half `ttl` (default 10 s, at most 60 s; a zero `ttl` is the
+    /// default; never more often than every [`MIN_REFRESH_MS`] ms), and
     /// [`LockGuard::release`] or dropping the guard sends `unlock`. The lock itself may still be
     /// refused (it is someone else's): watch [`Client::locks`] or the events.
     pub fn hold_lock(&self, target: EntityKind, id: &str, ttl: Option<Duration>) -> LockGuard {
-        let ttl_ms = lock_ttl_ms(ttl.map(|d| d.as_millis().min(u64::MAX as u128) as f64)).unwrap_or(1);
-        let period = Duration::from_millis((ttl_ms / 2).max(1));
+        // A zero ttl (which the server would refuse) holds with the default instead.
+        let ttl_ms = lock_ttl_ms(ttl.map(|d| d.as_millis().min(u64::MAX as u128) as f64))
+            .unwrap_or(ot_core::protocol::LOCK_TTL_DEFAULT_MS);
+        let period = Duration::from_millis((ttl_ms / 2).max(MIN_REFRESH_MS));
         let lock = ClientMsg::Lock { target: target.as_str().into(), id: id.into(), ttl: Some(ttl_ms as f64) };
         let unlock = ClientMsg::Unlock { target: target.as_str().into(), id: id.into() };
         let (stop_tx, mut stop) = oneshot::channel::<()>();
@@ -428,6 +431,10 @@ impl Drop for Client {
         }
     }
 }
+
+/// The shortest refresh period of [`Client::hold_lock`], in milliseconds: a tiny `ttl` does not
+/// turn into a flood of `lock` messages (it may expire between refreshes instead).
+pub const MIN_REFRESH_MS: u64 = 10;
 
 /// A lock held by [`Client::hold_lock`]: refreshed until released or dropped, then unlocked.
 #[derive(Debug)]
