@@ -5,6 +5,15 @@
 //! included ([`Session::on_server_close`]): retry after the backoff, or stop and report
 //! ([`Event::Disconnected`] with `fatal`, [`Snapshot::stopped_by`]).
 //!
+//! # Soft locks
+//!
+//! [`Client::lock`] and [`Client::unlock`] send PROTOCOL §7's messages; [`Client::locks`] (and
+//! [`Snapshot::locks`]) is the room's table as last heard, and [`Event::Locks`] /
+//! [`Event::Locked`] report a change and a refusal. For a gesture that lasts (a drag, a rename),
+//! [`Client::hold_lock`] takes the lock and refreshes it every half `ttl` until its
+//! [`LockGuard`] is released or dropped, which unlocks. While offline nothing is sent; the next
+//! refresh after the reconnect takes the lock again (a connection that left lost its locks).
+//!
 //! # Slow-consumer policy
 //!
 //! The task never blocks on the application. Events go into a bounded queue
@@ -18,10 +27,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use ot_core::protocol::{
-    decode_server, ClientMsg, Close, CloseAction, Presence, TransportState, CONNECTION_ID_MAX, ROOM_ID_MAX,
+    decode_server, lock_ttl_ms, ClientMsg, Close, CloseAction, Lock, Presence, TransportState, CONNECTION_ID_MAX,
+    ROOM_ID_MAX,
 };
 use ot_core::sync::UndoOutcome;
-use ot_core::{Document, Op, OpError};
+use ot_core::{Document, EntityKind, Op, OpError};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -126,6 +136,8 @@ pub struct Snapshot {
     pub users: Arc<BTreeMap<String, Presence>>,
     /// The transport as last heard or set.
     pub transport: Option<TransportState>,
+    /// The room's soft locks as last heard.
+    pub locks: Arc<Vec<Lock>>,
     /// The best server clock estimate.
     pub clock: Option<ClockEstimate>,
     /// Successful connects after the first.
@@ -291,6 +303,57 @@ impl Client {
         self.state.borrow().transport.clone()
     }
 
+    /// The room's soft locks as last heard (see the module docs).
+    pub fn locks(&self) -> Arc<Vec<Lock>> {
+        self.state.borrow().locks.clone()
+    }
+
+    /// Takes or refreshes the lock on `target` `id` for `ttl` (`None`: the server's default of
+    /// 10 s; at most 60 s). Sent only while connected; the answer is a change of
+    /// [`Client::locks`] with [`Event::Locks`], or an error event ([`Event::Locked`] when
+    /// someone else holds it).
+    pub async fn lock(&self, target: EntityKind, id: &str, ttl: Option<Duration>) -> Result<(), ClientError> {
+        let ttl = ttl.map(|d| d.as_millis().min(u64::MAX as u128) as f64);
+        self.send(Command::Send(ClientMsg::Lock { target: target.as_str().into(), id: id.into(), ttl })).await
+    }
+
+    /// Releases the lock on `target` `id` (the server ignores it if this connection does not
+    /// hold that lock).
+    pub async fn unlock(&self, target: EntityKind, id: &str) -> Result<(), ClientError> {
+        self.send(Command::Send(ClientMsg::Unlock { target: target.as_str().into(), id: id.into() })).await
+    }
+
+    /// Takes the lock on `target` `id` and keeps it for as long as the returned guard lives:
+    /// the lock is sent again every half `ttl` (default 10 s, at most 60 s; a zero `ttl` is the
+    /// default; never more often than every [`MIN_REFRESH_MS`] ms), and
+    /// [`LockGuard::release`] or dropping the guard sends `unlock`. The lock itself may still be
+    /// refused (it is someone else's): watch [`Client::locks`] or the events.
+    pub fn hold_lock(&self, target: EntityKind, id: &str, ttl: Option<Duration>) -> LockGuard {
+        // A zero ttl (which the server would refuse) holds with the default instead.
+        let ttl_ms = lock_ttl_ms(ttl.map(|d| d.as_millis().min(u64::MAX as u128) as f64))
+            .unwrap_or(ot_core::protocol::LOCK_TTL_DEFAULT_MS);
+        let period = Duration::from_millis((ttl_ms / 2).max(MIN_REFRESH_MS));
+        let lock = ClientMsg::Lock { target: target.as_str().into(), id: id.into(), ttl: Some(ttl_ms as f64) };
+        let unlock = ClientMsg::Unlock { target: target.as_str().into(), id: id.into() };
+        let (stop_tx, mut stop) = oneshot::channel::<()>();
+        let cmd = self.cmd.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if cmd.send(Command::Send(lock.clone())).await.is_err() {
+                    return; // the client stopped: nothing to hold or release
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    // Released, or the guard dropped: both end the hold.
+                    _ = &mut stop => break,
+                }
+            }
+            // The client may have stopped meanwhile; then its connection's locks went with it.
+            let _ = cmd.send(Command::Send(unlock)).await;
+        });
+        LockGuard { stop: Some(stop_tx), task: Some(task) }
+    }
+
     /// A watch on the state, for waiting on changes.
     pub fn watch(&self) -> watch::Receiver<Snapshot> {
         self.state.clone()
@@ -417,6 +480,35 @@ impl Drop for Client {
     }
 }
 
+/// The shortest refresh period of [`Client::hold_lock`], in milliseconds: a tiny `ttl` does not
+/// turn into a flood of `lock` messages (it may expire between refreshes instead).
+pub const MIN_REFRESH_MS: u64 = 10;
+
+/// A lock held by [`Client::hold_lock`]: refreshed until released or dropped, then unlocked.
+#[derive(Debug)]
+pub struct LockGuard {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl LockGuard {
+    /// Stops refreshing and sends `unlock`, waiting (up to 2 s) until it is queued.
+    pub async fn release(mut self) {
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            // Bounded; the refresher ends at once unless the command queue is full.
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Dropping the sender ends the refresher, which sends `unlock` on its own.
+        self.stop.take();
+    }
+}
+
 /// How a connection ended.
 enum End {
     /// Reconnect after the backoff.
@@ -497,6 +589,7 @@ impl Task {
             your_id: s.your_id().map(str::to_string),
             users: s.users().clone(),
             transport: s.transport().cloned(),
+            locks: s.locks().clone(),
             clock: s.clock(),
             reconnects: self.reconnects,
             events_lagged: self.lagged,

@@ -85,6 +85,6 @@ pub mod stats;
 pub mod workload;
 
 pub use backoff::{Backoff, BackoffConfig};
-pub use client::{Client, ClientConfig, ClientError, Events, Snapshot, Stamped};
+pub use client::{Client, ClientConfig, ClientError, Events, LockGuard, Snapshot, Stamped};
 pub use endpoint::{BaseUrl, UrlForm};
 pub use session::{Effect, Event, Now, ReloadReason, ServerClose, Session};

@@ -53,6 +53,10 @@ struct Args {
     /// Cursor messages per second per client.
     #[arg(long, default_value_t = 5.0)]
     cursor_hz: f64,
+    /// The ttl, in milliseconds, of the soft lock each client holds on what it drags (refreshed
+    /// every half of it while the drag lasts); 0: no locks.
+    #[arg(long, default_value_t = 2000)]
+    drag_lock_ms: u64,
     /// Seed of everything random (default: from the clock; always printed).
     #[arg(long)]
     seed: Option<u64>,
@@ -187,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         room_prefix: format!("sim{seed:x}-"),
         quiesce_timeout: Duration::from_secs(30),
         progress: !args.quiet,
+        drag_locks: (args.drag_lock_ms > 0).then(|| Duration::from_millis(args.drag_lock_ms)),
     };
     eprintln!(
         "client-sim seed {seed}: {} rooms × {} clients, {} steps each at {} /s, cursors {} Hz",

@@ -87,6 +87,9 @@ pub struct SimConfig {
     pub quiesce_timeout: Duration,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Hold a soft lock on the entity of each property drag while it lasts (PROTOCOL §7), with
+    /// this `ttl`, refreshed every half of it; `None`: no locks.
+    pub drag_locks: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -106,6 +109,7 @@ impl Default for SimConfig {
             room_prefix: "sim".into(),
             quiesce_timeout: Duration::from_secs(30),
             progress: false,
+            drag_locks: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -476,6 +480,8 @@ async fn drive(
     let mut want_step = cfg.rate <= 0.0;
     let mut in_step = false;
     let mut readies = 0u64;
+    // The drag's entity and the guard that keeps its lock.
+    let mut held: Option<((ot_core::EntityKind, ot_core::Id), crate::client::LockGuard)> = None;
     let (step_tx, mut step_rx) = tokio::sync::mpsc::channel::<Result<usize, ClientError>>(4);
     if client.ready(Duration::from_secs(30)).await.is_err() {
         tracing::warn!(pk = %plan.pk, "client did not get init in 30 s");
@@ -527,6 +533,8 @@ async fn drive(
                     }
                     Event::Cursor { .. } => stats.cursors_in += 1,
                     Event::ServerError { code, .. } => *stats.errors.entry(code.as_str().to_string()).or_default() += 1,
+                    Event::Locked { .. } => stats.locked += 1,
+                    Event::Locks(_) => stats.lock_tables += 1,
                     Event::Dropped { ops, .. } => stats.dropped_ops += ops.len() as u64,
                     Event::Disconnected { .. } => stats.disconnects += 1,
                     Event::Ready { .. } => {
@@ -539,6 +547,20 @@ async fn drive(
             }
             r = step_rx.recv() => {
                 in_step = false;
+                if let Some(ttl) = cfg.drag_locks {
+                    // Lock the entity a drag changes as the drag starts (its first update is on
+                    // the wire just before), release it when the drag ends.
+                    let now = workload.lock().unwrap_or_else(|p| p.into_inner()).drag_entity();
+                    if held.as_ref().map(|(e, _)| e) != now.as_ref() {
+                        if let Some((_, guard)) = held.take() {
+                            guard.release().await;
+                        }
+                        if let Some((kind, id)) = now {
+                            stats.locks_held += 1;
+                            held = Some(((kind, id.clone()), client.hold_lock(kind, &id, Some(ttl))));
+                        }
+                    }
+                }
                 match r {
                     Some(Ok(n)) if n > 0 => { stats.steps += 1; live.steps.fetch_add(1, Ordering::Relaxed); }
                     Some(Ok(_)) => {}
@@ -578,6 +600,9 @@ async fn drive(
                 }
             }
         }
+    }
+    if let Some((_, guard)) = held.take() {
+        guard.release().await;
     }
     finish(&mut done);
     Driven { stats, acked }

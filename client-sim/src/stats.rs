@@ -77,6 +77,12 @@ pub struct Stats {
     pub faults: BTreeMap<String, u64>,
     /// Server `error` messages, by code.
     pub errors: BTreeMap<String, u64>,
+    /// Soft locks held for a drag (one per drag, however often refreshed).
+    pub locks_held: u64,
+    /// `lock`s refused because someone else held the entity (`locked` answers).
+    pub locked: u64,
+    /// Changes of the lock table heard.
+    pub lock_tables: u64,
     /// Local ops dropped by a reload.
     pub dropped_ops: u64,
     /// Edits the local document refused (a generator bug if non-zero).
@@ -109,6 +115,9 @@ impl Stats {
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
+        self.locks_held += o.locks_held;
+        self.locked += o.locked;
+        self.lock_tables += o.lock_tables;
         self.dropped_ops += o.dropped_ops;
         self.local_rejects += o.local_rejects;
         self.events_lagged += o.events_lagged;
@@ -165,6 +174,7 @@ impl Report {
             "cursorsDelivered": s.cursors_in, "cursorsDeliveredPerSec": s.cursors_in as f64 / secs,
             "cursorsSent": s.cursors_out, "reconnects": s.reconnects, "disconnects": s.disconnects,
             "faults": s.faults, "errors": s.errors, "droppedOps": s.dropped_ops,
+            "locks": {"held": s.locks_held, "locked": s.locked, "tableChanges": s.lock_tables},
             "localRejects": s.local_rejects, "eventsLagged": s.events_lagged,
             "processCpuSecs": self.process_cpu,
             "cpuMicrosPerAckedOp": self.process_cpu.map(|c| c * 1e6 / (s.acked.max(1) as f64)),
@@ -213,6 +223,7 @@ impl Report {
         row("faults injected", if s.faults.is_empty() { "none".into() } else { fmt_map(&s.faults) });
         row("server errors by code", if s.errors.is_empty() { "none".into() } else { fmt_map(&s.errors) });
         row("ops dropped by reloads", s.dropped_ops.to_string());
+        row("locks held / locked", format!("{} / {} ({} table changes heard)", s.locks_held, s.locked, s.lock_tables));
         if s.local_rejects > 0 || s.events_lagged > 0 {
             row("local rejects / lagged", format!("{} / {}", s.local_rejects, s.events_lagged));
         }

@@ -5,7 +5,7 @@
 //!
 //! Pure: the caller passes the document (the client's exact local state) and gets ops back.
 
-use ot_core::{Document, Id, Op};
+use ot_core::{Document, EntityKind, Id, Op};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -138,6 +138,13 @@ impl Workload {
             2 => Step::Redo,
             _ => Step::Edit,
         }
+    }
+
+    /// The entity a property drag under way is changing (none for a project property): what
+    /// a client locks for the drag's duration.
+    pub fn drag_entity(&self) -> Option<(EntityKind, Id)> {
+        let d = self.drag.as_ref()?;
+        Some((EntityKind::from_name(d.target)?, d.id.clone()?))
     }
 
     /// The next edit, valid against `doc`, and what kind it is.

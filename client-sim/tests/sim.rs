@@ -62,6 +62,11 @@ async fn faulty_run_converges() {
     assert!(report.stats.reconnects > 0, "seed {seed}: faults must cause reconnects");
     assert!(report.stats.faults.get("stall").copied().unwrap_or(0) >= 1, "seed {seed}: a reader stalled");
     assert!(report.stats.duplicates > 0, "seed {seed}: duplicates were sent");
+    assert!(report.stats.locks_held > 0, "seed {seed}: drags hold locks");
+    assert!(report.stats.lock_tables > 0, "seed {seed}: lock tables were heard");
+    let json = report.to_json();
+    assert_eq!(json["locks"]["locked"], report.stats.locked, "seed {seed}: locked answers are in the report");
+    assert_eq!(report.stats.errors.get("locked").copied().unwrap_or(0), report.stats.locked, "seed {seed}");
     server.shutdown().await.unwrap();
 }
 
@@ -171,4 +176,90 @@ async fn relay_baseline_runs() {
     assert_eq!(r.stats.acked, 900, "every frame echoed once");
     assert_eq!(r.stats.remote, 900 * 2, "each frame reaches the two others");
     relay.shutdown().await;
+}
+
+/// A short seeded run where every drag holds a lock with a short ttl (so refreshes, expiries,
+/// refusals and releases at delete all happen), four clients per room on few entities:
+/// every replica converges, and the locks show up in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_drag_locks_converges() {
+    let seed = 0x10c5;
+    let server = sequencer::start(memory_config()).await.unwrap();
+    let cfg = SimConfig {
+        urls: vec![format!("ws://{}", server.addr)],
+        rooms: 2,
+        clients: 4,
+        ops: 150,
+        rate: 100.0,
+        duration: Duration::from_secs(20),
+        seed,
+        drag_locks: Some(Duration::from_millis(300)),
+        room_prefix: "locks-".into(),
+        ..SimConfig::default()
+    };
+    let report = client_sim::sim::run(cfg, Arc::new(T)).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    println!("{}", report.to_table());
+    assert!(report.ok(), "seed {seed}: {:?} {:?}", report.divergences, report.lost_acks);
+    assert_eq!(report.rooms_converged, 2, "seed {seed}");
+    assert!(report.stats.locks_held > 0 && report.stats.lock_tables > 0, "seed {seed}: {:?}", report.stats);
+    assert!(report.to_table().contains("locks held / locked"), "seed {seed}: the text report counts locks");
+    server.shutdown().await.unwrap();
+}
+
+/// The Rust client's lock API against the real server: a held lock is refreshed past its ttl,
+/// another client's lock is refused with the holder named, and releasing the guard unlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_holds_refreshes_and_releases_a_lock() {
+    use client_sim::session::Event;
+    use client_sim::{Client, ClientConfig};
+    use ot_core::EntityKind;
+
+    let server = sequencer::start(memory_config()).await.unwrap();
+    let t = Duration::from_secs(5);
+    let connect = |pk: &str| {
+        let cfg = ClientConfig::new(
+            format!("ws://{}", server.addr),
+            "client-locks",
+            room_token(SECRET, "client-locks", pk, pk, Role::Editor, 3600).unwrap(),
+            pk,
+        );
+        Client::connect(cfg).unwrap()
+    };
+    let (ana, _ana_events) = connect("ana");
+    let (ben, mut ben_events) = connect("ben");
+    ana.ready(t).await.unwrap();
+    ben.ready(t).await.unwrap();
+    let op = ot_core::Op::batch_from_value(serde_json::json!(
+        {"type":"insert","target":"track","id":"t1","index":0,"value":{"name":"Drums","clips":[]}}))
+    .unwrap();
+    ana.submit(op).await.unwrap();
+    ana.settled(t).await.unwrap();
+    let guard = ana.hold_lock(EntityKind::Track, "t1", Some(Duration::from_millis(300)));
+    let mut w = ben.watch();
+    tokio::time::timeout(t, w.wait_for(|s| s.locks.iter().any(|l| l.id == "t1" && l.user_id == "ana")))
+        .await
+        .expect("ben sees ana's lock")
+        .unwrap();
+    // Three ttls later it is still held: the guard refreshed it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(ben.locks().len(), 1, "refreshed, not expired: {:?}", ben.locks());
+    ben.lock(EntityKind::Track, "t1", None).await.unwrap();
+    let locked = tokio::time::timeout(t, async {
+        loop {
+            match ben_events.recv().await.map(|e| e.event) {
+                Some(Event::Locked { locked_by, message }) => return (locked_by, message),
+                Some(_) => continue,
+                None => panic!("ben's events ended"),
+            }
+        }
+    })
+    .await
+    .expect("ben is refused in time");
+    assert_eq!(locked.0.id, "ana", "{locked:?}");
+    assert!(locked.1.contains("ana"), "{locked:?}");
+    guard.release().await;
+    tokio::time::timeout(t, w.wait_for(|s| s.locks.is_empty())).await.expect("the release reaches ben").unwrap();
+    ana.close().await;
+    ben.close().await;
+    server.shutdown().await.unwrap();
 }

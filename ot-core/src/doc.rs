@@ -85,7 +85,7 @@ impl From<Props> for PropMap {
 pub const PROJECT_STRUCTURAL_KEYS: [&str; 5] = ["version", "playhead", "isPlaying", "tracks", "markers"];
 
 /// What kind of entity an id names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntityKind {
     /// A track: lives in `tracks`, holds clips.
@@ -103,6 +103,16 @@ impl EntityKind {
             EntityKind::Track => "track",
             EntityKind::Clip => "clip",
             EntityKind::Marker => "marker",
+        }
+    }
+
+    /// The kind with this wire name, if any (`project` is an op target, not an entity).
+    pub fn from_name(name: &str) -> Option<EntityKind> {
+        match name {
+            "track" => Some(EntityKind::Track),
+            "clip" => Some(EntityKind::Clip),
+            "marker" => Some(EntityKind::Marker),
+            _ => None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The protocol's rules in one place, used by the sequencer and every client alike.
 //!
-//! - This module: the socket messages of PROTOCOL §3 as serde types, their decoding, and the
+//! - This module: the socket messages of PROTOCOL §3 (and the soft locks of §7: [`Lock`],
+//!   [`lock_ttl_ms`], [`MAX_LOCKS_PER_CONNECTION`]) as serde types, their decoding, and the
 //!   size [`Limits`] of §3.3. Decoding is strict about what it needs and tolerant of what it
 //!   does not know: unknown fields are ignored, and [`decode_client`] tells `bad_json` from
 //!   `bad_message` so the server answers with the right [`ErrorCode`].
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::op::{Op, Update};
+use crate::EntityKind;
 
 pub mod close;
 pub mod ids;
@@ -96,6 +98,79 @@ pub enum ClientMsg {
     },
     /// Heartbeat.
     Ping,
+    /// Take or refresh a soft lock on an entity (PROTOCOL §7).
+    Lock {
+        /// `track`, `clip` or `marker`; kept as text so that another word is answered
+        /// `invalid_op` (like an entity that does not exist) rather than `bad_message`.
+        target: String,
+        /// The entity's id.
+        id: String,
+        /// Milliseconds until it expires; see [`lock_ttl_ms`] for the default and the bounds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl: Option<f64>,
+    },
+    /// Release a soft lock this connection holds (PROTOCOL §7).
+    Unlock {
+        /// `track`, `clip` or `marker`.
+        target: String,
+        /// The entity's id.
+        id: String,
+    },
+}
+
+/// A lock's `ttl` when the client gives none, in milliseconds (PROTOCOL §7).
+pub const LOCK_TTL_DEFAULT_MS: u64 = 10_000;
+
+/// The longest lock `ttl`, in milliseconds: a larger one is taken as this (PROTOCOL §7).
+pub const LOCK_TTL_MAX_MS: u64 = 60_000;
+
+/// Most locks one connection holds at once; past it a `lock` is answered `lock_limit`.
+pub const MAX_LOCKS_PER_CONNECTION: usize = 16;
+
+/// A lock `ttl` that is not a positive number of milliseconds: answered `bad_message`.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("lock ttl must be a positive number of milliseconds, got {ttl}")]
+pub struct LockTtlError {
+    /// What was sent.
+    pub ttl: f64,
+}
+
+/// A `lock` message's `ttl` in whole milliseconds: [`LOCK_TTL_DEFAULT_MS`] when absent, at most
+/// [`LOCK_TTL_MAX_MS`] (larger values are clamped), fractions rounded up; zero or negative is an
+/// error. The one rule, used by the server and by clients that refresh their locks.
+///
+/// ```
+/// use ot_core::protocol::lock_ttl_ms;
+/// assert_eq!(lock_ttl_ms(None), Ok(10_000));
+/// assert_eq!(lock_ttl_ms(Some(300.0)), Ok(300));
+/// assert_eq!(lock_ttl_ms(Some(0.5)), Ok(1));
+/// assert_eq!(lock_ttl_ms(Some(1e12)), Ok(60_000));
+/// assert!(lock_ttl_ms(Some(0.0)).is_err() && lock_ttl_ms(Some(-5.0)).is_err());
+/// ```
+pub fn lock_ttl_ms(ttl: Option<f64>) -> Result<u64, LockTtlError> {
+    match ttl {
+        None => Ok(LOCK_TTL_DEFAULT_MS),
+        Some(t) if t.is_finite() && t > 0.0 => Ok(t.ceil().min(LOCK_TTL_MAX_MS as f64) as u64),
+        Some(t) => Err(LockTtlError { ttl: t }),
+    }
+}
+
+/// One entry of the room's lock table (`locks` and `init.locks`, PROTOCOL §7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lock {
+    /// What kind of entity is locked.
+    pub target: EntityKind,
+    /// The entity's id.
+    pub id: String,
+    /// The holder's connection id (its presence `id`).
+    pub user_id: String,
+    /// The holder's display name.
+    pub name: String,
+    /// The holder's presence color.
+    pub color: String,
+    /// When it expires unless refreshed: milliseconds since the epoch, server clock.
+    pub expires_at: u64,
 }
 
 /// One sequenced operation as broadcast (and as listed in `init.ops` and `GET …/ops`).
@@ -176,6 +251,15 @@ pub enum ServerMsg {
         /// The transport with the time it was stamped.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         transport: Option<TransportState>,
+        /// The room's lock table (PROTOCOL §7): always sent, possibly empty; absent from an
+        /// older server, and then read as empty.
+        #[serde(default)]
+        locks: Vec<Lock>,
+    },
+    /// The room's whole lock table, after every change (PROTOCOL §7).
+    Locks {
+        /// Every lock held now.
+        locks: Vec<Lock>,
     },
     /// Someone joined.
     UserJoined {
@@ -231,6 +315,9 @@ pub enum ServerMsg {
         /// The op it is about.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         op_id: Option<String>,
+        /// With `locked`: the presence of the connection holding the lock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked_by: Option<Presence>,
     },
 }
 
@@ -256,6 +343,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The server failed to store the op; it was not applied.
     Internal,
+    /// The entity is locked by another connection (PROTOCOL §7); `lockedBy` says who.
+    Locked,
+    /// The connection holds [`MAX_LOCKS_PER_CONNECTION`] locks already.
+    LockLimit,
 }
 
 impl ErrorCode {
@@ -271,6 +362,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::Locked => "locked",
+            ErrorCode::LockLimit => "lock_limit",
         }
     }
 }

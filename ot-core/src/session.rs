@@ -8,8 +8,10 @@
 //! to reconnect with, resending the op in flight with its original `opId` after `init`,
 //! reloading (reconnect without `since`) after `version_too_old`, a rejected op, a version gap
 //! or a divergence, whether to come back at all after the server closed the socket
-//! ([`Session::on_server_close`], by [`CloseAction`]), presence, the transport, and a server
-//! clock estimate from `pong`. [`backoff`] spaces the reconnects.
+//! ([`Session::on_server_close`], by [`CloseAction`]), presence, the transport, the room's soft
+//! locks (PROTOCOL §7: [`Session::locks`], [`Session::lock`], [`Event::Locks`],
+//! [`Event::Locked`]), and a server clock estimate from `pong`. [`backoff`] spaces the
+//! reconnects.
 //!
 //! Time comes in as a [`Now`] of plain milliseconds; the caller reads its own clocks.
 //!
@@ -35,10 +37,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::{
-    ClientMsg, Close, CloseAction, CursorPos, ErrorCode, OperationMsg, Presence, ServerMsg, TransportState,
+    ClientMsg, Close, CloseAction, CursorPos, ErrorCode, Lock, OperationMsg, Presence, ServerMsg, TransportState,
 };
 use crate::sync::{ClientDoc, ClientError, Outgoing, Received, UndoConfig, UndoOutcome};
-use crate::{Document, Op, OpError};
+use crate::{Document, EntityKind, Op, OpError};
 
 pub mod backoff;
 
@@ -132,6 +134,17 @@ pub enum Event {
     },
     /// Someone changed the transport.
     Transport(TransportState),
+    /// The room's lock table changed (a `locks` message, or `init` with a different table):
+    /// the whole new table, as [`Session::locks`] now returns it.
+    Locks(Vec<Lock>),
+    /// A `lock` was refused because another connection holds it (error code `locked`); the
+    /// [`Event::ServerError`] for the same message comes just before this one.
+    Locked {
+        /// The server's text (it names the holder and the entity).
+        message: String,
+        /// The holder's presence.
+        locked_by: Presence,
+    },
     /// A new clock sample: `offset_ms` is server minus local, `rtt` the ping's round trip.
     Clock {
         /// The best estimate of server time minus local time, in milliseconds.
@@ -263,6 +276,7 @@ pub struct Session {
     undo_config: UndoConfig,
     your_id: Option<String>,
     users: Arc<BTreeMap<String, Presence>>,
+    locks: Arc<Vec<Lock>>,
     transport: Option<TransportState>,
     clock: Option<ClockEstimate>,
     live: bool,
@@ -283,6 +297,7 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::Transport { .. } => "transport",
         ServerMsg::Pong { .. } => "pong",
         ServerMsg::Error { .. } => "error",
+        ServerMsg::Locks { .. } => "locks",
     }
 }
 
@@ -305,6 +320,7 @@ impl Session {
             undo_config: UndoConfig::default(),
             your_id: None,
             users: Arc::new(BTreeMap::new()),
+            locks: Arc::new(Vec::new()),
             transport: None,
             clock: None,
             live: false,
@@ -365,6 +381,48 @@ impl Session {
     /// Everyone in the room by connection id (this connection included).
     pub fn users(&self) -> &Arc<BTreeMap<String, Presence>> {
         &self.users
+    }
+
+    /// The room's soft locks as last heard (from `init` or a `locks` message), ordered by
+    /// target and id. Kept while offline (it is stale then) until the next `init` replaces it.
+    pub fn locks(&self) -> &Arc<Vec<Lock>> {
+        &self.locks
+    }
+
+    /// The lock on an entity, if the table has one.
+    pub fn lock_on(&self, target: EntityKind, id: &str) -> Option<&Lock> {
+        self.locks.iter().find(|l| l.target == target && l.id == id)
+    }
+
+    /// The locks this connection holds, by the table (empty before the first `init`).
+    pub fn my_locks(&self) -> Vec<&Lock> {
+        match &self.your_id {
+            Some(me) => self.locks.iter().filter(|l| &l.user_id == me).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// A `lock` message: take or refresh the lock on `target` `id` for `ttl_ms` milliseconds
+    /// (`None`: the server's default, 10 s; at most 60 s). The table changes when the server's
+    /// `locks` message arrives; a refusal comes back as [`Event::ServerError`] (and
+    /// [`Event::Locked`] when someone else holds it).
+    pub fn lock(&self, target: EntityKind, id: &str, ttl_ms: Option<u64>) -> ClientMsg {
+        ClientMsg::Lock { target: target.as_str().to_string(), id: id.to_string(), ttl: ttl_ms.map(|t| t as f64) }
+    }
+
+    /// An `unlock` message: release the lock on `target` `id` (the server ignores an unlock of
+    /// a lock this connection does not hold).
+    pub fn unlock(&self, target: EntityKind, id: &str) -> ClientMsg {
+        ClientMsg::Unlock { target: target.as_str().to_string(), id: id.to_string() }
+    }
+
+    /// Replaces the lock table; the event when it changed.
+    fn note_locks(&mut self, locks: Vec<Lock>) -> Option<Effect> {
+        if *self.locks == locks {
+            return None;
+        }
+        self.locks = Arc::new(locks.clone());
+        Some(Effect::Event(Event::Locks(locks)))
     }
 
     /// The transport as last heard or set.
@@ -573,12 +631,24 @@ impl Session {
             return Err(SessionError::BeforeInit { got: msg_name(&msg) });
         }
         match msg {
-            ServerMsg::Init { users, state, ops, your_id, version, server_time, transport } => {
-                self.handle_init(users, state, ops, your_id, version, server_time, transport, now)
+            ServerMsg::Init { users, state, ops, your_id, version, server_time, transport, locks } => {
+                let mut out = self.handle_init(users, state, ops, your_id, version, server_time, transport, now)?;
+                // After `Ready`: the table belongs to the room the application now sees.
+                if let Some(e) = self.note_locks(locks) {
+                    let at =
+                        out.iter().position(|e| matches!(e, Effect::Event(Event::Ready { .. }))).map_or(0, |i| i + 1);
+                    out.insert(at, e);
+                }
+                Ok(out)
             }
+            ServerMsg::Locks { locks } => Ok(self.note_locks(locks).into_iter().collect()),
             ServerMsg::Operation(m) => Ok(self.handle_op(&m, now)),
-            ServerMsg::Error { code, message, op_id } => {
-                let mut out = vec![Effect::Event(Event::ServerError { code, message, op_id: op_id.clone() })];
+            ServerMsg::Error { code, message, op_id, locked_by } => {
+                let mut out =
+                    vec![Effect::Event(Event::ServerError { code, message: message.clone(), op_id: op_id.clone() })];
+                if let Some(locked_by) = locked_by.filter(|_| code == ErrorCode::Locked) {
+                    out.push(Effect::Event(Event::Locked { message, locked_by }));
+                }
                 let about_inflight = op_id.is_some() && op_id.as_deref() == self.inflight_id();
                 let rejected = matches!(
                     code,
@@ -845,6 +915,7 @@ mod tests {
                 version: 3,
                 server_time: 1_000,
                 transport: None,
+                locks: vec![],
             };
             let e = s.handle(rejoin, now()).unwrap();
             assert!(e.iter().any(|e| matches!(e, Effect::Send(ClientMsg::Operation { .. }))), "{code}: {e:?}");
@@ -930,6 +1001,7 @@ mod tests {
             version: 0,
             server_time: 1_000,
             transport: None,
+            locks: vec![],
         };
         let e = s.handle(rejoin, now()).unwrap();
         let sent: Vec<_> = e.iter().filter(|e| matches!(e, Effect::Send(_))).collect();
@@ -988,5 +1060,56 @@ mod tests {
         assert!(s.doc().unwrap().get("g1").is_none() && s.doc().unwrap().get("g2").is_none());
         let (out, _) = s.redo(at(30_100)).unwrap();
         assert!(out.did_apply() && s.doc().unwrap().get("g2").is_some());
+    }
+
+    #[test]
+    fn the_lock_table_follows_init_and_locks_and_a_refusal_names_the_holder() {
+        let lock = |id: &str, who: &str| Lock {
+            target: EntityKind::Clip,
+            id: id.into(),
+            user_id: who.into(),
+            name: who.into(),
+            color: "#e6194b".into(),
+            expires_at: 11_000,
+        };
+        let mut s = Session::new("me");
+        s.on_open();
+        let mut first = init(0);
+        if let ServerMsg::Init { locks, .. } = &mut first {
+            locks.push(lock("c1", "ana"));
+        }
+        let e = s.handle(first, now()).unwrap();
+        assert!(matches!(&e[0], Effect::Event(Event::Ready { .. })), "{e:?}");
+        assert_eq!(e[1], Effect::Event(Event::Locks(vec![lock("c1", "ana")])), "the table right after Ready");
+        assert_eq!(s.lock_on(EntityKind::Clip, "c1").map(|l| l.user_id.as_str()), Some("ana"));
+        assert!(s.my_locks().is_empty());
+        // The same table again is no change; a new one is.
+        assert!(s.handle(ServerMsg::Locks { locks: vec![lock("c1", "ana")] }, now()).unwrap().is_empty());
+        let both = vec![lock("c1", "ana"), lock("c2", "me")];
+        let e = s.handle(ServerMsg::Locks { locks: both.clone() }, now()).unwrap();
+        assert_eq!(e, vec![Effect::Event(Event::Locks(both))]);
+        assert_eq!(s.my_locks().len(), 1);
+        // Messages to send.
+        let m = s.lock(EntityKind::Clip, "c3", Some(300));
+        assert_eq!(serde_json::to_value(&m).unwrap(), json!({"type":"lock","target":"clip","id":"c3","ttl":300.0}));
+        let m = s.unlock(EntityKind::Track, "t1");
+        assert_eq!(serde_json::to_value(&m).unwrap(), json!({"type":"unlock","target":"track","id":"t1"}));
+        // A refusal: the error as ever, then who holds it.
+        let refused = crate::protocol::decode_server(
+            &json!({"type":"error","code":"locked","message":"clip c1 is locked by ana",
+                    "lockedBy":{"id":"ana","userId":"ana","name":"Ana","color":"#e6194b","lastSeen":5}})
+            .to_string(),
+        )
+        .unwrap();
+        let e = s.handle(refused, now()).unwrap();
+        assert!(matches!(&e[0], Effect::Event(Event::ServerError { code: ErrorCode::Locked, .. })), "{e:?}");
+        let Effect::Event(Event::Locked { locked_by, .. }) = &e[1] else { panic!("{e:?}") };
+        assert_eq!(locked_by.name, "Ana");
+        assert_eq!(e.len(), 2, "a lock refusal reloads nothing: {e:?}");
+        // A reconnect's init without locks empties the table.
+        s.on_open();
+        let e = s.handle(init(0), now()).unwrap();
+        assert!(e.contains(&Effect::Event(Event::Locks(vec![]))), "{e:?}");
+        assert!(s.locks().is_empty());
     }
 }

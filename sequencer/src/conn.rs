@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use ot_core::protocol::{decode_client, ClientMsg, CursorPos, CONNECTION_ID_MAX, ROOM_ID_MAX};
+use ot_core::protocol::{decode_client, lock_ttl_ms, ClientMsg, CursorPos, CONNECTION_ID_MAX, ROOM_ID_MAX};
 use ot_core::sync::Submit;
 use ot_core::Op;
 use tokio::time::Instant;
@@ -310,6 +310,15 @@ impl Connection {
         }
         match msg {
             ClientMsg::Ping => Step::Send(ClientIn::Ping),
+            // The room decides the rest (role, target, entity, holder, limit): it knows them.
+            ClientMsg::Lock { target, id, ttl } => match lock_ttl_ms(ttl) {
+                Ok(ttl_ms) => Step::Send(ClientIn::Lock { target, id, ttl_ms }),
+                Err(e) => {
+                    outbox.push(error_frame(&Rejection::LockTtl(e), None));
+                    Step::Continue
+                }
+            },
+            ClientMsg::Unlock { target, id } => Step::Send(ClientIn::Unlock { target, id }),
             ClientMsg::Cursor { x, y, selection } => Step::Send(ClientIn::Cursor(CursorPos { x, y, selection })),
             ClientMsg::Transport { .. } if !self.claims.role.may_drive_transport() => {
                 outbox.push(error_frame(&Rejection::Forbidden { what: "transport" }, None));

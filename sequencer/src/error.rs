@@ -2,7 +2,7 @@
 //! ([`Rejection::code`]); the close codes ([`Close`]) are ot-core's
 //! [`ot_core::protocol::Close`], re-exported.
 
-use ot_core::protocol::{DecodeError, ErrorCode, LimitError};
+use ot_core::protocol::{DecodeError, ErrorCode, LimitError, LockTtlError, MAX_LOCKS_PER_CONNECTION};
 use ot_core::sync::SubmitError;
 use ot_core::OpError;
 
@@ -63,6 +63,45 @@ pub enum Rejection {
         /// The cap.
         limit: usize,
     },
+    /// A `lock` whose `ttl` is not a positive number.
+    #[error(transparent)]
+    LockTtl(#[from] LockTtlError),
+    /// A `lock` of something that is not a track, clip or marker.
+    #[error("cannot lock a `{target}`: locks are on tracks, clips and markers")]
+    LockTarget {
+        /// The target sent (at most 64 characters of it).
+        target: String,
+    },
+    /// A `lock` of an entity that does not exist (or is of another kind).
+    #[error("no {target} `{id}` to lock")]
+    LockMissing {
+        /// `track`, `clip` or `marker`.
+        target: &'static str,
+        /// The id sent (at most 128 characters of it).
+        id: String,
+    },
+    /// A `lock` of an entity another connection holds.
+    #[error("{target} `{id}` is locked by {name} (connection {holder}) until {expires_at}")]
+    Locked {
+        /// `track`, `clip` or `marker`.
+        target: &'static str,
+        /// The entity.
+        id: String,
+        /// The holder's display name.
+        name: String,
+        /// The holder's connection id.
+        holder: String,
+        /// When the lock expires, ms since the epoch.
+        expires_at: u64,
+    },
+    /// A connection that holds the most locks it may tried to take another.
+    #[error("this connection holds {MAX_LOCKS_PER_CONNECTION} locks already; unlock one first")]
+    LockLimit,
+}
+
+/// `s` cut to at most `max` characters, for echoing a client's text in a message.
+pub fn clip_text(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 impl Rejection {
@@ -85,6 +124,10 @@ impl Rejection {
             Rejection::Forbidden { .. } => ErrorCode::Forbidden,
             Rejection::RateLimited { .. } => ErrorCode::RateLimited,
             Rejection::Storage(_) => ErrorCode::Internal,
+            Rejection::LockTtl(_) => ErrorCode::BadMessage,
+            Rejection::LockTarget { .. } | Rejection::LockMissing { .. } => ErrorCode::InvalidOp,
+            Rejection::Locked { .. } => ErrorCode::Locked,
+            Rejection::LockLimit => ErrorCode::LockLimit,
         }
     }
 }

@@ -15,7 +15,7 @@
 //! - [`room`]: rooms. [`room::core::RoomCore`] makes every decision of a room as a synchronous
 //!   machine (`handle(input, now) -> outputs`, `next_deadline()`): sequencing through ot-core's
 //!   `ServerDoc`, durability bookkeeping, `since` catch-ups, cursors, the transport, presence
-//!   ([`room::presence`]) and a shared store's lost races and other nodes' ops
+//!   ([`room::presence`]), soft locks ([`room::locks`]) and a shared store's lost races and other nodes' ops
 //!   ([`room::cluster`]). The room's tokio task is a short shell that feeds it inputs and carries
 //!   out its outputs (outboxes, store writes and reads, the bus, the clock); tests and the
 //!   simulation drive the core directly. The registry finds or starts rooms.
@@ -79,6 +79,15 @@
 //!   wait on it. Either way it resyncs with `since`.
 //! - With `--memory`, rooms still unload when idle, but their log stays in the process, so a
 //!   room "lives as long as the process" as PROTOCOL §4 says.
+//! - Soft locks (PROTOCOL §7): a `ttl` above 60,000 ms is taken as 60,000, fractions round up,
+//!   and zero, negative or non-numeric is `bad_message`; a refresh sets the expiry to now +
+//!   `ttl`. A `target` other than `track`/`clip`/`marker`, an entity that does not exist (in the
+//!   live document, so one's own just-sequenced insert can be locked) or is of another kind, is
+//!   `invalid_op`. `unlock` of a lock the connection does not hold is ignored, unanswered.
+//!   Locks belong to the connection id: a `_pk` takeover keeps them, a leave or eviction ends
+//!   them (the `locks` message goes out before `user_left`). A delete ends the locks on what it
+//!   removed, a track's clips included, once it is applied (after its `operation` broadcast).
+//!   Locks are per node, like presence.
 //! - `lastSeen` is refreshed by every message (ping, cursor, edit); it is reported in `init.users`
 //!   and `user_joined`, not broadcast on every change.
 

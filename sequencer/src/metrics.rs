@@ -1,8 +1,10 @@
 //! Prometheus text metrics (`GET /metrics`): lock-free counters and fixed-bucket histograms.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use ot_core::protocol::ErrorCode;
 
 /// A histogram with fixed upper bounds.
 struct Histogram {
@@ -45,6 +47,10 @@ impl Histogram {
     }
 }
 
+/// The codes a `lock` is refused with, as labels of `sequencer_lock_refusals_total`.
+pub const LOCK_REFUSAL_CODES: [ErrorCode; 4] =
+    [ErrorCode::Locked, ErrorCode::LockLimit, ErrorCode::InvalidOp, ErrorCode::Forbidden];
+
 /// The server's metrics.
 pub struct Metrics {
     connections: AtomicU64,
@@ -54,6 +60,10 @@ pub struct Metrics {
     slow_closes: AtomicU64,
     rooms_refused: AtomicU64,
     limit_refusals: AtomicU64,
+    locks_held: AtomicI64,
+    locks_expired: AtomicU64,
+    /// By code, in the order of [`LOCK_REFUSAL_CODES`].
+    lock_refusals: [AtomicU64; 4],
     rebase_depth: Histogram,
     storage_latency: Histogram,
     group_size: Histogram,
@@ -69,6 +79,9 @@ impl Default for Metrics {
             slow_closes: AtomicU64::new(0),
             rooms_refused: AtomicU64::new(0),
             limit_refusals: AtomicU64::new(0),
+            locks_held: AtomicI64::new(0),
+            locks_expired: AtomicU64::new(0),
+            lock_refusals: Default::default(),
             rebase_depth: Histogram::new(&[0.0, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0]),
             storage_latency: Histogram::new(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
             group_size: Histogram::new(&[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0]),
@@ -119,6 +132,28 @@ impl Metrics {
     /// A connection was refused, or a message answered, for a limit (account slots, sizes).
     pub fn limit_refused(&self) {
         self.limit_refusals.fetch_add(1, Relaxed);
+    }
+
+    /// The soft locks held changed by `delta` (taken minus released, over all rooms).
+    pub fn locks_held(&self, delta: i64) {
+        self.locks_held.fetch_add(delta, Relaxed);
+    }
+
+    /// `count` soft locks expired.
+    pub fn locks_expired(&self, count: u64) {
+        self.locks_expired.fetch_add(count, Relaxed);
+    }
+
+    /// A `lock` was refused with `code` (a code not in [`LOCK_REFUSAL_CODES`] is not counted).
+    pub fn lock_refused(&self, code: ErrorCode) {
+        if let Some(i) = LOCK_REFUSAL_CODES.iter().position(|c| *c == code) {
+            self.lock_refusals[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Soft locks held now, over all rooms.
+    pub fn locks(&self) -> i64 {
+        self.locks_held.load(Relaxed)
     }
 
     /// One group commit took `d` for `groups` room requests.
@@ -175,6 +210,20 @@ impl Metrics {
             "Messages answered too_large and connections refused for a per-account or size limit.",
             self.limit_refusals.load(Relaxed),
         );
+        let held = self.locks_held.load(Relaxed).max(0) as u64;
+        g(&mut out, "sequencer_locks_held", "gauge", "Soft locks held now, over all rooms.", held);
+        g(
+            &mut out,
+            "sequencer_locks_expired_total",
+            "counter",
+            "Soft locks that expired unrefreshed.",
+            self.locks_expired.load(Relaxed),
+        );
+        let name = "sequencer_lock_refusals_total";
+        let _ = writeln!(out, "# HELP {name} Lock requests refused, by error code.\n# TYPE {name} counter");
+        for (code, n) in LOCK_REFUSAL_CODES.iter().zip(&self.lock_refusals) {
+            let _ = writeln!(out, "{name}{{code=\"{}\"}} {}", code.as_str(), n.load(Relaxed));
+        }
         self.rebase_depth.render(&mut out, "sequencer_rebase_depth", "Versions an op was transformed over.");
         self.storage_latency.render(&mut out, "sequencer_storage_append_seconds", "Latency of one group commit.");
         self.group_size.render(&mut out, "sequencer_storage_group_size", "Room requests per group commit.");

@@ -12,6 +12,7 @@
 //! - [`core`]: [`core::RoomCore`], its inputs and outputs; sequencing, durability bookkeeping,
 //!   catch-up, cursors, transport.
 //! - [`presence`]: members, colors, the `_pk` takeover rule and per-account slots.
+//! - [`locks`]: the soft lock table (PROTOCOL §7), presence-like and never stored.
 //! - [`cluster`]: a shared store's lost races and other nodes' ops.
 
 use std::collections::{HashMap, VecDeque};
@@ -34,6 +35,7 @@ use crate::Shared;
 
 pub mod cluster;
 pub mod core;
+pub mod locks;
 pub mod presence;
 
 pub use self::core::{ClientIn, Collaborator};
@@ -414,6 +416,9 @@ impl Shell {
             }
             Output::Stat(Stat::Sequenced { depth }) => self.shared.metrics.sequenced(depth),
             Output::Stat(Stat::LimitRefused) => self.shared.metrics.limit_refused(),
+            Output::Stat(Stat::LocksHeld { delta }) => self.shared.metrics.locks_held(delta),
+            Output::Stat(Stat::LocksExpired { count }) => self.shared.metrics.locks_expired(count),
+            Output::Stat(Stat::LockRefused(code)) => self.shared.metrics.lock_refused(code),
             Output::Unload => {
                 if self.draining {
                     if rx.is_empty() {

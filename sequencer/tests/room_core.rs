@@ -318,3 +318,68 @@ fn a_gap_on_the_bus_is_filled_from_the_store_and_polling_finds_lost_messages() {
     assert_eq!(n2.core.durable_version(), 4);
     assert_eq!(n1.core.state_value(), n2.core.state_value());
 }
+
+fn lock(target: &str, id: &str, ttl_ms: u64) -> ClientIn {
+    ClientIn::Lock { target: target.into(), id: id.into(), ttl_ms }
+}
+
+#[test]
+fn a_lock_expires_at_the_rooms_deadline_and_a_refresh_moves_it() {
+    let mut h = Harness::new(config("r"));
+    let t0 = h.now.epoch_ms;
+    let a = h.join("a", 1, "ana", Role::Editor, None);
+    h.client(&a, submit(&a, "ana", track("t1", 0), Some(0), "a:1"));
+    h.take(&a);
+    assert_eq!(h.core.next_deadline(), None);
+    h.client(&a, lock("track", "t1", 300));
+    let got = h.take_type(&a, "locks");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["locks"][0]["expiresAt"].as_u64(), Some(t0 + 300));
+    assert_eq!(h.core.next_deadline(), Some(300), "the shell wakes for the expiry");
+    h.advance(200);
+    h.client(&a, lock("track", "t1", 300));
+    assert_eq!(h.take_type(&a, "locks")[0]["locks"][0]["expiresAt"].as_u64(), Some(t0 + 500));
+    assert_eq!(h.core.next_deadline(), Some(500));
+    h.advance(299);
+    assert!(h.take_type(&a, "locks").is_empty(), "refreshed: not expired at 499");
+    assert_eq!(h.core.locks().len(), 1);
+    h.advance(1);
+    let got = h.take_type(&a, "locks");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["locks"], json!([]));
+    assert_eq!(h.core.next_deadline(), None);
+}
+
+#[test]
+fn a_takeover_keeps_the_locks_and_the_replaced_sockets_leave_releases_nothing() {
+    let mut h = Harness::new(config("r"));
+    let a1 = h.join("a", 1, "ana", Role::Editor, None);
+    let b = h.join("b", 1, "ben", Role::Editor, None);
+    h.client(&a1, submit(&a1, "ana", track("t1", 0), Some(0), "a:1"));
+    h.client(&a1, lock("track", "t1", 10_000));
+    h.take(&b);
+    let a2 = h.join("a", 2, "ana", Role::Editor, None);
+    assert!(h.closed.contains(&(a1.clone(), Close::Replaced)));
+    assert_eq!(h.take(&a2)[0]["locks"][0]["userId"], "a", "init carries the kept lock");
+    h.leave(&a1);
+    assert!(h.take_type(&b, "locks").is_empty());
+    assert_eq!(h.core.locks().len(), 1);
+    h.leave(&a2);
+    assert_eq!(h.take_type(&b, "locks")[0]["locks"], json!([]));
+}
+
+#[test]
+fn a_lock_on_an_entity_whose_insert_is_not_yet_durable_is_taken_and_released_with_its_delete() {
+    let mut h = Harness::new(config("r"));
+    h.auto = false;
+    let a = h.join("a", 1, "ana", Role::Editor, None);
+    h.client(&a, submit(&a, "ana", track("t1", 0), Some(0), "a:1"));
+    h.client(&a, lock("track", "t1", 10_000));
+    assert_eq!(h.core.locks().len(), 1, "the live document has t1");
+    h.client(&a, submit(&a, "ana", json!({"type":"delete","target":"track","id":"t1"}), Some(1), "a:2"));
+    assert_eq!(h.core.locks().len(), 1, "released when the delete is applied, not before");
+    h.settle();
+    assert!(h.core.locks().is_empty());
+    let msgs: Vec<String> = h.take(&a).iter().map(|m| m["type"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(msgs, ["init", "locks", "operation", "operation", "locks"]);
+}

@@ -281,6 +281,11 @@ impl Sim {
             ClientMsg::Cursor { x, y, selection } => ClientIn::Cursor(CursorPos { x, y, selection }),
             ClientMsg::Transport { playing, position } => ClientIn::Transport { playing, position },
             ClientMsg::Ping => ClientIn::Ping,
+            ClientMsg::Lock { target, id, ttl } => {
+                let ttl_ms = ot_core::protocol::lock_ttl_ms(ttl).expect("the session sends valid ttls");
+                ClientIn::Lock { target, id, ttl_ms }
+            }
+            ClientMsg::Unlock { target, id } => ClientIn::Unlock { target, id },
         };
         self.feed(node, Input::Client { conn: key.0, session: key.1, msg });
     }

@@ -27,6 +27,11 @@ impl Role {
         self == Role::Editor
     }
 
+    /// Whether this role may take soft locks (`lock`, PROTOCOL §7): only those who may edit.
+    pub fn may_lock(self) -> bool {
+        self == Role::Editor
+    }
+
     /// The wire name: `editor` or `viewer`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -3,9 +3,11 @@
 //! sockets, no store, no clock: the async task in `room.rs` carries out the outputs, and tests
 //! and the simulation drive the core directly.
 //!
-//! The parts: membership and presence ([`super::presence`]), the document and its durability
-//! bookkeeping (here), cursors on a tick, the transport, `since` catch-ups, and a shared store's
-//! lost races and other nodes' ops ([`super::cluster`]).
+//! The parts: membership and presence ([`super::presence`]), soft locks ([`super::locks`]:
+//! taken and refused here, released at `unlock`, expiry, leave and the deletion of their
+//! entity), the document and its durability bookkeeping (here), cursors on a tick, the
+//! transport, `since` catch-ups, and a shared store's lost races and other nodes' ops
+//! ([`super::cluster`]).
 //!
 //! Every op that reaches the room's state — sequenced here once durable, or sequenced by
 //! another node — passes through one method, `applied`, which broadcasts it: the one place
@@ -14,16 +16,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use ot_core::protocol::{encode, json_len, CursorPos, OperationMsg, Presence, ServerMsg, TransportState};
+use ot_core::protocol::{
+    encode, json_len, CursorPos, ErrorCode, Lock, OperationMsg, Presence, ServerMsg, TransportState,
+};
 use ot_core::sync::{OlderHistory, Outcome, Sequenced, ServerDoc, Submit, SubmitError};
-use ot_core::{Document, Op, Prev};
+use ot_core::{Document, EntityKind, Op, Prev};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::cluster::{Cluster, MAX_RESYNCS};
+use super::locks::{LockTable, Refused};
 use super::presence::{Joined, Members, Refusal};
 use crate::auth::Role;
-use crate::error::{Close, Rejection};
+use crate::error::{clip_text, Close, Rejection};
 use crate::store::{Durable, Entry, RoomAppend, StoreError};
 
 /// A connection: its id (`_pk`) and the session that tells it from an earlier socket with the
@@ -121,6 +126,23 @@ pub enum ClientIn {
     },
     /// Heartbeat.
     Ping,
+    /// Take or refresh a soft lock (the `ttl` already checked and clamped by
+    /// [`ot_core::protocol::lock_ttl_ms`]).
+    Lock {
+        /// As sent: `track`, `clip` or `marker` (anything else is `invalid_op`).
+        target: String,
+        /// The entity's id.
+        id: String,
+        /// Milliseconds until it expires.
+        ttl_ms: u64,
+    },
+    /// Release a soft lock.
+    Unlock {
+        /// As sent.
+        target: String,
+        /// The entity's id.
+        id: String,
+    },
 }
 
 /// A store read the core asked for.
@@ -228,6 +250,18 @@ pub enum Stat {
     },
     /// A join or an op was refused for a limit.
     LimitRefused,
+    /// The number of locks held in this room changed by `delta`.
+    LocksHeld {
+        /// Locks taken minus locks released.
+        delta: i64,
+    },
+    /// This many locks expired.
+    LocksExpired {
+        /// How many.
+        count: u64,
+    },
+    /// A `lock` was refused with this code (`locked`, `lock_limit`, `invalid_op`, `forbidden`).
+    LockRefused(ErrorCode),
 }
 
 /// What the room does.
@@ -313,6 +347,9 @@ pub struct RoomCore {
     /// Duplicate answers waiting for their op to be durable.
     dup_waiting: Vec<(ConnKey, Sequenced)>,
     members: Members,
+    locks: LockTable,
+    /// The lock count last reported as [`Stat::LocksHeld`].
+    locks_reported: usize,
     transport: TransportState,
     cursor_deadline: Option<u64>,
     idle_since: Option<u64>,
@@ -356,7 +393,7 @@ pub fn op_text(msg: &OperationMsg) -> String {
 
 /// A refusal as an `error` message, through [`Rejection::code`].
 pub fn error_text(r: &Rejection, op_id: Option<String>) -> String {
-    text(&ServerMsg::Error { code: r.code(), message: r.to_string(), op_id })
+    text(&ServerMsg::Error { code: r.code(), message: r.to_string(), op_id, locked_by: None })
 }
 
 /// One entry of `GET …/collaborators`.
@@ -392,6 +429,8 @@ impl RoomCore {
             pending: VecDeque::new(),
             dup_waiting: Vec::new(),
             members: Members::default(),
+            locks: LockTable::default(),
+            locks_reported: 0,
             cursor_deadline: None,
             idle_since: Some(now.mono_ms),
             ever_joined: false,
@@ -426,6 +465,13 @@ impl RoomCore {
             }
             self.settle(now);
         }
+        let held = self.locks.len();
+        if held != self.locks_reported {
+            // First: a room that stops (unload, failure) stops at the output that says so.
+            let delta = held as i64 - self.locks_reported as i64;
+            self.out.insert(0, Output::Stat(Stat::LocksHeld { delta }));
+            self.locks_reported = held;
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -433,7 +479,7 @@ impl RoomCore {
     pub fn next_deadline(&self) -> Option<u64> {
         let idle = self.idle_since.filter(|_| !self.draining && self.members.is_empty()).map(|t| t + self.idle_ms());
         let poll = (self.cfg.shared_store && !self.members.is_empty()).then_some(self.cluster.next_poll);
-        [self.cursor_deadline, idle, poll].into_iter().flatten().min()
+        [self.cursor_deadline, idle, poll, self.locks.next_expiry()].into_iter().flatten().min()
     }
 
     /// Whether a submit is waiting on a store read: the shell stops reading its inbox meanwhile,
@@ -473,6 +519,11 @@ impl RoomCore {
         self.members.presences()
     }
 
+    /// The room's lock table as `locks` messages show it.
+    pub fn locks(&self) -> Vec<Lock> {
+        self.locks.table(&self.members)
+    }
+
     /// The live document (including ops not yet durable).
     pub fn doc(&self) -> &ServerDoc {
         &self.doc
@@ -501,6 +552,7 @@ impl RoomCore {
             return;
         }
         if self.draining && self.quiet() {
+            self.locks.clear();
             for m in self.members.drain() {
                 self.out.push(Output::Close { to: m.key(), code: Close::GoingAway });
             }
@@ -594,6 +646,7 @@ impl RoomCore {
             version: self.durable_version,
             server_time: now.epoch_ms,
             transport: Some(self.transport.clone()),
+            locks: self.locks(),
         };
         self.out.push(Output::Send { to: key.clone(), frame: text(&init) });
         self.out.push(Output::JoinReply { to: key, result: Ok(()) });
@@ -602,6 +655,10 @@ impl RoomCore {
     fn leave(&mut self, conn: &str, session: u64, now: Now) {
         let Some(m) = self.members.leave(conn, session) else { return };
         self.out.push(Output::Close { to: m.key(), code: Close::GoingAway });
+        // Before `user_left`: no table ever names someone who is gone.
+        if self.locks.release_conn(conn) > 0 {
+            self.broadcast_locks();
+        }
         let frame = text(&ServerMsg::UserLeft { user_id: m.conn.to_string() });
         self.out.push(Output::Broadcast { frame, except: None });
         if self.members.is_empty() {
@@ -640,7 +697,95 @@ impl RoomCore {
                 self.out.push(Output::Broadcast { frame: text(&msg), except: Some(conn) });
             }
             ClientIn::Submit(s) => self.submit(key, s, None),
+            ClientIn::Lock { target, id, ttl_ms } => {
+                if let Err(r) = self.lock(&conn, role, &target, &id, ttl_ms, now) {
+                    self.out.push(Output::Stat(Stat::LockRefused(r.code())));
+                    let locked_by = match &r {
+                        Rejection::Locked { holder, .. } => self.members.by_conn(holder).map(|m| m.presence.clone()),
+                        _ => None,
+                    };
+                    let msg = ServerMsg::Error { code: r.code(), message: r.to_string(), op_id: None, locked_by };
+                    self.send(key, text(&msg));
+                }
+            }
+            ClientIn::Unlock { target, id } => {
+                // An unlock of a lock this connection does not hold (free, someone else's, an
+                // unknown target) changes nothing and is not answered.
+                let released = EntityKind::from_name(&target).is_some_and(|k| self.locks.release(k, &id, &conn));
+                if released {
+                    self.broadcast_locks();
+                }
+            }
         }
+    }
+
+    // ---- soft locks ----
+
+    /// Takes or refreshes a lock for `conn`, broadcasting the table; or says why not.
+    fn lock(
+        &mut self,
+        conn: &Arc<str>,
+        role: Role,
+        target: &str,
+        id: &str,
+        ttl_ms: u64,
+        now: Now,
+    ) -> Result<(), Rejection> {
+        if !role.may_lock() {
+            return Err(Rejection::Forbidden { what: "lock" });
+        }
+        let kind =
+            EntityKind::from_name(target).ok_or_else(|| Rejection::LockTarget { target: clip_text(target, 64) })?;
+        // The live document: an entity whose insert is sequenced but not yet durable can be
+        // locked by the client that just made it.
+        if self.doc.doc().get(id).map(|e| e.kind) != Some(kind) {
+            return Err(Rejection::LockMissing { target: kind.as_str(), id: clip_text(id, 128) });
+        }
+        match self.locks.take(kind, id, conn, ttl_ms, now.mono_ms, now.epoch_ms) {
+            Ok(()) => {
+                self.broadcast_locks();
+                Ok(())
+            }
+            Err(Refused::Limit) => Err(Rejection::LockLimit),
+            Err(Refused::HeldBy(holder)) => {
+                let expires_at = self.locks.holder(kind, id).map_or(0, |h| h.expires_epoch);
+                let name =
+                    self.members.by_conn(&holder).map_or_else(|| holder.to_string(), |m| m.presence.name.clone());
+                Err(Rejection::Locked {
+                    target: kind.as_str(),
+                    id: clip_text(id, 128),
+                    name,
+                    holder: holder.to_string(),
+                    expires_at,
+                })
+            }
+        }
+    }
+
+    /// The whole table to everyone (PROTOCOL §7: after every change).
+    fn broadcast_locks(&mut self) {
+        let frame = text(&ServerMsg::Locks { locks: self.locks() });
+        self.out.push(Output::Broadcast { frame, except: None });
+    }
+
+    /// Releases the locks on what `ops` deleted: each deleted entity, and the clips a deleted
+    /// track held (its delete annotation carries the removed subtree). Returns whether any went.
+    fn release_deleted(&mut self, ops: &[Op]) -> bool {
+        let mut released = false;
+        for op in ops {
+            let Op::Delete(d) = op else { continue };
+            released |= self.locks.release_entity(d.kind, &d.id);
+            if d.kind != EntityKind::Track {
+                continue;
+            }
+            let clips = d.value.as_ref().and_then(|v| v.get("clips")).and_then(Value::as_array);
+            for clip in clips.into_iter().flatten() {
+                if let Some(cid) = clip.get("id").and_then(Value::as_str) {
+                    released |= self.locks.release_entity(EntityKind::Clip, cid);
+                }
+            }
+        }
+        released
     }
 
     fn flush_cursors(&mut self) {
@@ -654,6 +799,11 @@ impl RoomCore {
     fn tick(&mut self, now: Now) {
         if self.cursor_deadline.is_some_and(|t| t <= now.mono_ms) {
             self.flush_cursors();
+        }
+        let expired = self.locks.expire(now.mono_ms);
+        if expired > 0 {
+            self.out.push(Output::Stat(Stat::LocksExpired { count: expired as u64 }));
+            self.broadcast_locks();
         }
         if self.cfg.shared_store && self.cluster.next_poll <= now.mono_ms {
             self.cluster.next_poll = now.mono_ms + self.cfg.cluster_poll_ms;
@@ -757,13 +907,18 @@ impl RoomCore {
     }
 
     /// Every op that reaches the durable state — ours or another node's — passes here.
+    /// Locks on what it deleted are released here, after the op's broadcast.
     fn applied(&mut self, msg: &Sequenced) {
         self.out.push(Output::Broadcast { frame: op_text(msg), except: None });
+        if !self.locks.is_empty() && self.release_deleted(&msg.operation) {
+            self.broadcast_locks();
+        }
     }
 
     /// The store failed: what memory holds may be ahead of it, so drop the room; clients
     /// reconnect and resync from what is stored.
     fn fail(&mut self, reason: &str) {
+        self.locks.clear();
         for m in self.members.drain() {
             self.out.push(Output::Close { to: m.key(), code: Close::Internal });
         }

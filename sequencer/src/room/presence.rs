@@ -1,5 +1,12 @@
 //! Who is in a room: presence objects with distinct colors, roles, cursors waiting for the next
 //! tick, and the `_pk` takeover rule. Pure data; [`super::core::RoomCore`] owns it.
+//!
+//! With several nodes serving one room, presence is per node for now: each node knows the
+//! connections it serves. The soft locks ([`super::locks`]) are presence too and follow the same
+//! rule: a node's lock table holds its own connections' locks, so two people on two nodes can
+//! hold the same entity. PROTOCOL §7 wants the table room-wide, like presence; when presence
+//! becomes room-wide (carried over the bus with the connection it belongs to), the lock table
+//! goes with it: a lock is an attribute of its holder's presence, ended by the same leave.
 
 use std::sync::Arc;
 

@@ -7,8 +7,8 @@
 //!   `since`, to load the full state);
 //! - `{"event": {"type": ..., ...}}`: tell the application; the event types and fields are
 //!   those of [`ot_core::session::Event`] in camelCase (`ready`, `sent`, `acked`, `remote`,
-//!   `dropped`, `serverError`, `userJoined`, `userLeft`, `cursor`, `transport`, `clock`,
-//!   `disconnected`), plus `protocolError` for a frame the session could not take.
+//!   `dropped`, `serverError`, `userJoined`, `userLeft`, `cursor`, `transport`, `locks`,
+//!   `locked`, `clock`, `disconnected`), plus `protocolError` for a frame the session could not take.
 //!
 //! `web/client/src/types.ts` declares the same shape for TypeScript.
 
@@ -60,6 +60,8 @@ pub fn event_value(e: &Event) -> Value {
         Event::Transport(t) => json!({
             "type": "transport", "playing": t.playing, "position": t.position, "serverTime": t.server_time,
         }),
+        Event::Locks(locks) => json!({"type": "locks", "locks": locks}),
+        Event::Locked { message, locked_by } => json!({"type": "locked", "message": message, "lockedBy": locked_by}),
         Event::Clock { offset_ms, rtt } => {
             json!({"type": "clock", "offsetMs": offset_ms, "rttMs": rtt.as_millis() as u64})
         }
