@@ -490,6 +490,54 @@ describe("studio page in Chromium", { skip: skip ?? false }, () => {
     }
   });
 
+  test("a clip in one page's hands and a track being renamed show as locked, in the holder's colour and name, in the other", { timeout: 30_000 }, async () => {
+    const room = "locks";
+    const a = await openStudio(browser, server.pageUrl(room, "ana", "Ana"));
+    const b = await openStudio(browser, server.pageUrl(room, "ben", "Ben"));
+    try {
+      await a.click('[data-testid="add-track"]');
+      await a.locator('[data-testid="lane"]').first().dblclick({ position: { x: 100, y: 30 } });
+      const st = await converge(server, room, [a, b], "a track with a clip");
+      const clip = st.tracks[0].clips[0].id;
+      const aId = await a.evaluate(() => window.studio.yourId);
+      // A picks the clip up and holds it mid-drag: B draws A's lock on it.
+      const box = await a.locator(`[data-testid="clip"][data-id="${clip}"]`).boundingBox();
+      await a.mouse.move(box.x + 20, box.y + box.height / 2);
+      await a.mouse.down();
+      await a.mouse.move(box.x + 60, box.y + box.height / 2, { steps: 5 });
+      const tag = b.locator(`[data-testid="clip"][data-id="${clip}"] [data-testid="lock"][data-user="${aId}"]`);
+      await tag.waitFor({ timeout: 5000 });
+      assert.match(await tag.textContent(), /Ana/);
+      const colour = await a.evaluate((id) => window.studio.presence().find((p) => p.id === id).color, aId);
+      assert.equal(await tag.evaluate((e) => getComputedStyle(e).backgroundColor), await b.evaluate((c) => {
+        const d = document.createElement("div");
+        d.style.color = c;
+        document.body.append(d);
+        const rgb = getComputedStyle(d).color;
+        d.remove();
+        return rgb;
+      }, colour), "drawn in the holder's colour");
+      // B's edit of the locked clip still applies (locks are advisory).
+      await b.evaluate((id) => window.studio.edit({ type: "update", target: "clip", id, path: ["gain"], value: 0.25 }), clip);
+      await a.mouse.up();
+      await tag.waitFor({ state: "detached", timeout: 5000 });
+      const after = await converge(server, room, [a, b], "after the drop");
+      assert.equal(after.tracks[0].clips[0].gain, 0.25, "the advisory lock refused nothing");
+      // Renaming a track holds its lock until the name is committed.
+      await a.locator('[data-testid="track-name"]').first().dblclick();
+      const trackTag = b.locator(`[data-testid="track"] [data-testid="lock"][data-user="${aId}"]`);
+      await trackTag.waitFor({ timeout: 5000 });
+      await screenshot(b, "lock-seen-by-other.png");
+      await a.keyboard.type("Lead");
+      await a.keyboard.press("Enter");
+      await trackTag.waitFor({ state: "detached", timeout: 5000 });
+      assert.deepEqual(await b.evaluate(() => window.studio.locks()), [], "every lock released");
+      noPageErrors([a, b]);
+    } finally {
+      await closeAll([a, b]);
+    }
+  });
+
   test("screenshots of a two-page session", { timeout: 30_000 }, async () => {
     const room = "showcase";
     const a = await openStudio(browser, server.pageUrl(room, "ana", "Ana Lima"));

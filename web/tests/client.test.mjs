@@ -222,3 +222,32 @@ test("undo takes back this client's own edit and never another's; redo puts it b
   a.close();
   b.close();
 });
+
+test("soft locks: the table reaches everyone, a taken lock is refused with its holder, release empties it", async () => {
+  const room = "locks";
+  const a = await connect(server, room, "ana");
+  const b = await connect(server, room, "ben");
+  await Promise.all([live(a), live(b)]);
+  a.edit({ type: "insert", target: "track", id: "t1", index: 0, value: { name: "Drums", clips: [] } });
+  await settled(a);
+  const release = a.holdLock("track", "t1", 400);
+  await until(() => b.lockOn("track", "t1")?.userId === a.yourId, "b sees a's lock");
+  assert.equal(Object.isFrozen(b.locks()), true);
+  const errors = [];
+  b.on("error", (e) => errors.push(e));
+  b.lock("track", "t1");
+  await until(() => errors.length > 0, "b's lock is refused");
+  assert.equal(errors[0].code, "locked");
+  assert.equal(errors[0].lockedBy?.id, a.yourId, "the refusal names the holder");
+  // Held past its ttl by the refresh, then released.
+  await new Promise((r) => setTimeout(r, 700));
+  assert.equal(b.lockOn("track", "t1")?.userId, a.yourId, "refreshed while held");
+  // Advisory: b's edit of the locked track applies.
+  b.edit({ type: "update", target: "track", id: "t1", path: ["name"], value: "Ben's" });
+  await settled(b);
+  release();
+  await until(() => b.locks().length === 0, "released");
+  assert.equal((await server.state(room)).tracks[0].name, "Ben's");
+  a.close();
+  b.close();
+});

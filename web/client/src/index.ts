@@ -13,6 +13,7 @@ import type {
   EditError,
   Effect,
   Json,
+  Lock,
   Op,
   Presence,
   SessionEvent,
@@ -84,6 +85,8 @@ export interface StudioEvents {
   transport: (transport: Transport) => void;
   /** The connection status or the pending count changed. */
   status: (status: Status) => void;
+  /** The room's lock table changed. */
+  locks: (locks: readonly Lock[]) => void;
   /** Every session event, raw, for debugging and tests. */
   event: (event: SessionEvent) => void;
 }
@@ -137,10 +140,12 @@ export class StudioClient {
     presence: new Set(),
     transport: new Set(),
     status: new Set(),
+    locks: new Set(),
     event: new Set(),
   };
   private stateCache: StudioState | null = null;
   private usersCache: readonly Presence[] | null = null;
+  private locksCache: readonly Lock[] | null = null;
   private statusCache: Status | null = null;
   private connection: Connection = "connecting";
   private stopped: string | undefined;
@@ -302,6 +307,47 @@ export class StudioClient {
     this.session.setUndoConfig(captureMs, maxSteps);
   }
 
+  /** The room's soft locks (PROTOCOL §7) as an immutable snapshot: who is working on what. */
+  locks(): readonly Lock[] {
+    if (!this.locksCache) this.locksCache = deepFreeze(JSON.parse(this.session.locksJson()) as Lock[]);
+    return this.locksCache;
+  }
+
+  /** The lock someone holds on an entity, if any (this client's own included). */
+  lockOn(target: Lock["target"], id: string): Lock | undefined {
+    return this.locks().find((l) => l.target === target && l.id === id);
+  }
+
+  /**
+   * Tells everyone this client is working on an entity for `ttlMs` (default 10 s, at most 60 s),
+   * or refreshes its own lock. Advisory: nobody's edit is refused because of it. If someone
+   * else holds it, an `error` event with code `locked` and `lockedBy` follows.
+   */
+  lock(target: Lock["target"], id: string, ttlMs?: number): void {
+    this.send(this.session.lock(target, id, ttlMs));
+  }
+
+  /** Releases this client's lock on an entity. */
+  unlock(target: Lock["target"], id: string): void {
+    this.send(this.session.unlock(target, id));
+  }
+
+  /**
+   * Holds a lock for a gesture of unknown length (a drag, a rename): takes it now and
+   * refreshes it every half `ttlMs` until the returned function is called, which releases it.
+   */
+  holdLock(target: Lock["target"], id: string, ttlMs = 10_000): () => void {
+    this.lock(target, id, ttlMs);
+    const timer = setInterval(() => this.lock(target, id, ttlMs), Math.max(50, ttlMs / 2));
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      clearInterval(timer);
+      this.unlock(target, id);
+    };
+  }
+
   /** Moves this client's cursor; sent at most every `cursorIntervalMs` (the latest position wins). */
   cursor(x: number, y: number, selection?: readonly string[]): void {
     this.cursorPending = selection ? { x, y, selection } : { x, y };
@@ -434,6 +480,7 @@ export class StudioClient {
       case "ready":
         this.stateCache = null;
         this.statusCache = null;
+        this.locksCache = null;
         this.usersCache = null;
         this.setConnection("live");
         this.startTimers();
@@ -465,7 +512,8 @@ export class StudioClient {
         });
         break;
       case "serverError":
-        this.emit("error", { code: ev.code, message: ev.message, opId: ev.opId });
+        // A `locked` refusal is reported once, by the `locked` event that follows with its holder.
+        if (ev.code !== "locked") this.emit("error", { code: ev.code, message: ev.message, opId: ev.opId });
         break;
       case "userJoined":
       case "userLeft":
@@ -477,6 +525,13 @@ export class StudioClient {
         // The document's `isPlaying` and `playhead` follow the transport, as on the server.
         this.stateCache = null;
         this.emit("transport", { playing: ev.playing, position: ev.position, serverTime: ev.serverTime });
+        break;
+      case "locks":
+        this.locksCache = null;
+        this.emit("locks", this.locks());
+        break;
+      case "locked":
+        this.emit("error", { code: "locked", message: ev.message, lockedBy: ev.lockedBy });
         break;
       case "clock":
       case "protocolError":

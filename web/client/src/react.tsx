@@ -3,7 +3,7 @@
 
 import { useEffect, useMemo, useState, useSyncExternalStore, type CSSProperties, type ReactElement } from "react";
 import { StudioClient, type StudioOptions } from "./index.js";
-import type { Presence, Status, StudioState, Transport } from "./types.js";
+import type { Lock, Presence, Status, StudioState, Transport } from "./types.js";
 
 /** What {@link useStudio} returns. */
 export interface Studio {
@@ -17,6 +17,8 @@ export interface Studio {
   status: Status;
   /** The transport as last heard or set. */
   transport: Transport | null;
+  /** The room's soft locks: who is working on what. */
+  locks: readonly Lock[];
   /** This connection's id, to tell oneself apart in `presence`. */
   selfId: string | undefined;
   /** A load or connect failure. */
@@ -27,6 +29,7 @@ const noClient = {
   subscribe: () => () => {},
   state: { version: 0, playhead: 0, isPlaying: false, tracks: [], markers: [] } as StudioState,
   presence: [] as readonly Presence[],
+  locks: [] as readonly Lock[],
   status: { connection: "connecting", pending: 0, version: null, canUndo: false, canRedo: false } as Status,
 };
 
@@ -64,9 +67,10 @@ export function useStudio(options: StudioOptions): Studio {
   const state = useSyncExternalStore(subscribe, () => (client ? client.state() : noClient.state));
   const presence = useSyncExternalStore(subscribe, () => (client ? client.presence() : noClient.presence));
   const status = useSyncExternalStore(subscribe, () => (client ? client.status() : noClient.status));
+  const locks = useSyncExternalStore(subscribe, () => (client ? client.locks() : noClient.locks));
   const transportJson = useSyncExternalStore(subscribe, () => JSON.stringify(client?.transport() ?? null));
   const transport = useMemo(() => JSON.parse(transportJson) as Transport | null, [transportJson]);
-  return { client, state, presence, status, transport, selfId: client?.yourId, error };
+  return { client, state, presence, status, transport, locks, selfId: client?.yourId, error };
 }
 
 /** Props of {@link LiveCursors}. */

@@ -62,6 +62,18 @@ export interface Presence {
   readonly lastSeen: number;
 }
 
+/** A soft lock (PROTOCOL §7): someone is working on an entity. Advisory: edits still apply. */
+export interface Lock {
+  readonly target: "track" | "clip" | "marker";
+  readonly id: string;
+  /** The holder's connection id. */
+  readonly userId: string;
+  readonly name: string;
+  readonly color: string;
+  /** When it ends unless refreshed, in server-clock milliseconds since the epoch. */
+  readonly expiresAt: number;
+}
+
 /** The shared transport: where the playhead was at `serverTime` (server clock, ms since the epoch). */
 export interface Transport {
   readonly playing: boolean;
@@ -94,6 +106,8 @@ export interface EditError {
   readonly opId?: string | null;
   /** The local ops rolled back, when the error dropped them. */
   readonly ops?: readonly Op[];
+  /** Who holds the lock, for a `locked` refusal. */
+  readonly lockedBy?: Presence;
 }
 
 /** The events of ot-core's session, as the WebAssembly build reports them. */
@@ -108,6 +122,8 @@ export type SessionEvent =
   | { type: "userLeft"; userId: string }
   | { type: "cursor"; userId: string; x: number; y: number }
   | { type: "transport"; playing: boolean; position: number; serverTime: number }
+  | { type: "locks"; locks: Lock[] }
+  | { type: "locked"; message: string; lockedBy: Presence }
   | { type: "clock"; offsetMs: number; rttMs: number }
   | { type: "disconnected"; reason: string; fatal: boolean; close: number | null }
   | { type: "protocolError"; message: string };

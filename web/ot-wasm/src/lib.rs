@@ -207,6 +207,25 @@ impl StudioSession {
         self.inner.set_undo_config(UndoConfig { capture_ms: capture_ms.max(0.0) as u64, max_steps });
     }
 
+    /// The frame that takes or refreshes a soft lock (PROTOCOL §7) on `target` (`track`,
+    /// `clip` or `marker`) `id` for `ttl_ms` (the server's default, 10 s, when absent). Locks
+    /// are advisory: they never stop an edit.
+    pub fn lock(&self, target: &str, id: &str, ttl_ms: Option<f64>) -> Result<String, JsError> {
+        self.lock_text(target, id, ttl_ms, false).map_err(to_js_error)
+    }
+
+    /// The frame that releases a soft lock.
+    pub fn unlock(&self, target: &str, id: &str) -> Result<String, JsError> {
+        self.lock_text(target, id, None, true).map_err(to_js_error)
+    }
+
+    /// The room's lock table as a JSON array of `{"target","id","userId","name","color",
+    /// "expiresAt"}`.
+    #[wasm_bindgen(js_name = locksJson)]
+    pub fn locks_json(&self) -> String {
+        serde_json::to_string(&**self.inner.locks()).unwrap_or_else(|_| "[]".into())
+    }
+
     /// The frame for a cursor move; `selection_json` is a JSON array of entity ids or empty.
     pub fn cursor(&self, x: f64, y: f64, selection_json: &str) -> Result<String, JsError> {
         self.cursor_text(x, y, selection_json).map_err(to_js_error)
@@ -287,6 +306,21 @@ impl StudioSession {
             "effects": effects_value(&effects),
         })
         .to_string())
+    }
+
+    /// [`StudioSession::lock`] (or unlock) with the failure as text.
+    pub fn lock_text(&self, target: &str, id: &str, ttl_ms: Option<f64>, unlock: bool) -> Text<String> {
+        let kind = ot_core::EntityKind::from_name(target)
+            .ok_or_else(|| format!("a lock's target is track, clip or marker, not {target:?}"))?;
+        if unlock {
+            return Ok(encode(&self.inner.unlock(kind, id)));
+        }
+        let ttl = match ttl_ms {
+            Some(t) if !(t.is_finite() && t > 0.0) => return Err("a lock's ttl is a positive number of ms".into()),
+            Some(t) => Some(t.ceil() as u64),
+            None => None,
+        };
+        Ok(encode(&self.inner.lock(kind, id, ttl)))
     }
 
     /// [`StudioSession::cursor`] with the failure as text.

@@ -167,3 +167,29 @@ fn undo_and_redo_are_local_edits_that_never_revert_others() {
     let state: Value = serde_json::from_str(&s.state_json().unwrap()).unwrap();
     assert_eq!(state["tempo"], 90);
 }
+
+#[test]
+fn locks_cross_as_frames_a_table_and_events() {
+    let mut s = StudioSession::new("me");
+    s.on_open();
+    s.receive_text(&init(0), at(0));
+    let frame: Value = serde_json::from_str(&s.lock_text("clip", "c1", Some(2_000.0), false).unwrap()).unwrap();
+    assert_eq!(frame, json!({"type":"lock","target":"clip","id":"c1","ttl":2000.0}));
+    let frame: Value = serde_json::from_str(&s.lock_text("track", "t1", None, true).unwrap()).unwrap();
+    assert_eq!(frame, json!({"type":"unlock","target":"track","id":"t1"}));
+    assert!(s.lock_text("project", "x", None, false).is_err());
+    assert!(s.lock_text("clip", "c1", Some(-1.0), false).is_err());
+    let table = json!({"type":"locks","locks":[{"target":"clip","id":"c1","userId":"ben","name":"Ben",
+        "color":"#3cb44b","expiresAt":1_700_000_010_000u64}]});
+    let e = effects(&s.receive_text(&table.to_string(), at(1)));
+    assert_eq!(e[0]["event"]["type"], "locks");
+    assert_eq!(e[0]["event"]["locks"][0]["name"], "Ben");
+    let locks: Value = serde_json::from_str(&s.locks_json()).unwrap();
+    assert_eq!(locks[0]["userId"], "ben");
+    let refused = json!({"type":"error","code":"locked","message":"clip c1 is locked by Ben",
+        "lockedBy":{"id":"ben","userId":"ben","name":"Ben","color":"#3cb44b","lastSeen":1}});
+    let e = effects(&s.receive_text(&refused.to_string(), at(2)));
+    let kinds: Vec<_> = e.iter().map(|e| e["event"]["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, ["serverError", "locked"]);
+    assert_eq!(e[1]["event"]["lockedBy"]["name"], "Ben");
+}

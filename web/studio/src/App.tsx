@@ -58,7 +58,7 @@ const ERROR_TEXT: Record<string, string> = {
 };
 
 export function App({ host, room, token, viewer, userName }: AppProps): ReactElement {
-  const { client, state, presence, status, transport, selfId, error } = useStudio({ host, room, token, maxReconnectionDelay: 2500 });
+  const { client, state, presence, status, transport, locks, selfId, error } = useStudio({ host, room, token, maxReconnectionDelay: 2500 });
   const canEdit = !viewer;
   const [zoom, setZoom] = useState(DEFAULT_ZOOM);
   const [selected, setSelected] = useState<Selection | null>(null);
@@ -303,6 +303,7 @@ export function App({ host, room, token, viewer, userName }: AppProps): ReactEle
         edit={edit}
         onAddTrack={addTrack}
         toast={(t) => toast(t, "info")}
+        locks={locks}
       />
 
       <footer className="statusbar">

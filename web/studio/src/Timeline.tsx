@@ -13,7 +13,7 @@
 // the other track plus the `update`, as one atomic edit.
 
 import { LiveCursors } from "@studio-sync/client/react";
-import type { Clip, Marker, Op, Presence, StudioClient, StudioState, Track } from "@studio-sync/client";
+import type { Clip, Lock, Marker, Op, Presence, StudioClient, StudioState, Track } from "@studio-sync/client";
 import { memo, useCallback, useEffect, useMemo, useRef, useState, type CSSProperties, type ReactElement, type RefObject } from "react";
 import { Icon } from "./icons.js";
 import {
@@ -50,7 +50,12 @@ export interface TimelineProps {
   edit: (ops: Op | Op[]) => boolean;
   onAddTrack: () => void;
   toast: (text: string) => void;
+  /** The room's soft locks: others' are drawn on their entity in their colour. */
+  locks: readonly Lock[];
 }
+
+/** Others' locks by `target:id`. */
+type LockMap = Map<string, Lock>;
 
 /** What the memoised rows call back into; kept in a ref so the rows need not re-render. */
 interface Api {
@@ -62,6 +67,8 @@ interface Api {
   clipPointerDown: (e: React.PointerEvent<HTMLElement>, clip: Clip) => void;
   laneDoubleClick: (e: React.MouseEvent<HTMLElement>, track: Track) => void;
   addClipAfterLast: (track: Track) => void;
+  /** Holds a soft lock for a gesture (a drag, a rename); returns its release. */
+  holdLock: (target: Lock["target"], id: string) => () => void;
 }
 
 interface Drag {
@@ -76,6 +83,8 @@ interface Drag {
   fromRow: number;
   row: number;
   moved: boolean;
+  /** Releases the soft lock the drag holds on its clip (taken at the first move). */
+  release?: () => void;
   /** The inline width React rendered, restored after a resize. */
   width0: string;
 }
@@ -104,7 +113,11 @@ function hash(s: string): number {
 }
 
 export function Timeline(props: TimelineProps): ReactElement {
-  const { state, presence, selfId, client, canEdit, zoom, selected, onSelect, edit, onAddTrack, toast } = props;
+  const { state, presence, selfId, client, canEdit, zoom, selected, onSelect, edit, onAddTrack, toast, locks } = props;
+  const lockMap: LockMap = useMemo(
+    () => new Map(locks.filter((l) => l.userId !== selfId).map((l) => [`${l.target}:${l.id}`, l])),
+    [locks, selfId],
+  );
   const tempo = tempoOf(state);
   const bpb = beatsPerBarOf(state);
   const beatSec = 60 / tempo;
@@ -206,6 +219,7 @@ export function Timeline(props: TimelineProps): ReactElement {
       window.removeEventListener("pointerup", up);
       window.removeEventListener("pointercancel", cancel);
       if (!d) return;
+      d.release?.();
       const el = clipEl(d.id);
       if (el) {
         el.style.transform = "";
@@ -241,6 +255,8 @@ export function Timeline(props: TimelineProps): ReactElement {
       const dx = e.clientX - d.x0;
       const dy = e.clientY - d.y0;
       if (!d.moved && Math.hypot(dx, dy) < 3) return;
+      // Tell the others while the clip is in hand (advisory: nobody is stopped by it).
+      if (!d.moved) d.release = live.current.client?.holdLock("clip", d.id);
       d.moved = true;
       const { state: st, zoom: z, beatSec: beat } = live.current;
       const from = rowOf(st, d.id);
@@ -287,6 +303,7 @@ export function Timeline(props: TimelineProps): ReactElement {
     state,
     edit,
     select: onSelect,
+    holdLock: (target, id) => (client ? client.holdLock(target, id) : () => {}),
     clipPointerDown: (e, clip) => {
       if (e.button !== 0) return;
       e.stopPropagation();
@@ -383,6 +400,7 @@ export function Timeline(props: TimelineProps): ReactElement {
               canEdit={canEdit}
               selectedId={selected?.kind === "clip" && t.clips.some((c) => c.id === selected.id) ? selected.id : null}
               remoteSel={remoteSel}
+              locks={lockMap}
               api={api}
             />
           ))}
@@ -421,12 +439,15 @@ interface TrackRowProps {
   canEdit: boolean;
   selectedId: string | null;
   remoteSel: RemoteSel;
+  locks: LockMap;
   api: RefObject<Api>;
 }
 
-const TrackRow = memo(function TrackRow({ track, color, zoom, canEdit, selectedId, remoteSel, api }: TrackRowProps): ReactElement {
+const TrackRow = memo(function TrackRow({ track, color, zoom, canEdit, selectedId, remoteSel, locks, api }: TrackRowProps): ReactElement {
   const name = str(track.name, "Untitled");
   const muted = track.muted === true;
+  const trackLock = locks.get(`track:${track.id}`);
+  const renaming = useRef<(() => void) | null>(null);
   return (
     <div className={`track${muted ? " muted" : ""}`} data-testid="track" data-id={track.id} style={{ height: TRACK_H, "--track": color } as CSSProperties}>
       <div className="track-head">
@@ -437,12 +458,22 @@ const TrackRow = memo(function TrackRow({ track, color, zoom, canEdit, selectedI
             canEdit={canEdit}
             className="track-name"
             testid="track-name"
+            onEditing={(on) => {
+              renaming.current?.();
+              renaming.current = on ? api.current!.holdLock("track", track.id) : null;
+            }}
             onCommit={(v) => api.current!.edit({ type: "update", target: "track", id: track.id, path: ["name"], value: v })}
           />
+          {trackLock ? (
+            <span className="lock-tag" data-testid="lock" data-user={trackLock.userId} style={{ background: trackLock.color }} title={`${trackLock.name} is editing this track`}>
+              {trackLock.name} is editing
+            </span>
+          ) : (
           <div className="track-sub">
             {track.clips.length} clip{track.clips.length === 1 ? "" : "s"}
             {muted ? " · muted" : ""}
           </div>
+          )}
         </div>
         <div className="track-tools">
           <button
@@ -471,7 +502,16 @@ const TrackRow = memo(function TrackRow({ track, color, zoom, canEdit, selectedI
       </div>
       <div className="lane" data-testid="lane" onDoubleClick={(e) => api.current!.laneDoubleClick(e, track)}>
         {track.clips.map((c) => (
-          <ClipView key={c.id} clip={c} zoom={zoom} canEdit={canEdit} selected={selectedId === c.id} remote={remoteSel.get(c.id)} api={api} />
+          <ClipView
+            key={c.id}
+            clip={c}
+            zoom={zoom}
+            canEdit={canEdit}
+            selected={selectedId === c.id}
+            remote={remoteSel.get(c.id)}
+            lock={locks.get(`clip:${c.id}`)}
+            api={api}
+          />
         ))}
       </div>
     </div>
@@ -484,6 +524,7 @@ function ClipView({
   canEdit,
   selected,
   remote,
+  lock,
   api,
 }: {
   clip: Clip;
@@ -491,6 +532,7 @@ function ClipView({
   canEdit: boolean;
   selected: boolean;
   remote: { color: string; name: string } | undefined;
+  lock: Lock | undefined;
   api: RefObject<Api>;
 }): ReactElement {
   const start = clipStart(clip);
@@ -501,10 +543,11 @@ function ClipView({
     width: Math.max(6, dur * zoom),
     backgroundImage: WAVES[hash(clip.id) % WAVES.length],
     ...(remote ? { "--remote": remote.color } : {}),
+    ...(lock ? { "--lock": lock.color } : {}),
   } as CSSProperties;
   return (
     <div
-      className={`clip${selected ? " selected" : ""}${remote ? " remote-selected" : ""}`}
+      className={`clip${selected ? " selected" : ""}${remote ? " remote-selected" : ""}${lock ? " locked" : ""}`}
       data-testid="clip"
       data-id={clip.id}
       style={style}
@@ -512,7 +555,13 @@ function ClipView({
       onPointerDown={(e) => api.current!.clipPointerDown(e, clip)}
     >
       <div className="clip-name">{name}</div>
-      {remote && <div className="clip-who" style={{ background: remote.color }}>{remote.name}</div>}
+      {lock ? (
+        <div className="clip-who" data-testid="lock" data-user={lock.userId} style={{ background: lock.color }} title={`${lock.name} is working on this clip`}>
+          <Icon name="lock" size={9} /> {lock.name}
+        </div>
+      ) : (
+        remote && <div className="clip-who" style={{ background: remote.color }}>{remote.name}</div>
+      )}
       {canEdit && (
         <button
           className="clip-x"
@@ -595,12 +644,15 @@ export function InlineName({
   className,
   testid,
   onCommit,
+  onEditing,
 }: {
   value: string;
   canEdit: boolean;
   className: string;
   testid: string;
   onCommit: (v: string) => void;
+  /** Told when editing starts and ends (to hold a soft lock meanwhile). */
+  onEditing?: (editing: boolean) => void;
 }): ReactElement {
   const [draft, setDraft] = useState<string | null>(null);
   const cancelled = useRef(false);
@@ -615,6 +667,7 @@ export function InlineName({
           if (!canEdit) return;
           cancelled.current = false;
           setDraft(value);
+          onEditing?.(true);
         }}
       >
         {value}
@@ -643,6 +696,7 @@ export function InlineName({
       onBlur={() => {
         const v = draft.trim();
         setDraft(null);
+        onEditing?.(false);
         if (!cancelled.current && v && v !== value) onCommit(v);
       }}
     />

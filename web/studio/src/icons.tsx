@@ -17,6 +17,12 @@ const paths: Record<string, ReactElement> = {
     </>
   ),
   plus: <path d="M12 5v14M5 12h14" />,
+  lock: (
+    <>
+      <rect x="5" y="11" width="14" height="9" rx="2" fill="currentColor" stroke="none" />
+      <path d="M8 11V8a4 4 0 018 0v3" />
+    </>
+  ),
   undo: <path d="M9 7L4.5 11.5 9 16M5 11.5h9.5a5 5 0 010 10H12" />,
   redo: <path d="M15 7l4.5 4.5L15 16M19 11.5H9.5a5 5 0 000 10H12" />,
   trash: (
