@@ -59,9 +59,10 @@ pub async fn serve(dir: Option<&Path>, name: &str, accept_gzip: bool) -> Option<
     }
     let path = dir.join(name);
     let gz = dir.join(format!("{name}.gz"));
-    let (body, gzipped) = match (accept_gzip, tokio::fs::read(&gz).await) {
-        (true, Ok(b)) => (b, true),
-        _ => match tokio::fs::read(&path).await {
+    let zipped = if accept_gzip { tokio::fs::read(&gz).await.ok() } else { None };
+    let (body, gzipped) = match zipped {
+        Some(b) => (b, true),
+        None => match tokio::fs::read(&path).await {
             Ok(b) => (b, false),
             Err(_) if name == "index.html" => {
                 return Some(crate::http::respond(StatusCode::OK, "text/html; charset=utf-8", NOT_BUILT))

@@ -146,6 +146,7 @@ export class StudioClient {
   private stateCache: StudioState | null = null;
   private usersCache: readonly Presence[] | null = null;
   private locksCache: readonly Lock[] | null = null;
+  private transportCache: Transport | null | undefined = undefined;
   private statusCache: Status | null = null;
   private connection: Connection = "connecting";
   private stopped: string | undefined;
@@ -356,10 +357,13 @@ export class StudioClient {
     this.cursorTimer = setTimeout(() => this.flushCursor(), wait);
   }
 
-  /** The transport as last heard or set, or `null` before the first `init`. */
+  /** The transport as last heard or set, or `null` before the first `init`: the same object until it changes. */
   transport(): Transport | null {
-    const json = this.session.transportJson();
-    return json === undefined ? null : (JSON.parse(json) as Transport);
+    if (this.transportCache === undefined) {
+      const json = this.session.transportJson();
+      this.transportCache = json === undefined ? null : Object.freeze(JSON.parse(json) as Transport);
+    }
+    return this.transportCache;
   }
 
   /** Where the playhead is now, in seconds, by the server's clock (estimated with ping/pong). */
@@ -432,7 +436,7 @@ export class StudioClient {
     const out = JSON.parse(raw) as { applied: boolean; skipped: number; effects: Effect[] };
     this.stateCache = null;
     this.statusCache = null;
-    this.run(JSON.stringify(out.effects));
+    this.runEffects(out.effects);
     if (out.applied) this.emit("state", this.state());
     this.emit("status", this.status());
     this.changed();
@@ -443,6 +447,7 @@ export class StudioClient {
     const frame = this.session.setTransport(playing, Math.max(0, position), performance.now(), Date.now());
     this.send(frame);
     this.stateCache = null;
+    this.transportCache = undefined;
     this.emit("transport", this.transport() as Transport);
     this.changed();
   }
@@ -464,9 +469,12 @@ export class StudioClient {
     if (this.socket.readyState === this.socket.OPEN) this.socket.send(frame);
   }
 
-  /** Runs the effects the session returned, in order. */
+  /** Runs the effects the session returned (JSON text), in order. */
   private run(effectsJson: string): void {
-    const effects = JSON.parse(effectsJson) as Effect[];
+    this.runEffects(JSON.parse(effectsJson) as Effect[]);
+  }
+
+  private runEffects(effects: readonly Effect[]): void {
     for (const e of effects) {
       if ("send" in e) this.send(e.send);
       else if ("event" in e) this.handle(e.event);
@@ -481,6 +489,7 @@ export class StudioClient {
         this.stateCache = null;
         this.statusCache = null;
         this.locksCache = null;
+        this.transportCache = undefined;
         this.usersCache = null;
         this.setConnection("live");
         this.startTimers();
@@ -524,7 +533,8 @@ export class StudioClient {
       case "transport":
         // The document's `isPlaying` and `playhead` follow the transport, as on the server.
         this.stateCache = null;
-        this.emit("transport", { playing: ev.playing, position: ev.position, serverTime: ev.serverTime });
+        this.transportCache = undefined;
+        this.emit("transport", this.transport() as Transport);
         break;
       case "locks":
         this.locksCache = null;
@@ -544,7 +554,8 @@ export class StudioClient {
   /** The socket closed: ot-core decides whether to come back (PROTOCOL's close codes). */
   private onClose(code: number | undefined, reason: string | undefined): boolean {
     this.stopTimers();
-    this.setConnection(this.closed ? "offline" : this.connection === "connecting" ? "connecting" : "offline");
+    // Before the first `init` the client is still connecting; after it, a close is offline.
+    if (this.closed || this.connection !== "connecting") this.setConnection("offline");
     if (this.closed) return false;
     if (code === undefined || code === 1005 || code === 1006) {
       this.session.onClose();

@@ -1,7 +1,7 @@
 // The React binding: `useStudio` keeps a component in step with a room through
 // `useSyncExternalStore`, and `<LiveCursors>` draws the others' cursors.
 
-import { useEffect, useMemo, useState, useSyncExternalStore, type CSSProperties, type ReactElement } from "react";
+import { useEffect, useState, useSyncExternalStore, type CSSProperties, type ReactElement } from "react";
 import { StudioClient, type StudioOptions } from "./index.js";
 import type { Lock, Presence, Status, StudioState, Transport } from "./types.js";
 
@@ -68,8 +68,7 @@ export function useStudio(options: StudioOptions): Studio {
   const presence = useSyncExternalStore(subscribe, () => (client ? client.presence() : noClient.presence));
   const status = useSyncExternalStore(subscribe, () => (client ? client.status() : noClient.status));
   const locks = useSyncExternalStore(subscribe, () => (client ? client.locks() : noClient.locks));
-  const transportJson = useSyncExternalStore(subscribe, () => JSON.stringify(client?.transport() ?? null));
-  const transport = useMemo(() => JSON.parse(transportJson) as Transport | null, [transportJson]);
+  const transport = useSyncExternalStore(subscribe, () => (client ? client.transport() : null));
   return { client, state, presence, status, transport, locks, selfId: client?.yourId, error };
 }
 

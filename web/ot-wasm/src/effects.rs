@@ -12,7 +12,7 @@
 //!
 //! `web/client/src/types.ts` declares the same shape for TypeScript.
 
-use ot_core::protocol::{encode, ErrorCode};
+use ot_core::protocol::encode;
 use ot_core::session::{Effect, Event, ReloadReason};
 use ot_core::Op;
 use serde_json::{json, Value};
@@ -21,14 +21,10 @@ fn ops_value(ops: &[Op]) -> Value {
     Value::Array(ops.iter().map(Op::to_value).collect())
 }
 
-fn code_name(code: ErrorCode) -> &'static str {
-    code.as_str()
-}
-
 fn reason_name(r: ReloadReason) -> String {
     match r {
         ReloadReason::VersionTooOld => "version_too_old".into(),
-        ReloadReason::Rejected(code) => code_name(code).into(),
+        ReloadReason::Rejected(code) => code.as_str().into(),
         ReloadReason::Gap => "gap".into(),
         ReloadReason::Diverged => "diverged".into(),
         ReloadReason::StateOnRejoin => "state_on_rejoin".into(),
@@ -52,7 +48,7 @@ pub fn event_value(e: &Event) -> Value {
             json!({"type": "dropped", "reason": reason_name(*reason), "ops": ops_value(ops)})
         }
         Event::ServerError { code, message, op_id } => {
-            json!({"type": "serverError", "code": code_name(*code), "message": message, "opId": op_id})
+            json!({"type": "serverError", "code": code.as_str(), "message": message, "opId": op_id})
         }
         Event::UserJoined(p) => json!({"type": "userJoined", "user": p}),
         Event::UserLeft { user_id } => json!({"type": "userLeft", "userId": user_id}),
@@ -84,9 +80,4 @@ pub fn effects_value(effects: &[Effect]) -> Value {
             })
             .collect(),
     )
-}
-
-/// JSON text of an effect list.
-pub fn to_json(v: &Value) -> String {
-    v.to_string()
 }

@@ -47,11 +47,12 @@ fn text_err(e: impl std::fmt::Display) -> String {
 }
 
 /// Parses one op or an array of ops, within the protocol's default limits (the server refuses
-/// anything beyond them, so the client refuses it first, before applying it locally).
+/// anything beyond them, so the client refuses it first, before applying it locally). Nesting
+/// is bounded as the server bounds a whole frame before building anything from it.
 fn parse_ops(ops_json: &str) -> Result<Vec<Op>, OpError> {
     let value: Value =
         serde_json::from_str(ops_json).map_err(|e| OpError::Malformed { reason: format!("not JSON: {e}") })?;
-    if ot_core::protocol::value_depth(&value) > Limits::default().max_depth + 3 {
+    if ot_core::protocol::value_depth(&value) > Limits::default().frame_depth() {
         return Err(OpError::Malformed { reason: "nested too deep".into() });
     }
     let ops = Op::batch_from_value(value)?;
@@ -144,7 +145,7 @@ impl StudioSession {
     /// A frame that is not a server message of the protocol is reported as a `protocolError`
     /// event and changes nothing.
     pub fn receive(&mut self, frame: &str, mono_ms: f64, epoch_ms: f64) -> String {
-        effects::to_json(&self.receive_value(frame, now(mono_ms, epoch_ms)))
+        self.receive_value(frame, now(mono_ms, epoch_ms)).to_string()
     }
 
     /// As [`StudioSession::receive`], with the effects as JavaScript objects built by
@@ -294,7 +295,7 @@ impl StudioSession {
     pub fn edit_text(&mut self, ops_json: &str, now: Now) -> Text<String> {
         let ops = parse_ops(ops_json).map_err(text_err)?;
         let effects = self.inner.submit(&ops, now).map_err(text_err)?;
-        Ok(effects::to_json(&effects_value(&effects)))
+        Ok(effects_value(&effects).to_string())
     }
 
     /// [`StudioSession::undo`] (or redo) with the time as a [`Now`] and the failure as text.
@@ -340,7 +341,7 @@ impl StudioSession {
 
     /// [`StudioSession::receive`] with the time as a [`Now`].
     pub fn receive_text(&mut self, frame: &str, now: Now) -> String {
-        effects::to_json(&self.receive_value(frame, now))
+        self.receive_value(frame, now).to_string()
     }
 
     /// The session underneath (read-only), for tests.
