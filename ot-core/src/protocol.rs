@@ -204,6 +204,9 @@ pub struct TransportState {
     pub position: f64,
     /// Milliseconds since the epoch.
     pub server_time: u64,
+    /// The connection that last changed it (absent until someone does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 impl TransportState {
@@ -213,7 +216,7 @@ impl TransportState {
     ///
     /// ```
     /// use ot_core::protocol::TransportState;
-    /// let t = TransportState { playing: true, position: 2.0, server_time: 1_000 };
+    /// let t = TransportState { playing: true, position: 2.0, server_time: 1_000, user_id: None };
     /// assert_eq!(t.position_at(3_500), 4.5);
     /// assert_eq!(t.position_at(500), 2.0);
     /// let paused = TransportState { playing: false, ..t };

@@ -596,7 +596,7 @@ impl Session {
             _ => 0,
         };
         let server_time = self.server_time_ms(now).saturating_add(one_way);
-        self.note_transport(TransportState { playing, position, server_time });
+        self.note_transport(TransportState { playing, position, server_time, user_id: None });
         ClientMsg::Transport { playing, position }
     }
 
@@ -685,8 +685,8 @@ impl Session {
                 }
                 Ok(vec![Effect::Event(Event::Cursor { user_id, x, y })])
             }
-            ServerMsg::Transport { playing, position, server_time, .. } => {
-                let t = TransportState { playing, position, server_time };
+            ServerMsg::Transport { playing, position, server_time, user_id } => {
+                let t = TransportState { playing, position, server_time, user_id: Some(user_id) };
                 self.note_transport(t.clone());
                 Ok(vec![Effect::Event(Event::Transport(t))])
             }

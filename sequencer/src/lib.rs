@@ -212,6 +212,10 @@ pub struct Config {
     /// With a shared store, a room with connections reads other nodes' ops from the store this
     /// often (the safety net under the bus). Default 200 ms.
     pub cluster_poll: Duration,
+    /// With a bus, how long a connection's presence (and soft locks) stays in other nodes' view
+    /// unless its node refreshes it; the heartbeat refreshes every third of it. A node that dies
+    /// drops out of everyone's view within this. Default 15 s.
+    pub presence_ttl: Duration,
 }
 
 impl Config {
@@ -250,6 +254,7 @@ impl Config {
             room_token_ttl: 3600,
             bus: None,
             cluster_poll: Duration::from_millis(200),
+            presence_ttl: Duration::from_secs(15),
         }
     }
 

@@ -53,6 +53,11 @@ struct ServeArgs {
     /// nodes' ops (the safety net under the bus).
     #[arg(long, env = "SEQUENCER_CLUSTER_POLL", default_value_t = 200)]
     cluster_poll: u64,
+    /// With `--bus`, how long (ms) a connection's presence and soft locks stay in other nodes'
+    /// view unless its node refreshes them (every third of it): a node that dies drops out of
+    /// everyone's view within this.
+    #[arg(long, env = "SEQUENCER_PRESENCE_TTL", default_value_t = 15_000)]
+    presence_ttl: u64,
     /// HS256 secret of all tokens. Without one, a random secret is made and printed together
     /// with a demo room token and socket URL.
     #[arg(long, env = "SEQUENCER_SECRET", hide_env_values = true)]
@@ -256,6 +261,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         room_token_ttl: a.room_token_ttl,
         bus: a.bus.clone().map(|url| sequencer::bus::BusConfig { url, prefix: a.bus_prefix.clone() }),
         cluster_poll: Duration::from_millis(a.cluster_poll),
+        presence_ttl: Duration::from_millis(a.presence_ttl.max(3)),
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.threads {

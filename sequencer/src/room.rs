@@ -14,18 +14,19 @@
 //! - [`presence`]: members, colors, the `_pk` takeover rule and per-account slots.
 //! - [`locks`]: the soft lock table (PROTOCOL §7), presence-like and never stored.
 //! - [`cluster`]: a shared store's lost races and other nodes' ops.
+//! - [`remote`]: room-wide presence — what nodes tell each other about their connections.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ot_core::protocol::OperationMsg;
+use ot_core::protocol::{OperationMsg, TransportState};
 use ot_core::sync::{Sequenced, ServerDoc};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{error, info, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use crate::bus::Subscription;
 use crate::error::{Close, Rejection};
@@ -37,6 +38,7 @@ pub mod cluster;
 pub mod core;
 pub mod locks;
 pub mod presence;
+pub mod remote;
 
 pub use self::core::{ClientIn, Collaborator};
 use self::core::{ConnKey, CoreConfig, Input, Now, Output, ReadReq, ReadResult, RoomCore, Stat};
@@ -193,13 +195,17 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     let cfg = &shared.config;
     let (window, max_rebase, bytes) = (cfg.history_window, cfg.max_rebase, cfg.max_history_bytes);
     let room_id = id.clone();
-    let load = move || store.load(&room_id).and_then(|l| restore(&room_id, l, window, max_rebase, bytes));
+    let load = move || {
+        let loaded = store.load(&room_id)?;
+        let transport = loaded.transport.clone();
+        restore(&room_id, loaded, window, max_rebase, bytes).map(|doc| (doc, transport))
+    };
     let loaded = if shared.persister.store.blocking() {
         tokio::task::spawn_blocking(load).await.unwrap_or_else(|e| Err(join_error(&id, e)))
     } else {
         load()
     };
-    let doc = match loaded {
+    let (doc, transport) = match loaded {
         Ok(d) => d,
         Err(e) => {
             error!(error = %e, "room failed to load");
@@ -216,13 +222,27 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     shared.metrics.room(true);
     let shared_store = shared.persister.store.shared();
     let started = Instant::now();
-    let core = RoomCore::new(doc, CoreConfig::new(&shared.config, id.clone(), shared_store), clock(started));
+    let bus = shared.bus.as_ref().filter(|_| shared_store);
+    let node = bus.map(|b| b.node().clone());
+    let mut core = RoomCore::new(doc, CoreConfig::new(&shared.config, id.clone(), shared_store, node), clock(started));
+    if let Some(t) = transport {
+        core.restore_transport(t);
+    }
     let (durable_tx, durable_rx) = watch::channel(Durable { version: core.durable_version(), ..Default::default() });
     let (reads_tx, reads_rx) = mpsc::channel(64);
-    let bus = match (&shared.bus, shared_store) {
-        (Some(bus), true) => Some(bus.subscribe(id.clone())),
-        _ => None,
-    };
+    let subscription = bus.map(|b| b.subscribe(id.clone()));
+    let mut inputs = VecDeque::new();
+    if let Some(b) = bus {
+        // Who is in the room on other nodes, before anyone joins here (bounded: without Redis
+        // the room starts alone and learns of the others from the bus and its heartbeat).
+        let requested_mono = clock(started).mono_ms;
+        let ttl = shared.config.presence_ttl.as_millis() as u64;
+        let read = tokio::time::timeout(PRESENCE_READ_TIMEOUT, b.sync_presence(&id, Vec::new(), ttl)).await;
+        if let Ok(Some(members)) = read {
+            inputs.push_back(Input::PresenceSnapshot { requested_mono, members });
+        }
+    }
+    let (later_tx, later_rx) = mpsc::channel(16);
     let mut shell = Shell {
         core,
         members: HashMap::new(),
@@ -232,18 +252,22 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
         durable_rx,
         writer,
         reads_tx,
-        bus,
-        inputs: VecDeque::new(),
+        later_tx,
+        bus: subscription,
+        inputs,
         draining: false,
         started,
         id,
         gen,
         shared: shared.clone(),
     };
-    shell.run(&mut rx, reads_rx).await;
+    shell.run(&mut rx, reads_rx, later_rx).await;
     shared.metrics.room(false);
     info!("room unloaded");
 }
+
+/// How long a room that loads waits for Redis's view of who is in it.
+const PRESENCE_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The clock reading the core takes.
 fn clock(started: Instant) -> Now {
@@ -266,6 +290,8 @@ struct Shell {
     durable_rx: watch::Receiver<Durable>,
     writer: mpsc::Sender<WriteReq>,
     reads_tx: mpsc::Sender<(u64, ReadResult)>,
+    /// Inputs that tasks of the shell's deliver later (presence read from Redis).
+    later_tx: mpsc::Sender<Input>,
     bus: Option<Subscription>,
     /// Inputs produced while carrying out outputs (a store that answers at once).
     inputs: VecDeque<Input>,
@@ -283,7 +309,12 @@ enum Flow {
 }
 
 impl Shell {
-    async fn run(&mut self, rx: &mut mpsc::Receiver<RoomMsg>, mut reads_rx: mpsc::Receiver<(u64, ReadResult)>) {
+    async fn run(
+        &mut self,
+        rx: &mut mpsc::Receiver<RoomMsg>,
+        mut reads_rx: mpsc::Receiver<(u64, ReadResult)>,
+        mut later_rx: mpsc::Receiver<Input>,
+    ) {
         let mut shutdown = self.shared.shutdown.clone();
         let mut inbox_closed = false;
         loop {
@@ -300,6 +331,7 @@ impl Shell {
                     }
                 },
                 Some((id, result)) = reads_rx.recv() => Input::ReadDone { id, result },
+                Some(input) = later_rx.recv() => input,
                 changed = self.durable_rx.changed() => {
                     if changed.is_err() {
                         continue;
@@ -308,7 +340,7 @@ impl Shell {
                     Input::Durable { epoch: self.epoch, durable }
                 }
                 m = recv_bus(&mut self.bus), if self.bus.is_some() => match m {
-                    Some(op) => Input::Foreign(op),
+                    Some(input) => input,
                     None => {
                         self.bus = None;
                         continue;
@@ -414,6 +446,13 @@ impl Shell {
                     bus.publish(&self.id, &m);
                 }
             }
+            Output::Node(event) => {
+                if let Some(bus) = &self.shared.bus {
+                    bus.presence_event(&self.id, event, self.presence_ttl_ms());
+                }
+            }
+            Output::PresenceSync(members) => self.sync_presence(members),
+            Output::SaveTransport(t) => self.save_transport(t),
             Output::Stat(Stat::Sequenced { depth }) => self.shared.metrics.sequenced(depth),
             Output::Stat(Stat::LimitRefused) => self.shared.metrics.limit_refused(),
             Output::Stat(Stat::LocksHeld { delta }) => self.shared.metrics.locks_held(delta),
@@ -454,12 +493,49 @@ impl Shell {
         }
     }
 
+    fn presence_ttl_ms(&self) -> u64 {
+        self.shared.config.presence_ttl.as_millis() as u64
+    }
+
+    /// Refreshes this node's presence keys and reads everyone's; the answer comes back as
+    /// [`Input::PresenceSnapshot`]. Without an answer (Redis away) nothing happens: the next
+    /// heartbeat tries again.
+    fn sync_presence(&self, members: Vec<remote::MemberState>) {
+        let Some(bus) = self.shared.bus.clone() else { return };
+        let (room, ttl, tx) = (self.id.clone(), self.presence_ttl_ms(), self.later_tx.clone());
+        let requested_mono = clock(self.started).mono_ms;
+        tokio::spawn(async move {
+            if let Some(members) = bus.sync_presence(&room, members, ttl).await {
+                // The room may have stopped meanwhile.
+                let _ = tx.send(Input::PresenceSnapshot { requested_mono, members }).await;
+            }
+        });
+    }
+
+    /// Stores the room's transport off the room's task; a failure is logged (the transport
+    /// stays right in memory and on the wire, and the next change stores it again).
+    fn save_transport(&self, t: TransportState) {
+        let store = self.shared.persister.store.clone();
+        let room = self.id.clone();
+        let work = move || {
+            if let Err(e) = store.save_transport(&room, &t) {
+                warn!(error = %e, room = %room, "storing the transport failed");
+            }
+        };
+        if self.shared.persister.store.blocking() {
+            tokio::task::spawn_blocking(work);
+        } else {
+            work();
+        }
+    }
+
     /// Starts a store read; its result comes back as [`Input::ReadDone`].
     fn read(&mut self, id: u64, req: ReadReq) {
         let store = self.shared.persister.store.clone();
         let room = self.id.clone();
         let cfg = &self.shared.config;
         let history = (cfg.history_window, cfg.max_rebase, cfg.max_history_bytes);
+        let what = req.clone();
         let work = move || perform(&*store, &room, req, history);
         if !self.shared.persister.store.blocking() {
             self.inputs.push_back(Input::ReadDone { id, result: work() });
@@ -470,7 +546,7 @@ impl Shell {
         tokio::spawn(async move {
             let result = match tokio::task::spawn_blocking(work).await {
                 Ok(r) => r,
-                Err(e) => ReadResult::Ops(Err(join_error(&room, e))),
+                Err(e) => ReadResult::failed(&what, join_error(&room, e)),
             };
             // The room may have stopped (shutdown, failure); its clients resync on reconnect.
             let _ = tx.send((id, result)).await;
@@ -486,8 +562,11 @@ pub fn perform(store: &dyn Store, room: &str, req: ReadReq, history: (usize, u64
         ReadReq::Older { base, until, account, op_id, max_bytes } => {
             ReadResult::Older(older_history(store, room, base, until, account.as_deref(), op_id.as_deref(), max_bytes))
         }
+        ReadReq::FindOp { account, op_id } => ReadResult::Found(store.find_op(room, account.as_deref(), &op_id)),
         ReadReq::Catchup { since, upto } => ReadResult::Ops(store.ops(room, since, upto, usize::MAX)),
-        ReadReq::Fetch { from, limit } => ReadResult::Ops(store.ops(room, from, u64::MAX >> 1, limit)),
+        ReadReq::Fetch { from, limit } => ReadResult::Fetched(
+            store.ops(room, from, u64::MAX >> 1, limit).and_then(|ops| Ok((ops, store.transport(room)?))),
+        ),
         ReadReq::Rebuild { from, durable } => {
             let (window, max_rebase, bytes) = history;
             ReadResult::Rebuild(rebuild(store, room, from, durable, window, max_rebase, bytes).map(Box::new))
@@ -510,14 +589,16 @@ fn rebuild(
     let snap_v = snapshot.as_ref().map_or(0, |(v, _)| *v);
     let ops = store.ops(room, snap_v, u64::MAX >> 1, usize::MAX)?;
     let missed = ops.iter().filter(|m| m.version > durable).cloned().collect();
-    let sd = restore(room, crate::store::Loaded { snapshot, ops }, window, max_rebase, history_bytes)?;
+    let sd = restore(room, crate::store::Loaded { snapshot, ops, transport: None }, window, max_rebase, history_bytes)?;
     Ok((sd, missed))
 }
 
-async fn recv_bus(bus: &mut Option<Subscription>) -> Option<Sequenced> {
-    match bus {
-        Some(sub) => sub.rx.recv().await,
-        None => std::future::pending().await,
+/// The next op or presence event of other nodes; `None` once the bus dropped the room.
+async fn recv_bus(bus: &mut Option<Subscription>) -> Option<Input> {
+    let Some(sub) = bus else { return std::future::pending().await };
+    tokio::select! {
+        op = sub.rx.recv() => op.map(Input::Foreign),
+        e = sub.events.recv() => e.map(Input::Node),
     }
 }
 

@@ -49,9 +49,28 @@ fn schema_is_created_once_and_reopened() {
     assert_eq!(b.load("r").unwrap().ops.len(), 1);
     let mut c = db.client();
     let v: i32 = c.query_one("SELECT version FROM schema_version", &[]).unwrap().get(0);
-    assert_eq!(v, 2, "both migrations applied once");
+    assert_eq!(v, 3, "every migration applied once");
     let n: i64 = c.query_one("SELECT count(*) FROM schema_version", &[]).unwrap().get(0);
     assert_eq!(n, 1);
+}
+
+#[test]
+fn the_transport_is_stored_and_the_latest_change_wins() {
+    let Some(db) = pg::TestDb::create("transport") else { return };
+    let store = PgStore::open(&db.url).unwrap();
+    let t = |time: u64, user: &str| ot_core::protocol::TransportState {
+        playing: true,
+        position: 1.5,
+        server_time: time,
+        user_id: Some(user.into()),
+    };
+    assert_eq!(store.transport("r").unwrap(), None);
+    store.save_transport("r", &t(2000, "ana")).unwrap();
+    store.save_transport("r", &t(1000, "ben")).unwrap();
+    assert_eq!(store.load("r").unwrap().transport, Some(t(2000, "ana")), "an older save never wins");
+    // Another node (another store handle on the same database) sees it.
+    let other = PgStore::open(&db.url).unwrap();
+    assert_eq!(other.transport("r").unwrap(), Some(t(2000, "ana")));
 }
 
 #[test]

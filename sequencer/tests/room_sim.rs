@@ -6,6 +6,12 @@
 //! either node. Once the run stops editing and drains, every client's document, both rooms and
 //! the store's reloaded state are equal.
 //!
+//! Presence is room-wide as with a Redis bus: the nodes' presence events cross (delayed, and
+//! lost now and then) and their heartbeats refresh and read a simulated Redis whose keys
+//! expire. Once everything is delivered and one more heartbeat has run on each node, every
+//! client sees exactly everyone connected, on either node, and every client's transport is the
+//! room's latest.
+//!
 //! `ROOM_SIM_SEEDS=n` runs more seeds (default 1,000); `ROOM_SIM_SEED=s` runs one. Every failure
 //! names its seed.
 
@@ -17,12 +23,15 @@ use std::sync::Arc;
 use common::room::{config, load};
 use fuzz::gen::Fresh;
 use fuzz::source::Source;
+use std::collections::{BTreeSet, HashMap};
+
 use ot_core::protocol::{decode_server, ClientMsg, CursorPos};
 use ot_core::session::{Effect, Now as ClientNow, Session};
 use ot_core::sync::{Sequenced, Submit};
 use ot_core::{Document, Op};
 use sequencer::auth::Role;
 use sequencer::room::core::{ClientIn, ConnKey, Input, JoinReq, Now, Output, ReadReq, RoomCore};
+use sequencer::room::remote::{MemberState, NodeEvent};
 use sequencer::store::{Durable, MemoryStore, RoomAppend, Store, StoreError};
 
 const ROOM: &str = "sim";
@@ -72,8 +81,15 @@ struct Node {
     appends: VecDeque<(u64, RoomAppend)>,
     reads: VecDeque<(u64, ReadReq)>,
     bus_in: VecDeque<Sequenced>,
+    /// Presence events from the other node, in order.
+    events_in: VecDeque<NodeEvent>,
+    /// Heartbeats waiting for Redis: when each was asked for (monotonic ms).
+    syncs: VecDeque<u64>,
     members: HashSet<ConnKey>,
 }
+
+/// How long a presence key lives in the simulation (its heartbeat is a third of it).
+const PRESENCE_TTL_MS: u64 = 600;
 
 struct Sim {
     seed: u64,
@@ -84,6 +100,8 @@ struct Sim {
     now: Now,
     /// Connections that ended but whose `Leave` has not reached their room yet.
     leaves: VecDeque<(usize, ConnKey)>,
+    /// The presence keys as Redis holds them (connection id → state; expired at `expires_at`).
+    redis: HashMap<String, MemberState>,
     /// What the run exercised.
     seen: Seen,
 }
@@ -95,6 +113,9 @@ struct Seen {
     reconnects: u64,
     history_reads: u64,
     sequenced: u64,
+    presence_events: u64,
+    heartbeats: u64,
+    locks_held_at_end: u64,
 }
 
 impl Sim {
@@ -103,17 +124,21 @@ impl Sim {
         let store = Arc::new(MemoryStore::new());
         let now = Now { mono_ms: 0, epoch_ms: 1_700_000_000_000 };
         let nodes = (0..2)
-            .map(|_| {
+            .map(|n| {
                 let mut cfg = config(ROOM);
                 cfg.shared_store = true;
                 cfg.cluster_poll_ms = 50;
                 cfg.cursor_tick_ms = 10;
+                cfg.node = Some(Arc::from(format!("node{n}")));
+                cfg.presence_ttl_ms = PRESENCE_TTL_MS;
                 let window = 2 + rng.below(6) as usize;
                 Node {
                     core: RoomCore::new(load(&*store, ROOM, window), cfg, now),
                     appends: VecDeque::new(),
                     reads: VecDeque::new(),
                     bus_in: VecDeque::new(),
+                    events_in: VecDeque::new(),
+                    syncs: VecDeque::new(),
                     members: HashSet::new(),
                 }
             })
@@ -128,7 +153,8 @@ impl Sim {
                 fresh: Fresh::default(),
             })
             .collect();
-        Sim { seed, rng, store, nodes, clients, now, leaves: VecDeque::new(), seen: Seen::default() }
+        let redis = HashMap::new();
+        Sim { seed, rng, store, nodes, clients, now, leaves: VecDeque::new(), redis, seen: Seen::default() }
     }
 
     fn client_now(&self) -> ClientNow {
@@ -197,6 +223,31 @@ impl Sim {
                     self.nodes[1 - n].bus_in.push_back(m);
                 }
             }
+            Output::Node(e) => {
+                self.seen.presence_events += 1;
+                match &e {
+                    NodeEvent::Member(m) => {
+                        self.redis.insert(m.presence.id.clone(), m.clone());
+                    }
+                    NodeEvent::Left { node, conn } => {
+                        if self.redis.get(conn).is_some_and(|m| m.node == *node) {
+                            self.redis.remove(conn);
+                        }
+                    }
+                    NodeEvent::Cursors { .. } | NodeEvent::Transport { .. } => {}
+                }
+                // Pub/sub loses a message now and then: the heartbeat must repair it.
+                if !self.rng.chance(10) {
+                    self.nodes[1 - n].events_in.push_back(e);
+                }
+            }
+            Output::PresenceSync(members) => {
+                for m in members {
+                    self.redis.insert(m.presence.id.clone(), m);
+                }
+                self.nodes[n].syncs.push_back(self.now.mono_ms);
+            }
+            Output::SaveTransport(t) => self.store.save_transport(ROOM, &t).unwrap(),
             Output::Stat(_) => {}
             Output::Unload => {}
             Output::Failed(reason) => panic!("seed {}: room {n} failed: {reason}", self.seed),
@@ -259,6 +310,27 @@ impl Sim {
         match c.session.submit(&ops, now) {
             Ok(effects) => self.effects(i, effects),
             Err(e) => panic!("seed {}: a valid local edit was refused: {e}", self.seed),
+        }
+    }
+
+    /// Locks or unlocks a track the client sees (both nodes may grant one at once).
+    fn lock(&mut self, i: usize) {
+        let pick = self.rng.next() as usize;
+        let unlock = self.rng.chance(30);
+        let c = &mut self.clients[i];
+        let Some(doc) = c.session.doc() else { return };
+        let tracks = doc.tracks();
+        if tracks.is_empty() || c.link.is_none() {
+            return;
+        }
+        let id = tracks[pick % tracks.len()].to_string();
+        let msg = if unlock {
+            c.session.unlock(ot_core::EntityKind::Track, &id)
+        } else {
+            c.session.lock(ot_core::EntityKind::Track, &id, None)
+        };
+        if let Some(l) = c.link.as_mut() {
+            l.up.push_back(msg);
         }
     }
 
@@ -332,6 +404,22 @@ impl Sim {
         }
     }
 
+    fn presence_event(&mut self, n: usize) {
+        if let Some(e) = self.nodes[n].events_in.pop_front() {
+            self.feed(n, Input::Node(e));
+        }
+    }
+
+    /// Redis answers a heartbeat: every key that has not expired.
+    fn presence_sync(&mut self, n: usize) {
+        let Some(requested_mono) = self.nodes[n].syncs.pop_front() else { return };
+        self.seen.heartbeats += 1;
+        let epoch = self.now.epoch_ms;
+        self.redis.retain(|_, m| m.expires_at > epoch);
+        let members = self.redis.values().cloned().collect();
+        self.feed(n, Input::PresenceSnapshot { requested_mono, members });
+    }
+
     fn tick(&mut self, ms: u64) {
         self.now.mono_ms += ms;
         self.now.epoch_ms += ms;
@@ -348,10 +436,20 @@ impl Sim {
         match self.rng.below(100) {
             0..=14 if editing => self.edit(i),
             15..=17 if editing && self.clients[i].link.is_some() => self.disconnect(i),
-            18..=19 if editing => {
+            18 if editing => {
                 let pos = CursorPos { x: self.rng.below(100) as f64, y: 0.0, selection: None };
                 if let Some(l) = self.clients[i].link.as_mut() {
                     l.up.push_back(ClientMsg::Cursor { x: pos.x, y: pos.y, selection: None });
+                }
+            }
+            19 if editing => {
+                let (playing, position) = (self.rng.chance(50), self.rng.below(100) as f64);
+                let now = self.client_now();
+                if self.clients[i].session.is_live() {
+                    let m = self.clients[i].session.set_transport(playing, position, now);
+                    if let Some(l) = self.clients[i].link.as_mut() {
+                        l.up.push_back(m);
+                    }
                 }
             }
             20..=24 => {
@@ -365,7 +463,10 @@ impl Sim {
             50..=69 => self.deliver_down(i),
             70..=79 => self.store_append(n),
             80..=86 => self.store_read(n),
-            87..=92 => self.bus(n),
+            87..=89 => self.bus(n),
+            90..=91 => self.presence_event(n),
+            92 => self.presence_sync(n),
+            93..=94 if editing => self.lock(i),
             _ => {
                 let ms = self.rng.below(30);
                 self.tick(ms);
@@ -435,6 +536,7 @@ impl Sim {
             assert!(guard < 200_000, "seed {}: the run did not settle: {}", self.seed, self.report());
             self.step(false);
         }
+        self.settle_presence();
         let server = without_transport(load(&*self.store, ROOM, 4).doc());
         for (n, node) in self.nodes.iter().enumerate().filter(|(_, n)| !n.members.is_empty()) {
             assert_eq!(
@@ -449,7 +551,77 @@ impl Sim {
             assert_eq!(doc.as_ref(), Some(&server), "seed {}: client {i} differs from the store", self.seed);
         }
         self.seen.sequenced = self.head();
+        self.check_presence();
+        self.seen.locks_held_at_end = self.clients[0].session.locks().len() as u64;
         self.seen
+    }
+
+    /// Delivers every presence event and then runs one more heartbeat (and store poll) on each
+    /// node, until nothing is in flight.
+    fn settle_presence(&mut self) {
+        for _ in 0..3 {
+            for n in 0..2 {
+                while !self.nodes[n].events_in.is_empty() {
+                    self.presence_event(n);
+                }
+            }
+            // One heartbeat period on: each node refreshes its keys and reads everyone's.
+            let step = PRESENCE_TTL_MS / 3 + 1;
+            self.now.mono_ms += step;
+            self.now.epoch_ms += step;
+            for n in 0..2 {
+                self.feed(n, Input::Tick);
+                while !self.nodes[n].syncs.is_empty() {
+                    self.presence_sync(n);
+                }
+                // The store poll that ran on the tick: it repairs a transport the bus lost.
+                while !self.nodes[n].reads.is_empty() {
+                    self.store_read(n);
+                }
+            }
+            self.drain_frames();
+        }
+    }
+
+    /// Delivers every frame queued towards the clients.
+    fn drain_frames(&mut self) {
+        for i in 0..self.clients.len() {
+            while self.clients[i].link.as_ref().is_some_and(|l| !l.down.is_empty()) {
+                self.deliver_down(i);
+            }
+        }
+    }
+
+    /// Everyone sees exactly everyone, the same lock table, and the room's latest transport.
+    fn check_presence(&self) {
+        let everyone: BTreeSet<String> = self.clients.iter().map(|c| c.pk.clone()).collect();
+        let table = |c: &Client| -> Vec<(String, String, String)> {
+            let mut t: Vec<_> = c
+                .session
+                .locks()
+                .iter()
+                .map(|l| (l.target.as_str().to_string(), l.id.clone(), l.user_id.clone()))
+                .collect();
+            t.sort();
+            t
+        };
+        let first = table(&self.clients[0]);
+        for (i, c) in self.clients.iter().enumerate() {
+            assert_eq!(table(c), first, "seed {}: client {i}'s lock table differs from client 0's", self.seed);
+        }
+        let transport = self.store.transport(ROOM).unwrap();
+        for (i, c) in self.clients.iter().enumerate() {
+            let seen: BTreeSet<String> = c.session.users().keys().cloned().collect();
+            assert_eq!(seen, everyone, "seed {}: client {i} sees the wrong people\n{}", self.seed, self.report());
+            if let (Some(t), Some(mine)) = (&transport, c.session.transport()) {
+                assert_eq!(
+                    (mine.playing, mine.position),
+                    (t.playing, t.position),
+                    "seed {}: client {i} has another transport",
+                    self.seed
+                );
+            }
+        }
     }
 }
 
@@ -473,7 +645,11 @@ fn rooms_and_sessions_converge_over_many_seeds() {
         total.reconnects += s.reconnects;
         total.history_reads += s.history_reads;
         total.sequenced += s.sequenced;
+        total.presence_events += s.presence_events;
+        total.heartbeats += s.heartbeats;
+        total.locks_held_at_end += s.locks_held_at_end;
     }
     eprintln!("{seeds} seeds: {total:?}");
     assert!(total.lost_races > 0 && total.reconnects > 0 && total.history_reads > 0, "{total:?}");
+    assert!(total.presence_events > 0 && total.heartbeats > 0 && total.locks_held_at_end > 0, "{total:?}");
 }

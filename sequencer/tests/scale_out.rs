@@ -5,14 +5,15 @@
 //! Each test uses its own database and bus prefix. Without PostgreSQL (or Redis, for the tests
 //! that need it) a test fails in CI (`CI` set) and elsewhere prints why and returns.
 
+mod cluster;
 mod pg;
 mod services;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use cluster::{free_port, spawn_node, Proc, Redis};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -281,38 +282,6 @@ async fn clients_spread_over_three_nodes_converge_by_polling_the_store() {
     spread_converges(None).await;
 }
 
-struct Proc(Child, SocketAddr);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Already dead after a SIGKILL; errors are expected then.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_node(db: &pg::TestDb, bus: &str, prefix: &str) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sequencer"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--cluster-poll", "100"])
-        .args(["--store", &db.url, "--bus", bus, "--bus-prefix", prefix, "--secret", SECRET])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
-    let addr = loop {
-        let line = lines.next().expect("node exited before listening").unwrap();
-        if let Some(a) = line.split("listening on ").nth(1) {
-            break a.trim().parse().unwrap();
-        }
-    };
-    // Keep reading stdout so the node never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Proc(child, addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_nodes_clients_fail_over_and_no_acked_op_is_lost() {
     if !services::redis_up(SHARED_REDIS) {
@@ -320,7 +289,7 @@ async fn a_sigkilled_nodes_clients_fail_over_and_no_acked_op_is_lost() {
     }
     let Some(db) = pg::TestDb::create("failover") else { return };
     let p = prefix();
-    let mut procs: Vec<Proc> = (0..3).map(|_| spawn_node(&db, SHARED_REDIS, &p)).collect();
+    let mut procs: Vec<Proc> = (0..3).map(|_| spawn_node(&db, SHARED_REDIS, &p, SECRET, &[])).collect();
     let addrs: Vec<SocketAddr> = procs.iter().map(|p| p.1).collect();
     let (clients, ops) = (6, 30);
     let run = {
@@ -336,53 +305,10 @@ async fn a_sigkilled_nodes_clients_fail_over_and_no_acked_op_is_lost() {
     let live = &addrs[1..];
     converged(live, "room2", &mut testers, (clients * ops) as u64).await;
     // The killed node restarts (on a new port) and catches up from the store.
-    procs[0] = spawn_node(&db, SHARED_REDIS, &p);
+    procs[0] = spawn_node(&db, SHARED_REDIS, &p, SECRET, &[]);
     let s = state(procs[0].1, "room2").await;
     assert_eq!(s["version"].as_u64(), Some((clients * ops) as u64));
     assert_eq!(track_ids(&s), track_ids(&state(addrs[1], "room2").await));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Redis(Child);
-
-impl Redis {
-    fn start(port: u16) -> Option<Redis> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(c) => {
-                // Dropped (killed) if it never answers.
-                let redis = Redis(c);
-                let url = format!("redis://127.0.0.1:{port}");
-                for _ in 0..50 {
-                    if redis::Client::open(url.as_str()).and_then(|c| c.get_connection()).is_ok() {
-                        return Some(redis);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                services::unavailable("redis-server", &format!("it did not come up on port {port}"));
-                None
-            }
-            Err(e) => {
-                services::unavailable("redis-server", &format!("it cannot be run ({e})"));
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        // It may have been stopped by the test already.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

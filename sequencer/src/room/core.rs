@@ -26,10 +26,11 @@ use serde_json::Value;
 
 use super::cluster::{Cluster, MAX_RESYNCS};
 use super::locks::{LockTable, Refused};
-use super::presence::{Joined, Members, Refusal};
+use super::presence::{Joined, Member, Members, Refusal};
+use super::remote::{HeldLock, MemberState, NodeEvent, Remote, Upserted};
 use crate::auth::Role;
 use crate::error::{clip_text, Close, Rejection};
-use crate::store::{Durable, Entry, RoomAppend, StoreError};
+use crate::store::{transport_newer, Durable, Entry, RoomAppend, StoreError};
 
 /// A connection: its id (`_pk`) and the session that tells it from an earlier socket with the
 /// same id.
@@ -70,11 +71,16 @@ pub struct CoreConfig {
     pub shared_store: bool,
     /// With a shared store, how often a room with members reads other nodes' ops.
     pub cluster_poll_ms: u64,
+    /// This node's id on the bus, when presence is room-wide (a bus between nodes).
+    pub node: Option<Arc<str>>,
+    /// How long a connection's published presence lives unless its node refreshes it.
+    pub presence_ttl_ms: u64,
 }
 
 impl CoreConfig {
-    /// The core's part of the server's configuration, for `room`.
-    pub fn new(config: &crate::Config, room: Arc<str>, shared_store: bool) -> CoreConfig {
+    /// The core's part of the server's configuration, for `room`; `node` is this node's bus id
+    /// when presence is room-wide.
+    pub fn new(config: &crate::Config, room: Arc<str>, shared_store: bool, node: Option<Arc<str>>) -> CoreConfig {
         CoreConfig {
             room,
             max_room_connections: config.max_room_connections,
@@ -87,6 +93,8 @@ impl CoreConfig {
             room_idle_ms: config.room_idle.as_millis() as u64,
             shared_store,
             cluster_poll_ms: (config.cluster_poll.as_millis() as u64).max(1),
+            node,
+            presence_ttl_ms: (config.presence_ttl.as_millis() as u64).max(3),
         }
     }
 }
@@ -169,12 +177,20 @@ pub enum ReadReq {
         /// The durable version.
         upto: u64,
     },
-    /// Other nodes' ops after `from` (shared store).
+    /// Other nodes' ops after `from`, and the stored transport (shared store).
     Fetch {
         /// The durable version.
         from: u64,
         /// Most ops.
         limit: usize,
+    },
+    /// The op `account` stored under `op_id`, if any (an op without `baseVersion` may be a
+    /// resend from beyond the memory window, or from another node).
+    FindOp {
+        /// The op's account.
+        account: Option<Arc<str>>,
+        /// The op's id.
+        op_id: String,
     },
     /// Rebuild the room from the store after a lost race: a [`ServerDoc`] whose window reaches
     /// back to `from`, and the ops after `durable`.
@@ -191,10 +207,27 @@ pub enum ReadReq {
 pub enum ReadResult {
     /// For [`ReadReq::Older`].
     Older(Result<OlderHistory, StoreError>),
-    /// For [`ReadReq::Catchup`] and [`ReadReq::Fetch`].
+    /// For [`ReadReq::Catchup`].
     Ops(Result<Vec<Sequenced>, StoreError>),
     /// For [`ReadReq::Rebuild`].
     Rebuild(Result<Box<(ServerDoc, Vec<Sequenced>)>, StoreError>),
+    /// For [`ReadReq::FindOp`].
+    Found(Result<Option<Sequenced>, StoreError>),
+    /// For [`ReadReq::Fetch`]: other nodes' ops and the stored transport.
+    Fetched(Result<(Vec<Sequenced>, Option<TransportState>), StoreError>),
+}
+
+impl ReadResult {
+    /// The answer to `req` when the read could not run at all.
+    pub fn failed(req: &ReadReq, e: StoreError) -> ReadResult {
+        match req {
+            ReadReq::Older { .. } => ReadResult::Older(Err(e)),
+            ReadReq::Catchup { .. } => ReadResult::Ops(Err(e)),
+            ReadReq::Fetch { .. } => ReadResult::Fetched(Err(e)),
+            ReadReq::FindOp { .. } => ReadResult::Found(Err(e)),
+            ReadReq::Rebuild { .. } => ReadResult::Rebuild(Err(e)),
+        }
+    }
 }
 
 /// What the room is told.
@@ -234,6 +267,16 @@ pub enum Input {
     },
     /// An op another node stored, from the bus.
     Foreign(Sequenced),
+    /// Presence news from another node of the room, from the bus.
+    Node(NodeEvent),
+    /// Every connection's presence of the room as Redis holds it, read after `requested_mono`
+    /// (the answer to [`Output::PresenceSync`], or the first read of a room that loads).
+    PresenceSnapshot {
+        /// When the read was asked for (monotonic ms): whoever was heard of since stays.
+        requested_mono: u64,
+        /// What Redis holds (this node's own connections included).
+        members: Vec<MemberState>,
+    },
     /// A deadline passed (cursor tick, idle unload, cluster poll).
     Tick,
     /// The server is shutting down: finish what is outstanding, then close everyone.
@@ -318,6 +361,14 @@ pub enum Output {
     },
     /// Tell other nodes about this durable op (shared store).
     Publish(Sequenced),
+    /// Tell the other nodes of the room about presence (and keep or delete the key of a
+    /// [`NodeEvent::Member`] or [`NodeEvent::Left`]).
+    Node(NodeEvent),
+    /// The heartbeat: refresh these connections' keys, then read everyone's and answer with
+    /// [`Input::PresenceSnapshot`].
+    PresenceSync(Vec<MemberState>),
+    /// Store the room's transport (it changed here).
+    SaveTransport(TransportState),
     /// Count something.
     Stat(Stat),
     /// Nothing is left to do and nobody is here: the room may unload. If the shell keeps it
@@ -331,6 +382,7 @@ pub enum Output {
 #[derive(Debug)]
 enum Reading {
     Older { key: ConnKey, submit: Submit },
+    FindOp { key: ConnKey, submit: Submit },
     Catchup { join: JoinReq, since: u64, upto: u64 },
     Fetch { from: u64 },
     Rebuild,
@@ -347,6 +399,18 @@ pub struct RoomCore {
     /// Duplicate answers waiting for their op to be durable.
     dup_waiting: Vec<(ConnKey, Sequenced)>,
     members: Members,
+    /// The people of other nodes (room-wide presence).
+    remote: Remote,
+    /// Local connections whose published state may be stale (locks changed, just joined).
+    dirty: Vec<Arc<str>>,
+    /// The locks each local connection was last published with.
+    published_locks: HashMap<Arc<str>, Vec<HeldLock>>,
+    /// When to refresh and read presence in Redis next (monotonic ms).
+    presence_deadline: Option<u64>,
+    /// The lock table changed in this turn (local locks may need publishing).
+    locks_touched: bool,
+    /// When a `transport` message last went out (monotonic ms).
+    transport_sent_mono: Option<u64>,
     locks: LockTable,
     /// The lock count last reported as [`Stat::LocksHeld`].
     locks_reported: usize,
@@ -374,6 +438,10 @@ const HTTP_ONLY_IDLE_MS: u64 = 2000;
 
 /// A `since` catch-up up to this size is sent as ops even when the state is smaller.
 const CATCHUP_FLOOR: usize = 256 * 1024;
+
+/// A transport change within this long after another `transport` went out is also echoed to
+/// its sender (the other may still be on its way to it, and would land after its own change).
+const TRANSPORT_ECHO_MS: u64 = 2000;
 
 /// Most ops read from the store in one catch-up of other nodes' ops.
 const FETCH_MAX: usize = 10_000;
@@ -424,11 +492,18 @@ impl RoomCore {
                 playing: doc.doc().is_playing(),
                 position: doc.doc().playhead(),
                 server_time: now.epoch_ms,
+                user_id: None,
             },
             doc,
             pending: VecDeque::new(),
             dup_waiting: Vec::new(),
             members: Members::default(),
+            remote: Remote::default(),
+            dirty: Vec::new(),
+            published_locks: HashMap::new(),
+            presence_deadline: None,
+            locks_touched: false,
+            transport_sent_mono: None,
             locks: LockTable::default(),
             locks_reported: 0,
             cursor_deadline: None,
@@ -460,10 +535,15 @@ impl RoomCore {
                 Input::Durable { .. } => {}
                 Input::ReadDone { id, result } => self.read_done(id, result, now),
                 Input::Foreign(m) => self.foreign(m),
+                Input::Node(e) => self.node_event(e, now),
+                Input::PresenceSnapshot { requested_mono, members } => {
+                    self.presence_snapshot(requested_mono, members, now)
+                }
                 Input::Tick => self.tick(now),
                 Input::Shutdown => self.draining = true,
             }
             self.settle(now);
+            self.publish_dirty(now);
         }
         let held = self.locks.len();
         if held != self.locks_reported {
@@ -479,7 +559,10 @@ impl RoomCore {
     pub fn next_deadline(&self) -> Option<u64> {
         let idle = self.idle_since.filter(|_| !self.draining && self.members.is_empty()).map(|t| t + self.idle_ms());
         let poll = (self.cfg.shared_store && !self.members.is_empty()).then_some(self.cluster.next_poll);
-        [self.cursor_deadline, idle, poll, self.locks.next_expiry()].into_iter().flatten().min()
+        [self.cursor_deadline, idle, poll, self.locks.next_expiry(), self.presence_deadline, self.remote.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether a submit is waiting on a store read: the shell stops reading its inbox meanwhile,
@@ -500,28 +583,39 @@ impl RoomCore {
         doc.to_state_value(self.durable_version)
     }
 
-    /// Who is connected (`GET …/collaborators`).
+    /// Who is connected (`GET …/collaborators`), on every node of the room.
     pub fn collaborators(&self) -> Vec<Collaborator> {
-        self.members
-            .iter()
-            .map(|m| Collaborator {
-                id: m.conn.to_string(),
-                user_id: m.presence.user_id.clone(),
-                name: m.presence.name.clone(),
-                avatar: m.presence.avatar.clone(),
-                joined_at: super::rfc3339(m.joined_at),
-            })
-            .collect()
+        let collaborator = |p: &Presence, joined_at: u64| Collaborator {
+            id: p.id.clone(),
+            user_id: p.user_id.clone(),
+            name: p.name.clone(),
+            avatar: p.avatar.clone(),
+            joined_at: super::rfc3339(joined_at),
+        };
+        let mut out: Vec<Collaborator> = self.members.iter().map(|m| collaborator(&m.presence, m.joined_at)).collect();
+        let mut remote: Vec<_> = self.remote.iter().map(|(_, r)| &r.state).collect();
+        remote.sort_by(|a, b| (a.joined_at, &a.presence.id).cmp(&(b.joined_at, &b.presence.id)));
+        out.extend(remote.into_iter().map(|r| collaborator(&r.presence, r.joined_at)));
+        out
     }
 
-    /// The presence of every member.
+    /// The presence of everyone in the room, this node's connections first.
     pub fn presences(&self) -> Vec<Presence> {
-        self.members.presences()
+        let mut out = self.members.presences();
+        let mut remote: Vec<_> = self.remote.iter().map(|(_, r)| &r.state).collect();
+        remote.sort_by(|a, b| (a.joined_at, &a.presence.id).cmp(&(b.joined_at, &b.presence.id)));
+        out.extend(remote.into_iter().map(|r| r.presence.clone()));
+        out
+    }
+
+    /// The presence of `conn`, on this node or another.
+    fn presence_of(&self, conn: &str) -> Option<&Presence> {
+        self.members.by_conn(conn).map(|m| &m.presence).or_else(|| self.remote.get(conn).map(|r| &r.state.presence))
     }
 
     /// The room's lock table as `locks` messages show it.
     pub fn locks(&self) -> Vec<Lock> {
-        self.locks.table(&self.members)
+        self.locks.table(|conn| self.presence_of(conn).map(|p| (p.name.as_str(), p.color.as_str())))
     }
 
     /// The live document (including ops not yet durable).
@@ -554,6 +648,7 @@ impl RoomCore {
         if self.draining && self.quiet() {
             self.locks.clear();
             for m in self.members.drain() {
+                self.announce_left(&m.conn);
                 self.out.push(Output::Close { to: m.key(), code: Close::GoingAway });
             }
             self.out.push(Output::Unload);
@@ -604,6 +699,10 @@ impl RoomCore {
     }
 
     fn admit(&mut self, j: &JoinReq) -> Result<(), Close> {
+        // A connection id is one presence room-wide: only its account takes it over.
+        if self.remote.get(&j.conn).is_some_and(|r| r.state.presence.user_id != j.user_id) {
+            return Err(Close::BadRequest);
+        }
         let cfg = &self.cfg;
         match self.members.admit(&j.conn, &j.user_id, cfg.max_room_connections, cfg.max_account_connections) {
             Ok(_) => Ok(()),
@@ -625,7 +724,14 @@ impl RoomCore {
         }
         self.idle_since = None;
         let conn = j.conn.clone();
-        match self.members.join(j.conn, j.session, j.user_id, j.name, j.avatar, j.role, now.epoch_ms) {
+        // Moving here from another node: the same presence goes on, nobody sees a leave or a join.
+        let moved = self.remote.remove(&conn, None);
+        let came_from = moved.as_ref().map(|r| (r.state.presence.color.as_str(), r.state.joined_at));
+        let taken: Vec<&str> = self.remote.iter().map(|(_, r)| r.state.presence.color.as_str()).collect();
+        let joined =
+            self.members.join(j.conn, j.session, j.user_id, j.name, j.avatar, j.role, now.epoch_ms, came_from, &taken);
+        match joined {
+            Joined::New(_) if moved.is_some() => {}
             Joined::New(presence) => {
                 let frame = text(&ServerMsg::UserJoined { user: presence });
                 self.out.push(Output::Broadcast { frame, except: Some(conn.clone()) });
@@ -634,12 +740,16 @@ impl RoomCore {
                 self.out.push(Output::Close { to: (conn.clone(), old_session), code: Close::Replaced });
             }
         }
+        self.mark_dirty(&conn);
+        if self.cfg.node.is_some() && self.presence_deadline.is_none() {
+            self.presence_deadline = Some(now.mono_ms + self.heartbeat_ms());
+        }
         let (state, ops) = match ops {
             Some(ops) => (None, Some(ops.iter().map(|m| (**m).clone()).collect())),
             None => (Some(self.state_value()), None),
         };
         let init = ServerMsg::Init {
-            users: self.members.presences(),
+            users: self.presences(),
             state,
             ops,
             your_id: conn.to_string(),
@@ -655,6 +765,7 @@ impl RoomCore {
     fn leave(&mut self, conn: &str, session: u64, now: Now) {
         let Some(m) = self.members.leave(conn, session) else { return };
         self.out.push(Output::Close { to: m.key(), code: Close::GoingAway });
+        self.announce_left(conn);
         // Before `user_left`: no table ever names someone who is gone.
         if self.locks.release_conn(conn) > 0 {
             self.broadcast_locks();
@@ -690,18 +801,38 @@ impl RoomCore {
                 self.send(key, error_text(&Rejection::Forbidden { what: "operation" }, s.op_id));
             }
             ClientIn::Transport { playing, position } => {
-                self.transport = TransportState { playing, position, server_time: now.epoch_ms };
-                self.doc.doc_mut().set_transport(playing, position);
-                let msg =
-                    ServerMsg::Transport { playing, position, user_id: conn.to_string(), server_time: now.epoch_ms };
-                self.out.push(Output::Broadcast { frame: text(&msg), except: Some(conn) });
+                let t =
+                    TransportState { playing, position, server_time: now.epoch_ms, user_id: Some(conn.to_string()) };
+                // A change at the same millisecond as a later one from another node loses to it.
+                if transport_newer(&t, &self.transport) {
+                    self.out.push(Output::SaveTransport(t.clone()));
+                    if let Some(node) = self.cfg.node.clone() {
+                        let event = NodeEvent::Transport { node: node.to_string(), transport: t.clone() };
+                        self.out.push(Output::Node(event));
+                    }
+                    // A transport sent to the sender shortly before may reach it after it
+                    // mirrored its own change: then it gets its change back, last.
+                    let crossed = self.transport_sent_mono.is_some_and(|at| now.mono_ms < at + TRANSPORT_ECHO_MS);
+                    self.adopt_transport(t, (!crossed).then_some(conn), now);
+                } else {
+                    // Another node's change at the same instant won: the sender, which mirrored
+                    // its own change already, gets the room's.
+                    let t = &self.transport;
+                    let msg = ServerMsg::Transport {
+                        playing: t.playing,
+                        position: t.position,
+                        user_id: t.user_id.clone().unwrap_or_default(),
+                        server_time: t.server_time,
+                    };
+                    self.send(key, text(&msg));
+                }
             }
             ClientIn::Submit(s) => self.submit(key, s, None),
             ClientIn::Lock { target, id, ttl_ms } => {
                 if let Err(r) = self.lock(&conn, role, &target, &id, ttl_ms, now) {
                     self.out.push(Output::Stat(Stat::LockRefused(r.code())));
                     let locked_by = match &r {
-                        Rejection::Locked { holder, .. } => self.members.by_conn(holder).map(|m| m.presence.clone()),
+                        Rejection::Locked { holder, .. } => self.presence_of(holder).cloned(),
                         _ => None,
                     };
                     let msg = ServerMsg::Error { code: r.code(), message: r.to_string(), op_id: None, locked_by };
@@ -717,6 +848,175 @@ impl RoomCore {
                 }
             }
         }
+    }
+
+    // ---- room-wide presence ----
+
+    /// The transport as the store last had it, for a room that loads.
+    pub fn restore_transport(&mut self, t: TransportState) {
+        self.doc.doc_mut().set_transport(t.playing, t.position);
+        self.durable_doc.set_transport(t.playing, t.position);
+        self.transport = t;
+    }
+
+    fn heartbeat_ms(&self) -> u64 {
+        (self.cfg.presence_ttl_ms / 3).max(1)
+    }
+
+    /// `m` as its node publishes it.
+    fn member_state(&self, m: &Member, now: Now) -> MemberState {
+        MemberState {
+            node: self.cfg.node.as_deref().unwrap_or_default().to_string(),
+            presence: m.presence.clone(),
+            joined_at: m.joined_at,
+            session_at: m.session_at,
+            expires_at: now.epoch_ms.saturating_add(self.cfg.presence_ttl_ms),
+            locks: self.locks.held_by(&m.conn),
+        }
+    }
+
+    fn mark_dirty(&mut self, conn: &Arc<str>) {
+        if self.cfg.node.is_some() && !self.dirty.contains(conn) {
+            self.dirty.push(conn.clone());
+        }
+    }
+
+    /// Publishes the state of every local connection that changed in this turn: those that
+    /// joined, and those whose locks are not what was last published.
+    fn publish_dirty(&mut self, now: Now) {
+        if self.cfg.node.is_none() {
+            return;
+        }
+        if self.locks_touched {
+            self.locks_touched = false;
+            for m in self.members.iter() {
+                let held = self.locks.held_by(&m.conn);
+                let last = self.published_locks.get(&m.conn).map_or(&[][..], Vec::as_slice);
+                if held != last && !self.dirty.contains(&m.conn) {
+                    self.dirty.push(m.conn.clone());
+                }
+            }
+        }
+        for conn in std::mem::take(&mut self.dirty) {
+            let Some(m) = self.members.by_conn(&conn) else { continue };
+            let state = self.member_state(m, now);
+            self.published_locks.insert(conn, state.locks.clone());
+            self.out.push(Output::Node(NodeEvent::Member(state)));
+        }
+    }
+
+    /// Tells the other nodes that `conn` left this one.
+    fn announce_left(&mut self, conn: &str) {
+        self.published_locks.remove(conn);
+        if let Some(node) = &self.cfg.node {
+            self.out.push(Output::Node(NodeEvent::Left { node: node.to_string(), conn: conn.to_string() }));
+        }
+    }
+
+    /// A connection of another node is gone (left, expired, or absent from Redis).
+    fn remote_left(&mut self, conn: &str) {
+        if self.locks.release_conn(conn) > 0 {
+            self.broadcast_locks();
+        }
+        let frame = text(&ServerMsg::UserLeft { user_id: conn.to_string() });
+        self.out.push(Output::Broadcast { frame, except: None });
+    }
+
+    fn node_event(&mut self, e: NodeEvent, now: Now) {
+        if self.cfg.node.as_deref().map_or(true, |n| n == e.node()) {
+            return;
+        }
+        match e {
+            NodeEvent::Member(state) => self.remote_member(state, now),
+            NodeEvent::Left { node, conn } => {
+                if self.remote.remove(&conn, Some(&node)).is_some() {
+                    self.remote_left(&conn);
+                }
+            }
+            NodeEvent::Cursors { node, moved } => {
+                for (conn, c) in moved {
+                    if self.remote.cursor(&node, &conn, c.clone()) {
+                        let msg = ServerMsg::Cursor { user_id: conn.clone(), x: c.x, y: c.y, selection: c.selection };
+                        self.out.push(Output::Cursor { from: Arc::from(conn), frame: text(&msg) });
+                    }
+                }
+            }
+            NodeEvent::Transport { transport, .. } => {
+                if transport_newer(&transport, &self.transport) {
+                    self.adopt_transport(transport, None, now);
+                }
+            }
+        }
+    }
+
+    /// Another node says `state.presence.id` is there.
+    fn remote_member(&mut self, state: MemberState, now: Now) {
+        let own = self.cfg.node.as_deref().unwrap_or_default();
+        if state.node == own || state.expires_at <= now.epoch_ms {
+            return;
+        }
+        let conn: Arc<str> = Arc::from(state.presence.id.as_str());
+        let mut was_local = false;
+        if let Some(m) = self.members.by_conn(&conn) {
+            if !state.beats(m.session_at, own) {
+                // Ours is the later session: say so, and the other node lets go of its socket.
+                self.mark_dirty(&conn);
+                return;
+            }
+            // The client moved to the other node while its old socket here lingered: that one
+            // is replaced, and nobody sees it leave.
+            let key = m.key();
+            self.members.leave(&key.0, key.1);
+            self.published_locks.remove(&conn);
+            self.out.push(Output::Close { to: key, code: Close::Replaced });
+            was_local = true;
+        }
+        let locks = state.locks.clone();
+        let presence = state.presence.clone();
+        match self.remote.upsert(state, now.mono_ms, now.epoch_ms) {
+            Upserted::Stale => return,
+            Upserted::New if !was_local => {
+                let frame = text(&ServerMsg::UserJoined { user: presence });
+                self.out.push(Output::Broadcast { frame, except: None });
+            }
+            Upserted::New | Upserted::Updated => {}
+        }
+        let (changed, _) = self.locks.replace_remote(&conn, &locks, now.mono_ms, now.epoch_ms);
+        if changed {
+            self.broadcast_locks();
+        }
+    }
+
+    /// Redis's view of the room: everyone of another node in it is there, everyone not in it
+    /// (and not heard of since the read was asked for) is gone.
+    fn presence_snapshot(&mut self, requested_mono: u64, members: Vec<MemberState>, now: Now) {
+        if self.cfg.node.is_none() {
+            return;
+        }
+        let own = self.cfg.node.clone().unwrap_or_else(|| Arc::from(""));
+        let present: Vec<String> = members.iter().filter(|m| *m.node != *own).map(|m| m.presence.id.clone()).collect();
+        for m in members {
+            self.remote_member(m, now);
+        }
+        let present: Vec<&str> = present.iter().map(String::as_str).collect();
+        for conn in self.remote.absent_from(&present, requested_mono) {
+            self.remote.remove(&conn, None);
+            self.remote_left(&conn);
+        }
+    }
+
+    /// Makes `t` the room's transport and tells the members (all but `except`).
+    fn adopt_transport(&mut self, t: TransportState, except: Option<Arc<str>>, now: Now) {
+        self.transport_sent_mono = Some(now.mono_ms);
+        self.doc.doc_mut().set_transport(t.playing, t.position);
+        let msg = ServerMsg::Transport {
+            playing: t.playing,
+            position: t.position,
+            user_id: t.user_id.clone().unwrap_or_default(),
+            server_time: t.server_time,
+        };
+        self.out.push(Output::Broadcast { frame: text(&msg), except });
+        self.transport = t;
     }
 
     // ---- soft locks ----
@@ -749,8 +1049,7 @@ impl RoomCore {
             Err(Refused::Limit) => Err(Rejection::LockLimit),
             Err(Refused::HeldBy(holder)) => {
                 let expires_at = self.locks.holder(kind, id).map_or(0, |h| h.expires_epoch);
-                let name =
-                    self.members.by_conn(&holder).map_or_else(|| holder.to_string(), |m| m.presence.name.clone());
+                let name = self.presence_of(&holder).map_or_else(|| holder.to_string(), |p| p.name.clone());
                 Err(Rejection::Locked {
                     target: kind.as_str(),
                     id: clip_text(id, 128),
@@ -764,6 +1063,7 @@ impl RoomCore {
 
     /// The whole table to everyone (PROTOCOL §7: after every change).
     fn broadcast_locks(&mut self) {
+        self.locks_touched = true;
         let frame = text(&ServerMsg::Locks { locks: self.locks() });
         self.out.push(Output::Broadcast { frame, except: None });
     }
@@ -790,7 +1090,12 @@ impl RoomCore {
 
     fn flush_cursors(&mut self) {
         self.cursor_deadline = None;
-        for (conn, c) in self.members.take_moved_cursors() {
+        let moved = self.members.take_moved_cursors();
+        if let (Some(node), false) = (&self.cfg.node, moved.is_empty()) {
+            let moved = moved.iter().map(|(conn, c)| (conn.to_string(), c.clone())).collect();
+            self.out.push(Output::Node(NodeEvent::Cursors { node: node.to_string(), moved }));
+        }
+        for (conn, c) in moved {
             let msg = ServerMsg::Cursor { user_id: conn.to_string(), x: c.x, y: c.y, selection: c.selection };
             self.out.push(Output::Cursor { from: conn, frame: text(&msg) });
         }
@@ -804,6 +1109,18 @@ impl RoomCore {
         if expired > 0 {
             self.out.push(Output::Stat(Stat::LocksExpired { count: expired as u64 }));
             self.broadcast_locks();
+        }
+        for conn in self.remote.expire(now.mono_ms) {
+            // A node that died: its people's keys expired and no leave was ever sent.
+            self.remote_left(&conn);
+        }
+        if self.presence_deadline.is_some_and(|t| t <= now.mono_ms) {
+            self.presence_deadline = None;
+            if !self.members.is_empty() {
+                let states = self.members.iter().map(|m| self.member_state(m, now)).collect();
+                self.out.push(Output::PresenceSync(states));
+                self.presence_deadline = Some(now.mono_ms + self.heartbeat_ms());
+            }
         }
         if self.cfg.shared_store && self.cluster.next_poll <= now.mono_ms {
             self.cluster.next_poll = now.mono_ms + self.cfg.cluster_poll_ms;
@@ -826,6 +1143,19 @@ impl RoomCore {
             self.deferred.push_back((key, s));
             return;
         }
+        if let (None, Some(op_id), None) = (s.base, &s.op_id, older) {
+            // Without a base nothing tells a resend from a new op, and the memory window holds
+            // only recent op ids: ask the store, which indexes every op by (room, account, opId).
+            self.awaiting_history = true;
+            let req = ReadReq::FindOp { account: s.account.clone(), op_id: op_id.clone() };
+            self.read(req, Reading::FindOp { key, submit: s });
+            return;
+        }
+        self.submit_looked_up(key, s, older);
+    }
+
+    /// [`Self::submit`] once an op without a base was looked up in the store and not found.
+    fn submit_looked_up(&mut self, key: ConnKey, s: Submit, older: Option<&OlderHistory>) {
         let op_id = s.op_id.clone();
         let limit = self.cfg.max_doc_bytes;
         let bytes = self.doc_bytes.saturating_add(growth(&s.ops));
@@ -844,13 +1174,7 @@ impl RoomCore {
                 }
                 self.sequenced(msg);
             }
-            Ok(Outcome::Duplicate(msg)) => {
-                if msg.version <= self.durable_version {
-                    self.send(key, op_text(&msg));
-                } else {
-                    self.dup_waiting.push((key, msg));
-                }
-            }
+            Ok(Outcome::Duplicate(msg)) => self.duplicate(key, msg),
             Err(SubmitError::NeedHistory { base }) if older.is_none() => {
                 self.awaiting_history = true;
                 let req = ReadReq::Older {
@@ -863,6 +1187,31 @@ impl RoomCore {
                 self.read(req, Reading::Older { key, submit: s });
             }
             Err(e) => self.send(key, error_text(&Rejection::Submit(e), op_id)),
+        }
+    }
+
+    /// Answers a resend with its original message once the room's durable version has it
+    /// (another node's op may be stored before this node has caught up to it).
+    fn duplicate(&mut self, key: ConnKey, msg: Sequenced) {
+        if msg.version <= self.durable_version {
+            self.send(key, op_text(&msg));
+        } else {
+            self.dup_waiting.push((key, msg));
+            if self.cfg.shared_store {
+                self.fetch();
+            }
+        }
+    }
+
+    /// Sends the duplicate answers whose version is durable now.
+    fn answer_duplicates(&mut self) {
+        let durable = self.durable_version;
+        for (key, m) in std::mem::take(&mut self.dup_waiting) {
+            if m.version <= durable {
+                self.send(key, op_text(&m));
+            } else {
+                self.dup_waiting.push((key, m));
+            }
         }
     }
 
@@ -896,14 +1245,7 @@ impl RoomCore {
             self.lost_race(version);
             return;
         }
-        let durable = self.durable_version;
-        for (key, m) in std::mem::take(&mut self.dup_waiting) {
-            if m.version <= durable {
-                self.send(key, op_text(&m));
-            } else {
-                self.dup_waiting.push((key, m));
-            }
-        }
+        self.answer_duplicates();
     }
 
     /// Every op that reaches the durable state — ours or another node's — passes here.
@@ -920,6 +1262,7 @@ impl RoomCore {
     fn fail(&mut self, reason: &str) {
         self.locks.clear();
         for m in self.members.drain() {
+            self.announce_left(&m.conn);
             self.out.push(Output::Close { to: m.key(), code: Close::Internal });
         }
         self.failed = true;
@@ -954,6 +1297,20 @@ impl RoomCore {
                 }
                 self.drain_deferred();
             }
+            (Reading::FindOp { key, submit }, ReadResult::Found(r)) => {
+                self.awaiting_history = false;
+                if self.rebuilding {
+                    self.deferred.push_front((key, submit));
+                    return;
+                }
+                match r {
+                    // The store scopes op ids per account: this is the sender's own op.
+                    Ok(Some(msg)) => self.duplicate(key, msg),
+                    Ok(None) => self.submit_looked_up(key, submit, None),
+                    Err(e) => self.send(key, error_text(&Rejection::Storage(e.to_string()), submit.op_id)),
+                }
+                self.drain_deferred();
+            }
             (Reading::Catchup { join, since, upto }, ReadResult::Ops(r)) => {
                 let ops = match r {
                     Ok(mut ops) if ops.len() as u64 == upto - since => {
@@ -972,13 +1329,17 @@ impl RoomCore {
                 };
                 self.finish_join(join, ops, now);
             }
-            (Reading::Fetch { from }, ReadResult::Ops(r)) => {
+            (Reading::Fetch { from }, ReadResult::Fetched(r)) => {
                 self.cluster.fetching = false;
                 // Something of ours sequenced meanwhile: its append decides (a conflict
                 // resyncs); the next poll looks again. A failed read is retried then too.
-                if let Ok(ops) = r {
+                if let Ok((ops, transport)) = r {
                     if from == self.durable_version && self.can_catch_up() {
                         self.apply_foreign(ops);
+                    }
+                    // The stored transport is the truth a lost bus message is repaired from.
+                    if let Some(t) = transport.filter(|t| transport_newer(t, &self.transport)) {
+                        self.adopt_transport(t, None, now);
                     }
                 }
             }
@@ -1071,6 +1432,7 @@ impl RoomCore {
             self.applied(&m);
         }
         self.durable_doc = self.doc.doc().clone();
+        self.answer_duplicates();
     }
 
     /// Another node stored a version we sequenced: drop what is pending (never acknowledged),

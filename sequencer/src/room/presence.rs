@@ -1,12 +1,8 @@
 //! Who is in a room: presence objects with distinct colors, roles, cursors waiting for the next
 //! tick, and the `_pk` takeover rule. Pure data; [`super::core::RoomCore`] owns it.
 //!
-//! With several nodes serving one room, presence is per node for now: each node knows the
-//! connections it serves. The soft locks ([`super::locks`]) are presence too and follow the same
-//! rule: a node's lock table holds its own connections' locks, so two people on two nodes can
-//! hold the same entity. PROTOCOL §7 wants the table room-wide, like presence; when presence
-//! becomes room-wide (carried over the bus with the connection it belongs to), the lock table
-//! goes with it: a lock is an attribute of its holder's presence, ended by the same leave.
+//! These are the connections this node serves. With several nodes serving one room, the others'
+//! are in [`super::remote`], and [`super::core::RoomCore`] shows both as one room.
 
 use std::sync::Arc;
 
@@ -32,8 +28,10 @@ pub struct Member {
     pub presence: Presence,
     /// Editor or viewer.
     pub role: Role,
-    /// Milliseconds since the epoch.
+    /// When the connection id first joined, milliseconds since the epoch.
     pub joined_at: u64,
+    /// When this socket joined (a takeover starts a new one), milliseconds since the epoch.
+    pub session_at: u64,
     /// A cursor arrived since the last tick.
     pub cursor_dirty: bool,
 }
@@ -109,18 +107,19 @@ impl Members {
         }
     }
 
-    /// A color no member uses, while the palette has one.
-    fn free_color(&self) -> &'static str {
+    /// A color neither a member nor `taken` uses, while the palette has one.
+    pub fn free_color(&self, taken: &[&str]) -> &'static str {
         PALETTE
             .iter()
-            .find(|c| !self.list.iter().any(|m| m.presence.color == **c))
+            .find(|c| !self.list.iter().any(|m| m.presence.color == **c) && !taken.contains(c))
             .copied()
-            .unwrap_or(PALETTE[self.list.len() % PALETTE.len()])
+            .unwrap_or(PALETTE[(self.list.len() + taken.len()) % PALETTE.len()])
     }
 
     /// Adds a new member, or lets a new socket take over the presence of `conn` (same account,
     /// checked by [`Members::admit`]): then returns the replaced session, and no one sees a
-    /// leave and a join.
+    /// leave and a join. A new member takes `came_from`'s color and join time when it moved
+    /// here from another node; else the first free color.
     #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
@@ -131,31 +130,31 @@ impl Members {
         avatar: Option<String>,
         role: Role,
         now_ms: u64,
+        came_from: Option<(&str, u64)>,
+        taken: &[&str],
     ) -> Joined {
         if let Some(m) = self.list.iter_mut().find(|m| m.conn == conn) {
             let old = m.session;
             m.session = session;
+            m.session_at = now_ms;
             m.role = role;
             m.presence.name = name;
             m.presence.avatar = avatar;
             m.presence.last_seen = now_ms;
             return Joined::Replaced { old_session: old };
         }
-        let presence = Presence {
-            id: conn.to_string(),
-            user_id,
-            name,
-            avatar,
-            color: self.free_color().to_string(),
-            cursor: None,
-            last_seen: now_ms,
+        let (color, joined_at) = match came_from {
+            Some((color, joined_at)) => (color.to_string(), joined_at),
+            None => (self.free_color(taken).to_string(), now_ms),
         };
+        let presence = Presence { id: conn.to_string(), user_id, name, avatar, color, cursor: None, last_seen: now_ms };
         self.list.push(Member {
             conn,
             session,
             presence: presence.clone(),
             role,
-            joined_at: now_ms,
+            joined_at,
+            session_at: now_ms,
             cursor_dirty: false,
         });
         Joined::New(presence)
@@ -220,19 +219,21 @@ mod tests {
     fn colors_are_distinct_and_reused_after_a_leave() {
         let mut m = Members::default();
         for i in 0..3 {
-            m.join(Arc::from(format!("c{i}")), 1, format!("u{i}"), "n".into(), None, Role::Editor, 0);
+            m.join(Arc::from(format!("c{i}")), 1, format!("u{i}"), "n".into(), None, Role::Editor, 0, None, &[]);
         }
         let colors: Vec<String> = m.iter().map(|x| x.presence.color.clone()).collect();
         assert_eq!(colors, [PALETTE[0], PALETTE[1], PALETTE[2]]);
         m.leave("c1", 1);
-        m.join(Arc::from("c9"), 1, "u9".into(), "n".into(), None, Role::Editor, 0);
+        m.join(Arc::from("c9"), 1, "u9".into(), "n".into(), None, Role::Editor, 0, None, &[]);
         assert_eq!(m.by_conn("c9").map(|x| x.presence.color.as_str()), Some(PALETTE[1]));
+        m.join(Arc::from("c8"), 1, "u8".into(), "n".into(), None, Role::Editor, 0, None, &[PALETTE[3]]);
+        assert_eq!(m.by_conn("c8").map(|x| x.presence.color.as_str()), Some(PALETTE[4]), "others' colors are taken");
     }
 
     #[test]
     fn only_the_same_account_takes_a_connection_id_and_accounts_have_a_share() {
         let mut m = Members::default();
-        m.join(Arc::from("p"), 1, "ana".into(), "Ana".into(), None, Role::Editor, 0);
+        m.join(Arc::from("p"), 1, "ana".into(), "Ana".into(), None, Role::Editor, 0, None, &[]);
         assert_eq!(m.admit("p", "eve", 10, 10), Err(Refusal::PkTaken));
         assert_eq!(m.admit("p", "ana", 10, 10), Ok(true));
         assert_eq!(m.admit("q", "ana", 10, 1), Err(Refusal::Full));

@@ -9,10 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use ot_core::protocol::TransportState;
 use ot_core::sync::Sequenced;
 use serde_json::Value;
 
-use super::{account_key, Loaded, RoomAppend, Store, StoreError};
+use super::{account_key, transport_newer, Loaded, RoomAppend, Store, StoreError};
 
 #[derive(Default)]
 struct MemRoom {
@@ -20,6 +21,7 @@ struct MemRoom {
     snapshots: BTreeMap<u64, Value>,
     /// (account, op id) → version.
     op_ids: HashMap<(String, String), u64>,
+    transport: Option<TransportState>,
 }
 
 /// Everything in process memory (`--memory`): the full log lives as long as the process.
@@ -57,7 +59,8 @@ impl Store for MemoryStore {
             Some(r) => {
                 let snapshot = r.snapshots.iter().next_back().map(|(v, s)| (*v, s.clone()));
                 let from = snapshot.as_ref().map_or(0, |(v, _)| *v) as usize;
-                Loaded { snapshot, ops: r.ops[from.min(r.ops.len())..].to_vec() }
+                let ops = r.ops[from.min(r.ops.len())..].to_vec();
+                Loaded { snapshot, ops, transport: r.transport.clone() }
             }
         }))
     }
@@ -110,5 +113,19 @@ impl Store for MemoryStore {
             let v = *r.op_ids.get(&(account_key(account).to_string(), op_id.to_string()))?;
             r.ops.get((v as usize).checked_sub(1)?).cloned()
         }))
+    }
+
+    fn transport(&self, room: &str) -> Result<Option<TransportState>, StoreError> {
+        Ok(self.with(|rooms| rooms.get(room).and_then(|r| r.transport.clone())))
+    }
+
+    fn save_transport(&self, room: &str, transport: &TransportState) -> Result<(), StoreError> {
+        self.with(|rooms| {
+            let r = rooms.entry(room.to_string()).or_default();
+            if r.transport.as_ref().map_or(true, |old| transport_newer(transport, old)) {
+                r.transport = Some(transport.clone());
+            }
+        });
+        Ok(())
     }
 }

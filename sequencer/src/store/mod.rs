@@ -34,6 +34,7 @@ pub use writer::{Durable, Persister, WriteReq};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ot_core::protocol::TransportState;
 use ot_core::sync::{OlderHistory, Sequenced};
 use ot_core::{apply, Document};
 use serde_json::Value;
@@ -111,6 +112,8 @@ pub struct Loaded {
     pub snapshot: Option<(u64, Value)>,
     /// The ops after the snapshot, in order.
     pub ops: Vec<Sequenced>,
+    /// The room's transport as last stored (PROTOCOL §4: it is room state).
+    pub transport: Option<TransportState>,
 }
 
 /// The op log and snapshots of every room.
@@ -127,7 +130,8 @@ pub trait Store: Send + Sync + 'static {
         let snapshot = self.snapshot_at_or_before(room, u64::MAX >> 1)?;
         let from = snapshot.as_ref().map_or(0, |(v, _)| *v);
         let ops = self.ops(room, from, u64::MAX >> 1, usize::MAX)?;
-        Ok(Loaded { snapshot, ops })
+        let transport = self.transport(room)?;
+        Ok(Loaded { snapshot, ops, transport })
     }
     /// Stores every group atomically, in one transaction. A version already stored is a
     /// [`StoreError::Conflict`] and nothing of the call is stored.
@@ -140,6 +144,17 @@ pub trait Store: Send + Sync + 'static {
     /// scoped per account, PROTOCOL §4). Stores keep each op's account beside it, and every op
     /// they return carries it in [`OperationMsg::account`](ot_core::protocol::OperationMsg::account).
     fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError>;
+    /// The room's transport as last stored, if it was ever set.
+    fn transport(&self, room: &str) -> Result<Option<TransportState>, StoreError>;
+    /// Stores the room's transport unless a newer one (a later `server_time`) is stored: saves
+    /// may arrive out of order, from several threads or nodes, and the latest change wins.
+    fn save_transport(&self, room: &str, transport: &TransportState) -> Result<(), StoreError>;
+}
+
+/// Whether `new` replaces `old` as a room's transport: the later change wins, and of two at the
+/// same millisecond the larger connection id, so every node and store picks the same one.
+pub fn transport_newer(new: &TransportState, old: &TransportState) -> bool {
+    (new.server_time, new.user_id.as_deref()) > (old.server_time, old.user_id.as_deref())
 }
 
 pub(crate) fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreError {
@@ -284,6 +299,26 @@ pub(crate) mod tests {
         assert_eq!(older.state.tracks().len(), 2);
         assert_eq!(older.ops.len(), 4);
         assert_eq!(older.known.unwrap().version, 5);
+        transport_is_kept(store);
+    }
+
+    /// The transport: absent until saved, then the latest change (by server time) wins, even
+    /// when an older save arrives later; it is loaded with the room.
+    pub(crate) fn transport_is_kept(store: &dyn Store) {
+        let t = |time: u64, user: &str, playing: bool| TransportState {
+            playing,
+            position: time as f64 / 1000.0,
+            server_time: time,
+            user_id: Some(user.into()),
+        };
+        assert_eq!(store.transport("fresh").unwrap(), None);
+        store.save_transport("fresh", &t(2000, "ana", true)).unwrap();
+        store.save_transport("fresh", &t(1000, "ben", false)).unwrap();
+        assert_eq!(store.transport("fresh").unwrap(), Some(t(2000, "ana", true)), "an older save never wins");
+        store.save_transport("fresh", &t(2000, "cy", false)).unwrap();
+        assert_eq!(store.transport("fresh").unwrap(), Some(t(2000, "cy", false)), "ties go to the larger id");
+        store.save_transport("fresh", &t(3000, "ana", false)).unwrap();
+        assert_eq!(store.load("fresh").unwrap().transport, Some(t(3000, "ana", false)));
     }
 
     #[test]

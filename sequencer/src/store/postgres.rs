@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use ot_core::protocol::OperationMsg;
+use ot_core::protocol::{OperationMsg, TransportState};
 use ot_core::sync::Sequenced;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
@@ -46,6 +46,14 @@ ALTER TABLE ops ADD COLUMN account TEXT NOT NULL DEFAULT '';
 DROP INDEX ops_op_id;
 CREATE UNIQUE INDEX ops_account_op_id ON ops (room, account, op_id) WHERE op_id IS NOT NULL;
 ",
+    "
+CREATE TABLE transport (
+    room TEXT PRIMARY KEY,
+    server_time BIGINT NOT NULL,
+    user_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+",
 ];
 
 /// Key of the advisory lock held while migrating (any constant shared by every node).
@@ -61,6 +69,8 @@ struct Conn {
     select_ops: Statement,
     select_snapshot: Statement,
     select_op_id: Statement,
+    select_transport: Statement,
+    upsert_transport: Statement,
 }
 
 impl Conn {
@@ -84,6 +94,8 @@ impl Conn {
             select_op_id: client.prepare(
                 "SELECT version, account, body FROM ops WHERE room = $1 AND account = $2 AND op_id = $3 LIMIT 1",
             )?,
+            select_transport: client.prepare("SELECT body FROM transport WHERE room = $1")?,
+            upsert_transport: client.prepare(super::sqlite::TRANSPORT_UPSERT)?,
             client,
         })
     }
@@ -268,6 +280,35 @@ impl Store for PgStore {
         self.with(|c| match c.client.query_opt(&c.select_op_id, &[&room, &account, &op_id])? {
             None => Ok(None),
             Some(row) => Ok(Some(decode(room, row.get(0), row.get(1), row.get(2))?)),
+        })
+    }
+
+    fn transport(&self, room: &str) -> Result<Option<TransportState>, StoreError> {
+        self.with(|c| match c.client.query_opt(&c.select_transport, &[&room])? {
+            None => Ok(None),
+            Some(row) => {
+                let body: &str = row.get(0);
+                let t = serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+                    room: room.to_string(),
+                    version: 0,
+                    reason: format!("transport: {e}"),
+                })?;
+                Ok(Some(t))
+            }
+        })
+    }
+
+    fn save_transport(&self, room: &str, t: &TransportState) -> Result<(), StoreError> {
+        let body = serde_json::to_string(t).map_err(|e| StoreError::Corrupt {
+            room: room.to_string(),
+            version: 0,
+            reason: format!("transport: {e}"),
+        })?;
+        let time = i64_of(t.server_time);
+        let user = t.user_id.as_deref().unwrap_or("");
+        self.with(|c| {
+            c.client.execute(&c.upsert_transport, &[&room, &time, &user, &body])?;
+            Ok(())
         })
     }
 }

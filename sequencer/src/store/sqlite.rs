@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ot_core::protocol::OperationMsg;
+use ot_core::protocol::{OperationMsg, TransportState};
 use ot_core::sync::Sequenced;
 use serde_json::Value;
 
@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     version INTEGER NOT NULL,
     state TEXT NOT NULL,
     PRIMARY KEY (room, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS transport (
+    room TEXT PRIMARY KEY,
+    server_time INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    body TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -194,4 +200,34 @@ impl Store for SqliteStore {
             }
         })
     }
+
+    fn transport(&self, room: &str) -> Result<Option<TransportState>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT body FROM transport WHERE room = ?1")?;
+            let mut rows = st.query(rusqlite::params![room])?;
+            match rows.next()? {
+                None => Ok(None),
+                Some(r) => {
+                    let body: String = r.get(0)?;
+                    Ok(Some(serde_json::from_str(&body).map_err(|e| corrupt(room, 0, e))?))
+                }
+            }
+        })
+    }
+
+    fn save_transport(&self, room: &str, t: &TransportState) -> Result<(), StoreError> {
+        let body = serde_json::to_string(t).map_err(|e| corrupt(room, 0, e))?;
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = conn.prepare_cached(TRANSPORT_UPSERT)?;
+        let time = i64::try_from(t.server_time).unwrap_or(i64::MAX);
+        st.execute(rusqlite::params![room, time, t.user_id.as_deref().unwrap_or(""), body])?;
+        Ok(())
+    }
 }
+
+/// Stores a transport unless a later one is stored (see [`super::transport_newer`]); the same
+/// statement in SQLite and PostgreSQL.
+pub(crate) const TRANSPORT_UPSERT: &str = "INSERT INTO transport (room, server_time, user_id, body) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (room) DO UPDATE \
+     SET server_time = excluded.server_time, user_id = excluded.user_id, body = excluded.body \
+     WHERE (excluded.server_time, excluded.user_id) > (transport.server_time, transport.user_id)";

@@ -27,6 +27,11 @@ pub struct Harness {
     pub appends: VecDeque<(u64, RoomAppend)>,
     pub reads: VecDeque<(u64, ReadReq)>,
     pub published: Vec<Sequenced>,
+    /// Presence events for other nodes, and heartbeat syncs asked for.
+    pub events: Vec<sequencer::room::remote::NodeEvent>,
+    pub syncs: Vec<Vec<sequencer::room::remote::MemberState>>,
+    /// Transports the shell was told to store.
+    pub saved_transports: Vec<ot_core::protocol::TransportState>,
     pub unloads: usize,
     pub failed: Option<String>,
     /// Complete appends and reads as soon as they are asked for.
@@ -34,7 +39,7 @@ pub struct Harness {
 }
 
 pub fn config(room: &str) -> CoreConfig {
-    let mut c = CoreConfig::new(&sequencer::Config::memory("s"), Arc::from(room), false);
+    let mut c = CoreConfig::new(&sequencer::Config::memory("s"), Arc::from(room), false, None);
     c.cursor_tick_ms = 20;
     c
 }
@@ -64,6 +69,9 @@ impl Harness {
             appends: VecDeque::new(),
             reads: VecDeque::new(),
             published: Vec::new(),
+            events: Vec::new(),
+            syncs: Vec::new(),
+            saved_transports: Vec::new(),
             unloads: 0,
             failed: None,
             auto: true,
@@ -111,6 +119,12 @@ impl Harness {
             Output::Append { epoch, group } => self.appends.push_back((epoch, group)),
             Output::Read { id, req } => self.reads.push_back((id, req)),
             Output::Publish(m) => self.published.push(m),
+            Output::Node(e) => self.events.push(e),
+            Output::PresenceSync(m) => self.syncs.push(m),
+            Output::SaveTransport(t) => {
+                self.store.save_transport(&self.room, &t).unwrap();
+                self.saved_transports.push(t);
+            }
             Output::Stat(_) => {}
             Output::Unload => self.unloads += 1,
             Output::Failed(r) => self.failed = Some(r),

@@ -79,6 +79,8 @@ export interface Transport {
   readonly playing: boolean;
   readonly position: number;
   readonly serverTime: number;
+  /** The connection that last changed it, once someone has. */
+  readonly userId?: string;
 }
 
 /** `connecting` until the first `init`; `live` while in sync; `offline` when the socket is down. */
