@@ -261,6 +261,48 @@ run_with_kill() { # name urls victim
   last_failovers=$failovers
 }
 
+# nginx passes the WebSocket upgrade and hashes both socket paths of a room to the same node:
+# a bare handshake (curl) over /ws/{room}, then over /parties/main/{room} (client-sim's
+# default), must be answered 101 and show up in the same node's connection gauge.
+node_of_socket() { # path pk -> the index of the node holding the socket
+  local tok node="" c sum
+  # No socket open anywhere first (the previous one may still be closing; bounded).
+  for _ in $(seq 1 40); do
+    sum=0
+    for i in 0 1 2; do sum=$((sum + $(connections "${PORTS[$i]}"))); done
+    [ "$sum" = 0 ] && break
+    sleep 0.05
+  done
+  tok=$("$BIN" token --secret "$SECRET" --room "$affinity_room" --sub "$2" --name "$2")
+  curl -sS -i -N --http1.1 -m 3 -H "Connection: Upgrade" -H "Upgrade: websocket" \
+    -H "Sec-WebSocket-Version: 13" -H "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==" \
+    "http://127.0.0.1:$NGINX_PORT$1$affinity_room?token=$tok&_pk=$2" >"$tmp/upgrade-$2.out" 2>/dev/null &
+  local curl_pid=$!
+  for _ in $(seq 1 40); do
+    for i in 0 1 2; do
+      c=$(connections "${PORTS[$i]}")
+      if [ "$c" -gt 0 ]; then
+        [ -z "$node" ] || [ "$node" = "$i" ] || die "the room's socket over $1 shows up on nodes $node and $i"
+        node=$i
+      fi
+    done
+    [ -n "$node" ] && break
+    sleep 0.05
+  done
+  wait "$curl_pid" 2>/dev/null || true # ends at its 3 s limit: the socket stays open until then
+  head -1 "$tmp/upgrade-$2.out" | grep -q " 101 " \
+    || die "nginx did not pass the upgrade over $1: $(head -1 "$tmp/upgrade-$2.out")"
+  [ -n "$node" ] || die "no node holds the room's socket over $1"
+  echo "$node"
+}
+affinity_room="affinity-$RANDOM"
+via_ws=$(node_of_socket /ws/ aff-ws)
+via_parties=$(node_of_socket /parties/main/ aff-parties)
+[ "$via_ws" = "$via_parties" ] \
+  || die "room $affinity_room over /ws/ went to node $via_ws, over /parties/main/ to node $via_parties"
+echo "three-nodes check: room $affinity_room through nginx: 101 Switching Protocols and node $via_ws" \
+  "over both /ws/{room} and /parties/main/{room}"
+
 killed=""
 last_failovers=0
 run_with_kill nginx "ws://127.0.0.1:$NGINX_PORT" busiest
