@@ -513,11 +513,10 @@ impl Client {
     /// Replaces the servers (the first is tried first; see the module docs, "Failover"), from
     /// the next (re)connect on. An empty list is refused ([`EndpointError::NoUrl`]).
     pub async fn set_urls<S: AsRef<str>>(&self, urls: &[S]) -> Result<(), ClientError> {
-        let parsed =
-            urls.iter().map(|u| BaseUrl::parse(u.as_ref()).map(|b| (u.as_ref().to_string(), b))).collect::<Result<
-                Vec<_>,
-                _,
-            >>()?;
+        let parsed = urls
+            .iter()
+            .map(|u| BaseUrl::parse(u.as_ref()).map(|b| (u.as_ref().to_string(), b)))
+            .collect::<Result<Vec<_>, _>>()?;
         if parsed.is_empty() {
             return Err(EndpointError::NoUrl.into());
         }

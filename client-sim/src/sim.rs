@@ -304,12 +304,8 @@ pub async fn run(cfg: SimConfig, tokens: Arc<dyn Tokens>) -> Result<Report, SimE
         } else {
             vec![cfg.urls[i % n].clone()]
         };
-        let mut cc = ClientConfig::with_urls(
-            urls,
-            plan.room.clone(),
-            tokens.room_token(&plan.room, &plan.pk),
-            plan.pk.clone(),
-        );
+        let mut cc =
+            ClientConfig::with_urls(urls, plan.room.clone(), tokens.room_token(&plan.room, &plan.pk), plan.pk.clone());
         cc.form = cfg.form;
         cc.seed = plan.seed;
         cc.backoff = BackoffConfig { base: Duration::from_millis(50), max: Duration::from_secs(2) };
@@ -491,9 +487,8 @@ async fn check_acks(
         let mut log: HashMap<String, u64> = HashMap::new();
         let mut from = 0u64;
         for _ in 0..10_000 {
-            let v =
-                get_json_any(bases, &format!("/api/projects/{room}/ops?from={from}"), app, Duration::from_secs(10))
-                    .await?;
+            let v = get_json_any(bases, &format!("/api/projects/{room}/ops?from={from}"), app, Duration::from_secs(10))
+                .await?;
             let ops = v.get("ops").and_then(Value::as_array).cloned().unwrap_or_default();
             let Some(last) = ops.last().and_then(|m| m.get("version")).and_then(Value::as_u64) else { break };
             for m in &ops {

@@ -273,14 +273,17 @@ impl Report {
             ),
         );
         row("cursor msgs delivered", format!("{} ({:.0}/s)", s.cursors_in, s.cursors_in as f64 / secs));
-        row(
-            "reconnects / failovers",
-            format!("{} / {} (disconnects {})", s.reconnects, s.failovers, s.disconnects),
-        );
+        row("reconnects / failovers", format!("{} / {} (disconnects {})", s.reconnects, s.failovers, s.disconnects));
         if s.outage.count() > 0 {
             row(
                 "outages ms",
-                format!("p50 {:.0}  p99 {:.0}  max {:.0}  ({} outages)", s.outage.ms(0.5), s.outage.ms(0.99), s.outage.ms(1.0), s.outage.count()),
+                format!(
+                    "p50 {:.0}  p99 {:.0}  max {:.0}  ({} outages)",
+                    s.outage.ms(0.5),
+                    s.outage.ms(0.99),
+                    s.outage.ms(1.0),
+                    s.outage.count()
+                ),
             );
         }
         row("resends / duplicates", format!("{} / {}", s.resent, s.duplicates));

@@ -237,7 +237,7 @@ fn sim_config(urls: Vec<String>, failover: bool, seed: u64, prefix: &str) -> Sim
 async fn sim_tells_offline_clients_apart_from_divergence() {
     let server = sequencer::start(memory_config()).await.unwrap();
     let urls = vec![format!("ws://{}", server.addr), format!("ws://{}", dead_addr().await)];
-    let seed = 0x5eed_f0;
+    let seed = 0x5eed_00f0;
     let r = client_sim::sim::run(sim_config(urls.clone(), true, seed, "fo-on-"), Arc::new(Tok))
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
