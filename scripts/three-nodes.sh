@@ -40,12 +40,13 @@ die() { log "FAILED: $*"; exit 1; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# A port nothing listens on now (bounded tries). Another process may still take it before the
-# node binds; the node then fails to start and the wait below says so.
+# A port nothing listens on now (bounded tries), below Linux's ephemeral range (32768-60999), so
+# no outgoing connection takes a killed node's port before it is restarted. Another process may
+# still take it before the node binds; the node then fails to start and the wait below says so.
 free_port() {
   local p
   for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((20000 + RANDOM % 12000))
     if ! port_in_use "$p" && ! [[ " ${used_ports[*]:-} " == *" $p "* ]]; then
       used_ports+=("$p")
       echo "$p"
@@ -105,14 +106,19 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_d
 BIN="$target_dir/release/sequencer"
 SIM="$target_dir/release/client-sim"
 
+# Debian's packages for what is missing: nginx, and curl and jq for the check.
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-if [ ! -x "$NGINX" ]; then
-  log "installing Debian's nginx"
+missing=()
+[ -x "$NGINX" ] || missing+=(nginx)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ "$check" = 0 ] || command -v jq >/dev/null 2>&1 || missing+=(jq)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian's ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then
-    apt-get install -y --no-install-recommends nginx >/dev/null \
-      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends nginx >/dev/null; }
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
   else
-    sudo apt-get install -y --no-install-recommends nginx >/dev/null
+    sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
   fi
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 fi
