@@ -6,7 +6,7 @@
 //! With several URLs every client knows them all, starting at its own (client `i` at
 //! `urls[i % n]`, so the load is spread as before), and fails over to the next when its server
 //! stops answering ([`crate::client`], "Failover"). The verdict then has three outcomes
-//! ([`Outcome`]): `CONVERGED` (every client online at the end, each equal to the server, and no
+//! ([`Outcome`](crate::stats::Outcome)): `CONVERGED` (every client online at the end, each equal to the server, and no
 //! acknowledged op lost), `DIVERGED` (an online client differs from the server, or an
 //! acknowledged op is missing from the log), and `INCOMPLETE` (no divergence and no lost ack,
 //! but some clients were still offline when quiescence timed out: their documents were not
