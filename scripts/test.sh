@@ -3,6 +3,9 @@
 # built once in release mode, then the browser side: the TypeScript client in Node and the
 # studio page in headless Chromium, both against the real server binary. Installs what it
 # needs (the wasm32 target, wasm-bindgen-cli, npm packages, Debian's chromium).
+# After the cargo tests, `scripts/three-nodes.sh --check`: three nodes on PostgreSQL and Redis
+# behind Debian's nginx, one SIGKILLed mid-run (skipped with a message when PostgreSQL or Redis
+# is down, unless CI is set: then it fails, like the cargo tests that need them).
 # Longer runs: OT_PROPTEST_CASES, OT_SIM_SEEDS (see README). `--rust-only` skips the browser side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,16 @@ if ! $rust_only; then
 fi
 
 cargo test --workspace --release "$@"
+
+# The nginx / failover check needs both services (scripts/services.sh starts the local ones).
+if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; then
+  scripts/three-nodes.sh --check
+elif [ -n "${CI:-}" ]; then
+  echo "error: scripts/three-nodes.sh --check needs PostgreSQL and Redis on 127.0.0.1 (see scripts/services.sh)" >&2
+  exit 1
+else
+  echo "SKIPPED scripts/three-nodes.sh --check: PostgreSQL or Redis is not up (scripts/services.sh starts them)" >&2
+fi
 
 if $rust_only; then
   exit 0

@@ -14,6 +14,21 @@
 //! [`LockGuard`] is released or dropped, which unlocks. While offline nothing is sent; the next
 //! refresh after the reconnect takes the lock again (a connection that left lost its locks).
 //!
+//! # Failover
+//!
+//! A client may know several servers of the same room ([`ClientConfig::failover_urls`], after
+//! [`ClientConfig::base_url`]; or [`ClientConfig::with_urls`]). It moves on to the next one,
+//! cyclically, when the one it uses stops answering: a refused or failed connect, a handshake
+//! that takes longer than [`ClientConfig::connect_timeout`], or a socket that dies on its own
+//! (ended, reset, no frame for [`ClientConfig::idle_timeout`]). A socket the application
+//! closes or kills, and a server's close frame, keep the URL. Every attempt waits the backoff
+//! first ([`ClientConfig::backoff`]: the delay grows with each failed attempt, whichever URL it
+//! went to, and starts over once a connection is live), so a list of dead servers is not
+//! spun through. On the new server the session rejoins as after any reconnect: with `since`,
+//! and the op in flight is resent with its original `opId` and `baseVersion`, so the server
+//! that finds it in the log answers with its original version. [`Snapshot::url`] is the
+//! server in use and [`Snapshot::failovers`] counts connects to a different one than before.
+//!
 //! # Slow-consumer policy
 //!
 //! The task never blocks on the application. Events go into a bounded queue
@@ -50,8 +65,12 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How a [`Client`] connects and behaves.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The server, e.g. `ws://127.0.0.1:1999`.
+    /// The server, e.g. `ws://127.0.0.1:1999`: the first one tried.
     pub base_url: String,
+    /// Further servers of the same room, tried in order after `base_url` when the one in use
+    /// stops answering, then `base_url` again (see the module docs, "Failover"). Empty: only
+    /// `base_url`.
+    pub failover_urls: Vec<String>,
     /// Which socket path to use.
     pub form: UrlForm,
     /// The room (project) id.
@@ -87,6 +106,7 @@ impl ClientConfig {
     ) -> Self {
         ClientConfig {
             base_url: base_url.into(),
+            failover_urls: Vec::new(),
             form: UrlForm::Parties,
             room: room.into(),
             token: token.into(),
@@ -99,6 +119,27 @@ impl ClientConfig {
             events_capacity: 1024,
             latency: Duration::ZERO,
         }
+    }
+
+    /// Like [`ClientConfig::new`] with several servers of the same room: the first is
+    /// `base_url`, the rest [`ClientConfig::failover_urls`]. An empty list leaves `base_url`
+    /// empty, which [`Client::connect`] refuses ([`EndpointError::NoUrl`]).
+    pub fn with_urls<S: Into<String>>(
+        urls: impl IntoIterator<Item = S>,
+        room: impl Into<String>,
+        token: impl Into<String>,
+        pk: impl Into<String>,
+    ) -> Self {
+        let mut urls = urls.into_iter().map(Into::into);
+        let first = urls.next().unwrap_or_default();
+        let mut c = ClientConfig::new(first, room, token, pk);
+        c.failover_urls = urls.collect();
+        c
+    }
+
+    /// Every server, in the order tried: `base_url`, then `failover_urls`.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.base_url.as_str()).chain(self.failover_urls.iter().map(String::as_str))
     }
 }
 
@@ -142,6 +183,11 @@ pub struct Snapshot {
     pub clock: Option<ClockEstimate>,
     /// Successful connects after the first.
     pub reconnects: u64,
+    /// Successful connects to a different server than the previous successful connect (see
+    /// the module docs, "Failover").
+    pub failovers: u64,
+    /// The server in use, or tried next while offline, as given in the config.
+    pub url: String,
     /// Events discarded because the queue was full.
     pub events_lagged: u64,
     /// Why the client gave up, if it did.
@@ -197,7 +243,7 @@ enum Command {
     Kill,
     Stall(Duration),
     Duplicate,
-    SetBaseUrl(BaseUrl),
+    SetUrls(Vec<(String, BaseUrl)>),
     Close(oneshot::Sender<()>),
 }
 
@@ -221,7 +267,11 @@ impl Client {
     /// Starts the client task (it connects, and reconnects, in the background). Call
     /// [`Client::ready`] to wait for the first `init`.
     pub fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
-        let base = BaseUrl::parse(&config.base_url)?;
+        if config.base_url.is_empty() {
+            return Err(EndpointError::NoUrl.into());
+        }
+        let urls =
+            config.urls().map(|u| BaseUrl::parse(u).map(|b| (u.to_string(), b))).collect::<Result<Vec<_>, _>>()?;
         check_id(&config.room, ROOM_ID_MAX)?;
         check_id(&config.pk, CONNECTION_ID_MAX)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -230,12 +280,15 @@ impl Client {
         let task = Task {
             session: Session::new(config.pk.clone()),
             backoff: Backoff::new(config.backoff, config.seed),
-            base,
+            urls,
+            current: 0,
+            live_on: None,
             config,
             cmd_rx,
             ev_tx,
             state_tx,
             reconnects: 0,
+            failovers: 0,
             connects: 0,
             lagged: 0,
             fatal: None,
@@ -451,10 +504,23 @@ impl Client {
         self.send(Command::Duplicate).await
     }
 
-    /// Connects to another server from the next (re)connect on (after a server moved).
+    /// Connects to another server from the next (re)connect on (after a server moved); it
+    /// replaces the whole list, failover servers included.
     pub async fn set_base_url(&self, url: &str) -> Result<(), ClientError> {
-        let base = BaseUrl::parse(url)?;
-        self.send(Command::SetBaseUrl(base)).await
+        self.set_urls(&[url]).await
+    }
+
+    /// Replaces the servers (the first is tried first; see the module docs, "Failover"), from
+    /// the next (re)connect on. An empty list is refused ([`EndpointError::NoUrl`]).
+    pub async fn set_urls<S: AsRef<str>>(&self, urls: &[S]) -> Result<(), ClientError> {
+        let parsed = urls
+            .iter()
+            .map(|u| BaseUrl::parse(u.as_ref()).map(|b| (u.as_ref().to_string(), b)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if parsed.is_empty() {
+            return Err(EndpointError::NoUrl.into());
+        }
+        self.send(Command::SetUrls(parsed)).await
     }
 
     /// Closes the socket (code 1000) and stops the task.
@@ -511,8 +577,12 @@ impl Drop for LockGuard {
 
 /// How a connection ended.
 enum End {
-    /// Reconnect after the backoff.
+    /// Reconnect after the backoff, to the same server (the application ended the socket, or
+    /// the server broke the protocol).
     Retry(String),
+    /// The server stopped answering (connect refused or timed out, the socket died on its
+    /// own): the next server after the backoff.
+    Lost(String),
     /// Reconnect at once (a reload or a resync).
     Now(String),
     /// Stop: closed by the application (with the acknowledgement it waits for, if any).
@@ -524,12 +594,18 @@ enum End {
 struct Task {
     session: Session,
     backoff: Backoff,
-    base: BaseUrl,
+    /// The servers as given and parsed; never empty.
+    urls: Vec<(String, BaseUrl)>,
+    /// The index in `urls` of the server in use or tried next.
+    current: usize,
+    /// The server of the last successful connect.
+    live_on: Option<String>,
     config: ClientConfig,
     cmd_rx: mpsc::Receiver<Command>,
     ev_tx: mpsc::Sender<Stamped>,
     state_tx: watch::Sender<Snapshot>,
     reconnects: u64,
+    failovers: u64,
     connects: u64,
     lagged: u64,
     fatal: Option<String>,
@@ -592,6 +668,8 @@ impl Task {
             locks: s.locks().clone(),
             clock: s.clock(),
             reconnects: self.reconnects,
+            failovers: self.failovers,
+            url: self.urls.get(self.current).map(|(u, _)| u.clone()).unwrap_or_default(),
             events_lagged: self.lagged,
             fatal: self.fatal.clone(),
             stopped_by: self.stopped_by,
@@ -602,7 +680,13 @@ impl Task {
 
     async fn run(mut self) {
         loop {
-            let url = self.base.socket(
+            let Some((given, base)) = self.urls.get(self.current).cloned() else {
+                // Unreachable: `urls` is never empty and `current` stays in range.
+                self.fatal = Some("no server URL".into());
+                self.publish();
+                return;
+            };
+            let url = base.socket(
                 self.config.form,
                 &self.config.room,
                 &self.config.token,
@@ -620,10 +704,14 @@ impl Task {
                     if self.connects > 1 {
                         self.reconnects += 1;
                     }
+                    if self.live_on.as_ref().is_some_and(|u| *u != given) {
+                        self.failovers += 1;
+                    }
+                    self.live_on = Some(given.clone());
                     self.run_socket(ws).await
                 }
-                Ok(Err(e)) => End::Retry(format!("connect failed: {e}")),
-                Err(_) => End::Retry("connect timed out".into()),
+                Ok(Err(e)) => End::Lost(format!("connect to {given} failed: {e}")),
+                Err(_) => End::Lost(format!("connect to {given} timed out")),
             };
             self.session.on_close();
             let delay = match end {
@@ -647,6 +735,12 @@ impl Task {
                 }
                 End::Retry(reason) => {
                     self.emit(Event::Disconnected { reason, fatal: false, close: None });
+                    self.backoff.next_delay()
+                }
+                End::Lost(reason) => {
+                    self.emit(Event::Disconnected { reason, fatal: false, close: None });
+                    // The next server; with one, the same again.
+                    self.current = (self.current + 1) % self.urls.len().max(1);
                     self.backoff.next_delay()
                 }
                 End::Now(reason) => {
@@ -739,7 +833,12 @@ impl Task {
                     effects.push(Effect::Send(m));
                 }
             }
-            Command::SetBaseUrl(b) => self.base = b,
+            Command::SetUrls(urls) => {
+                if !urls.is_empty() {
+                    self.urls = urls;
+                    self.current = 0;
+                }
+            }
             Command::Disconnect => {
                 if let Some(out) = ws.as_deref_mut() {
                     out.close(CloseCode::Normal).await;
@@ -809,13 +908,13 @@ impl Task {
             let in_due = inbox.next_due().map_or_else(far_future, tokio::time::Instant::from_std);
             let out_due = out.delay.next_due().map_or_else(far_future, tokio::time::Instant::from_std);
             let stall_end = out.stall_until.unwrap_or_else(far_future);
-            let Some(ws) = out.ws.as_mut() else { break End::Retry("socket gone".into()) };
+            let Some(ws) = out.ws.as_mut() else { break End::Lost("socket gone".into()) };
             tokio::select! {
                 frame = ws.next(), if !stalled => {
                     last_rx = Instant::now();
                     let frame = match frame {
-                        None => break End::Retry("socket ended".into()),
-                        Some(Err(e)) => break End::Retry(format!("socket error: {e}")),
+                        None => break End::Lost("socket ended".into()),
+                        Some(Err(e)) => break End::Lost(format!("socket error: {e}")),
                         Some(Ok(f)) => f,
                     };
                     if self.config.latency.is_zero() {
@@ -840,7 +939,7 @@ impl Task {
                     if let Some(end) = ended { break end; }
                 }
                 _ = sleep_until(out_due) => {
-                    if let Err(e) = out.flush_due().await { break End::Retry(e); }
+                    if let Err(e) = out.flush_due().await { break End::Lost(e); }
                 }
                 _ = sleep_until(stall_end), if stalled => {}
                 cmd = self.cmd_rx.recv() => {
@@ -851,19 +950,20 @@ impl Task {
                     match self.command(cmd, Some(&mut out)).await {
                         Ok(None) => {}
                         Ok(Some(end)) => break end,
-                        Err(e) => break End::Retry(e),
+                        // Only sending fails here: the socket is gone.
+                        Err(e) => break End::Lost(e),
                     }
                     self.publish();
                 }
                 _ = ping.tick() => {
                     if !stalled && last_rx.elapsed() > self.config.idle_timeout {
                         out.kill();
-                        break End::Retry(format!("no frame for {:?}", self.config.idle_timeout));
+                        break End::Lost(format!("no frame for {:?}", self.config.idle_timeout));
                     }
                     if self.session.is_live() {
                         let msg = self.session.ping(now_since(self.start));
                         match serde_json::to_string(&msg) {
-                            Ok(text) => if let Err(e) = out.send(text).await { break End::Retry(e); },
+                            Ok(text) => if let Err(e) = out.send(text).await { break End::Lost(e); },
                             Err(e) => break End::Retry(e.to_string()),
                         }
                     }
@@ -872,7 +972,7 @@ impl Task {
         };
         match &end {
             // A failed socket is dropped without a close handshake.
-            End::Retry(_) | End::Now(_) => out.kill(),
+            End::Retry(_) | End::Lost(_) | End::Now(_) => out.kill(),
             // Answer the server's close frame (bounded, best effort), so it need not wait for us.
             End::Server(_) => out.close(CloseCode::Normal).await,
             End::Stop(_) => self.backoff.reset(),

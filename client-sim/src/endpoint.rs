@@ -19,6 +19,9 @@ pub enum UrlForm {
 /// Why a base URL or a room id cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EndpointError {
+    /// No server URL was given (an empty list).
+    #[error("no server URL given")]
+    NoUrl,
     /// The base URL has no `ws://`, `wss://`, `http://` or `https://` scheme.
     #[error("base URL `{url}` must start with ws://, wss://, http:// or https://")]
     BadScheme {

@@ -46,6 +46,9 @@ pub enum HttpError {
         /// The body, cut to 200 bytes.
         body: String,
     },
+    /// No server was given to ask.
+    #[error("HTTP: no server to ask")]
+    NoServer,
     /// TLS is not supported by this minimal client.
     #[error("https is not supported by the verdict client")]
     Tls,

@@ -8,7 +8,9 @@
 //! and keeps it in step with the server: it reconnects with backoff and seeded jitter, rejoins
 //! with `since`, resends the op in flight with its original `opId`, reloads the state (and
 //! reports what it dropped) after `version_too_old` or a rejected op, and estimates the
-//! server's clock from `pong`.
+//! server's clock from `pong`. Given several servers of one room
+//! ([`ClientConfig::with_urls`]), it moves on to the next when the one in use stops answering
+//! (see [`client`], "Failover").
 //!
 //! When the server closes the socket, the close code decides ([`ot_core::protocol::CloseAction`]):
 //! 4001, 4400 and 4009 (replaced by a newer connection with the same `_pk`) stop the client and

@@ -4,6 +4,9 @@
 //! workload over a bare broadcast relay afterwards, for the baseline ratio.
 //!
 //! The README's "see it work": `cargo run --release -p client-sim -- --embedded`.
+//!
+//! Exit status: 0 `CONVERGED`, 1 `DIVERGED` (or the run failed), 3 `INCOMPLETE` (no divergence
+//! and no lost ack, but some clients were still offline at the end; see `client_sim::sim`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +20,23 @@ use client_sim::UrlForm;
 use sequencer::auth::{app_token, room_token, Role};
 
 /// Stress-test the studio collaboration server and prove convergence.
+///
+/// Verdict and exit status: CONVERGED (0): every client online at the end and equal to the
+/// server, no acknowledged op lost. DIVERGED (1): an online client differs from the server, or
+/// an acknowledged op is missing from the log. INCOMPLETE (3): neither, but some clients were
+/// still offline at the end (their server never answered again; they are listed, not compared).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Args {
-    /// Base URL(s) of a running sequencer, comma-separated; clients are spread across them.
+    /// Base URL(s) of a running sequencer, comma-separated (nodes of one cluster, or a load
+    /// balancer). Client i starts at the i-th (round robin) and fails over to the next ones in
+    /// turn when its server stops answering (refused, handshake timeout, socket died).
     #[arg(long, value_delimiter = ',', conflicts_with = "embedded")]
     url: Vec<String>,
+    /// With several --url: give each client only its own URL (no failover; a client of a dead
+    /// node stays offline and the run ends INCOMPLETE).
+    #[arg(long)]
+    no_failover: bool,
     /// Start a sequencer in this process (on 127.0.0.1, a free port).
     #[arg(long)]
     embedded: bool,
@@ -178,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = SimConfig {
         urls,
+        failover: !args.no_failover,
         form,
         rooms: args.rooms,
         clients: args.clients,
@@ -237,7 +252,11 @@ async fn main() -> anyhow::Result<()> {
         for l in &report.lost_acks {
             eprintln!("LOST ACK (seed {seed}): {l}");
         }
-        std::process::exit(1);
+        for o in &report.offline_at_end {
+            eprintln!("OFFLINE AT THE END (seed {seed}): {o}");
+        }
+        eprintln!("verdict {} (seed {seed})", report.outcome().as_str());
+        std::process::exit(report.outcome().exit_code());
     }
     Ok(())
 }

@@ -3,6 +3,16 @@
 //! `GET /api/projects/{id}/state` as canonical JSON, and every acknowledged op is in the
 //! server's log). The same workload can run against the bare [`crate::relay`] for a baseline.
 //!
+//! With several URLs every client knows them all, starting at its own (client `i` at
+//! `urls[i % n]`, so the load is spread as before), and fails over to the next when its server
+//! stops answering ([`crate::client`], "Failover"). The verdict then has three outcomes
+//! ([`Outcome`](crate::stats::Outcome)): `CONVERGED` (every client online at the end, each equal to the server, and no
+//! acknowledged op lost), `DIVERGED` (an online client differs from the server, or an
+//! acknowledged op is missing from the log), and `INCOMPLETE` (no divergence and no lost ack,
+//! but some clients were still offline when quiescence timed out: their documents were not
+//! compared, their acknowledged ops were still checked). An offline client is not a divergence:
+//! it is a server that stayed unreachable, and the run says so apart.
+//!
 //! Every random choice comes from `seed`: client `i` of room `r` draws from
 //! `seed ^ hash(r, i)`. Timing (the scheduler, the network) is not deterministic, so a seed
 //! reproduces the workload and the fault schedule, not the interleaving.
@@ -59,8 +69,12 @@ pub trait Tokens: Send + Sync {
 /// One run's settings.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Base URLs; clients are spread across them round-robin (they must front one server).
+    /// Base URLs; clients are spread across them round-robin (they must front one server, or
+    /// nodes of one cluster). With [`SimConfig::failover`] each client knows them all.
     pub urls: Vec<String>,
+    /// Give each client the whole list of [`SimConfig::urls`], starting at its own, so it fails
+    /// over when its server stops answering; `false`: only its own URL.
+    pub failover: bool,
     /// Socket path form.
     pub form: UrlForm,
     /// Number of rooms.
@@ -96,6 +110,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             urls: Vec::new(),
+            failover: true,
             form: UrlForm::Parties,
             rooms: 10,
             clients: 5,
@@ -181,6 +196,8 @@ struct Live {
     steps: AtomicU64,
     reconnects: AtomicU64,
     done: AtomicU64,
+    /// Clients that were live once and are offline now.
+    offline: AtomicU64,
 }
 
 fn client_seed(seed: u64, room: usize, client: usize) -> u64 {
@@ -206,14 +223,15 @@ fn progress_task(
             }
             let acked = live.acked.load(Ordering::Relaxed);
             eprintln!(
-                "[{:>6.1}s] clients done {}/{}  steps {}  acked {} ({}/s)  reconnects {}",
+                "[{:>6.1}s] clients done {}/{}  steps {}  acked {} ({}/s)  reconnects {}  offline {}",
                 start.elapsed().as_secs_f64(),
                 live.done.load(Ordering::Relaxed),
                 total,
                 live.steps.load(Ordering::Relaxed),
                 acked,
                 acked - last,
-                live.reconnects.load(Ordering::Relaxed)
+                live.reconnects.load(Ordering::Relaxed),
+                live.offline.load(Ordering::Relaxed)
             );
             last = acked;
         }
@@ -269,9 +287,7 @@ pub async fn run(cfg: SimConfig, tokens: Arc<dyn Tokens>) -> Result<Report, SimE
     if cfg.urls.is_empty() {
         return Err(SimError::NoUrl);
     }
-    for u in &cfg.urls {
-        BaseUrl::parse(u)?;
-    }
+    let bases = cfg.urls.iter().map(|u| BaseUrl::parse(u)).collect::<Result<Vec<_>, _>>()?;
     let sent_at = Arc::new(SentAt::new());
     let live = Arc::new(Live::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -282,16 +298,19 @@ pub async fn run(cfg: SimConfig, tokens: Arc<dyn Tokens>) -> Result<Report, SimE
     let mut clients: Vec<(usize, Arc<Client>)> = Vec::new();
     let mut tasks = Vec::new();
     for (i, (r, plan)) in plans(&cfg).into_iter().enumerate() {
-        let mut cc = ClientConfig::new(
-            cfg.urls[i % cfg.urls.len()].clone(),
-            plan.room.clone(),
-            tokens.room_token(&plan.room, &plan.pk),
-            plan.pk.clone(),
-        );
+        let n = cfg.urls.len();
+        let urls: Vec<String> = if cfg.failover {
+            (0..n).map(|k| cfg.urls[(i + k) % n].clone()).collect()
+        } else {
+            vec![cfg.urls[i % n].clone()]
+        };
+        let mut cc =
+            ClientConfig::with_urls(urls, plan.room.clone(), tokens.room_token(&plan.room, &plan.pk), plan.pk.clone());
         cc.form = cfg.form;
         cc.seed = plan.seed;
         cc.backoff = BackoffConfig { base: Duration::from_millis(50), max: Duration::from_secs(2) };
         cc.ping_interval = Duration::from_secs(2);
+        cc.connect_timeout = Duration::from_secs(2);
         cc.latency = cfg.faults.latency;
         cc.events_capacity = 65_536;
         let (client, events) =
@@ -307,10 +326,9 @@ pub async fn run(cfg: SimConfig, tokens: Arc<dyn Tokens>) -> Result<Report, SimE
     }
     let elapsed = start.elapsed();
     let cpu1 = crate::stats::process_cpu_secs();
-    // Quiesce and judge.
-    let base = BaseUrl::parse(&cfg.urls[0])?;
+    // Quiesce and judge (asking the first URL that answers).
     let app = tokens.app_token();
-    let verdict = verdict(&cfg, &base, &app, &clients).await;
+    let verdict = verdict(&cfg, &bases, &app, &clients).await;
     // The drivers stop once told; their handles only fail if one panicked.
     let _ = stop_tx.send(true);
     let mut stats = Stats::default();
@@ -327,17 +345,20 @@ pub async fn run(cfg: SimConfig, tokens: Arc<dyn Tokens>) -> Result<Report, SimE
         }
     }
     for (_, c) in &clients {
-        stats.reconnects += c.snapshot().reconnects;
-        stats.events_lagged += c.snapshot().events_lagged;
+        let s = c.snapshot();
+        stats.reconnects += s.reconnects;
+        stats.failovers += s.failovers;
+        stats.events_lagged += s.events_lagged;
     }
     drop(clients);
     if let Some(p) = progress {
         // Ends on the stop signal; a join error would only mean it panicked printing.
         let _ = p.await;
     }
-    let (rooms_converged, divergences) = verdict.map_err(|source| SimError::Http { seed: cfg.seed, source })?;
+    let Verdict { rooms_converged, divergences, offline } =
+        verdict.map_err(|source| SimError::Http { seed: cfg.seed, source })?;
     let lost_acks =
-        check_acks(&cfg, &base, &app, &acked).await.map_err(|source| SimError::Http { seed: cfg.seed, source })?;
+        check_acks(&cfg, &bases, &app, &acked).await.map_err(|source| SimError::Http { seed: cfg.seed, source })?;
     Ok(Report {
         mode: "sequencer",
         seed: cfg.seed,
@@ -347,9 +368,22 @@ pub async fn run(cfg: SimConfig, tokens: Arc<dyn Tokens>) -> Result<Report, SimE
         stats,
         rooms_converged,
         divergences,
+        offline_at_end: offline,
         lost_acks,
         process_cpu: cpu0.zip(cpu1).map(|(a, b)| b - a),
     })
+}
+
+/// `GET path` from the first of `bases` that answers (a node of the cluster may be down).
+async fn get_json_any(bases: &[BaseUrl], path: &str, app: &str, timeout: Duration) -> Result<Value, HttpError> {
+    let mut last = None;
+    for base in bases {
+        match get_json(base, path, Some(app), timeout).await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(HttpError::NoServer))
 }
 
 /// The state without the unversioned transport fields, which clients hold apart.
@@ -361,11 +395,19 @@ fn comparable(mut v: Value) -> Value {
     v
 }
 
-type Verdict = (usize, Vec<(String, String)>);
+/// What the comparison found.
+struct Verdict {
+    /// Rooms whose every online client equals the server.
+    rooms_converged: usize,
+    /// (room, first difference) of rooms where an online client differs.
+    divergences: Vec<(String, String)>,
+    /// Clients still offline at the end (not compared).
+    offline: Vec<String>,
+}
 
 async fn verdict(
     cfg: &SimConfig,
-    base: &BaseUrl,
+    bases: &[BaseUrl],
     app: &str,
     clients: &[(usize, Arc<Client>)],
 ) -> Result<Verdict, HttpError> {
@@ -377,12 +419,13 @@ async fn verdict(
     }
     let mut converged = 0;
     let mut divergences = Vec::new();
+    let mut offline = Vec::new();
     for (r, cs) in by_room {
         let room = format!("{}{r}", cfg.room_prefix);
         let path = format!("/api/projects/{room}/state");
         // Quiesce: every client live, nothing pending, at the server's version.
         let (server, version) = loop {
-            let server = get_json(base, &path, Some(app), timeout).await?;
+            let server = get_json_any(bases, &path, app, timeout).await?;
             let version = server.get("version").and_then(Value::as_u64).unwrap_or(0);
             let settled = cs.iter().all(|c| {
                 let s = c.snapshot();
@@ -397,6 +440,12 @@ async fn verdict(
         let mut first = None;
         for c in cs {
             let s = c.snapshot();
+            if !s.live {
+                // Offline at the end: its server never answered again. Not compared (it holds
+                // what it had); counted apart from divergences.
+                offline.push(format!("{} (room {room}, last server {})", c_pk(c), s.url));
+                continue;
+            }
             let pk = s.your_id.clone().unwrap_or_default();
             let Some(doc) = s.doc else {
                 first = Some(format!("client {pk} has no document"));
@@ -416,13 +465,19 @@ async fn verdict(
             Some(d) => divergences.push((room, d)),
         }
     }
-    Ok((converged, divergences))
+    Ok(Verdict { rooms_converged: converged, divergences, offline })
+}
+
+/// A client's connection id, as the server last named it, or its url while it never joined.
+fn c_pk(c: &Client) -> String {
+    let s = c.snapshot();
+    s.your_id.unwrap_or_else(|| format!("(never joined {})", s.url))
 }
 
 /// Every acknowledged (op id, version) must be in the server's log at that version.
 async fn check_acks(
     cfg: &SimConfig,
-    base: &BaseUrl,
+    bases: &[BaseUrl],
     app: &str,
     acked: &BTreeMap<usize, Vec<(String, u64)>>,
 ) -> Result<Vec<String>, HttpError> {
@@ -432,9 +487,8 @@ async fn check_acks(
         let mut log: HashMap<String, u64> = HashMap::new();
         let mut from = 0u64;
         for _ in 0..10_000 {
-            let v =
-                get_json(base, &format!("/api/projects/{room}/ops?from={from}"), Some(app), Duration::from_secs(10))
-                    .await?;
+            let v = get_json_any(bases, &format!("/api/projects/{room}/ops?from={from}"), app, Duration::from_secs(10))
+                .await?;
             let ops = v.get("ops").and_then(Value::as_array).cloned().unwrap_or_default();
             let Some(last) = ops.last().and_then(|m| m.get("version")).and_then(Value::as_u64) else { break };
             for m in &ops {
@@ -480,11 +534,15 @@ async fn drive(
     let mut want_step = cfg.rate <= 0.0;
     let mut in_step = false;
     let mut readies = 0u64;
+    // Since when this client is offline (after having been live), for the outage histogram.
+    let mut offline_since: Option<Instant> = None;
     // The drag's entity and the guard that keeps its lock.
     let mut held: Option<((ot_core::EntityKind, ot_core::Id), crate::client::LockGuard)> = None;
     let (step_tx, mut step_rx) = tokio::sync::mpsc::channel::<Result<usize, ClientError>>(4);
-    if client.ready(Duration::from_secs(30)).await.is_err() {
-        tracing::warn!(pk = %plan.pk, "client did not get init in 30 s");
+    // Bounded by the run's duration: a client whose servers never answer edits offline.
+    let first = Duration::from_secs(30).min(cfg.duration);
+    if client.ready(first).await.is_err() {
+        tracing::warn!(pk = %plan.pk, "client did not get init in {first:?}");
     }
     let finish = |done: &mut bool| {
         if !*done {
@@ -536,9 +594,19 @@ async fn drive(
                     Event::Locked { .. } => stats.locked += 1,
                     Event::Locks(_) => stats.lock_tables += 1,
                     Event::Dropped { ops, .. } => stats.dropped_ops += ops.len() as u64,
-                    Event::Disconnected { .. } => stats.disconnects += 1,
+                    Event::Disconnected { .. } => {
+                        stats.disconnects += 1;
+                        if readies > 0 && offline_since.is_none() {
+                            offline_since = Some(ev.at);
+                            live.offline.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     Event::Ready { .. } => {
                         readies += 1;
+                        if let Some(at) = offline_since.take() {
+                            stats.outage.record(ev.at.saturating_duration_since(at));
+                            live.offline.fetch_sub(1, Ordering::Relaxed);
+                        }
                         if readies > 1 { live.reconnects.fetch_add(1, Ordering::Relaxed); }
                         if cfg.rate <= 0.0 && !client.snapshot().pending { want_step = true; }
                     }
@@ -678,6 +746,7 @@ pub async fn run_relay(cfg: SimConfig) -> Result<Report, SimError> {
         stats,
         rooms_converged: 0,
         divergences: Vec::new(),
+        offline_at_end: Vec::new(),
         lost_acks: Vec::new(),
         process_cpu: cpu0.zip(cpu1).map(|(a, b)| b - a),
     })

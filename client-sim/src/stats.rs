@@ -71,6 +71,8 @@ pub struct Stats {
     pub transports_out: u64,
     /// Successful reconnects.
     pub reconnects: u64,
+    /// Reconnects to a different server than the previous connection's (failover).
+    pub failovers: u64,
     /// Disconnects seen (any cause).
     pub disconnects: u64,
     /// Faults injected, by kind.
@@ -93,6 +95,9 @@ pub struct Stats {
     pub ack: Latency,
     /// Remote delivery: the sender's first send to this client's apply.
     pub delivery: Latency,
+    /// Outages: from a live client's disconnect to its next `init` (on whichever server). After
+    /// a node is killed, the largest is the failover time of its slowest client.
+    pub outage: Latency,
 }
 
 impl Stats {
@@ -108,6 +113,7 @@ impl Stats {
         self.cursors_out += o.cursors_out;
         self.transports_out += o.transports_out;
         self.reconnects += o.reconnects;
+        self.failovers += o.failovers;
         self.disconnects += o.disconnects;
         for (k, v) in &o.faults {
             *self.faults.entry(k.clone()).or_default() += v;
@@ -123,6 +129,38 @@ impl Stats {
         self.events_lagged += o.events_lagged;
         self.ack.merge(&o.ack);
         self.delivery.merge(&o.delivery);
+        self.outage.merge(&o.outage);
+    }
+}
+
+/// The verdict of a sequencer run (see [`crate::sim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every client online at the end and equal to the server; no acknowledged op lost.
+    Converged,
+    /// No divergence and no lost ack, but some clients were still offline at the end.
+    Incomplete,
+    /// An online client differs from the server, or an acknowledged op is not in the log.
+    Diverged,
+}
+
+impl Outcome {
+    /// `CONVERGED`, `INCOMPLETE` or `DIVERGED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Converged => "CONVERGED",
+            Outcome::Incomplete => "INCOMPLETE",
+            Outcome::Diverged => "DIVERGED",
+        }
+    }
+
+    /// The simulator's exit code: 0, 3 and 1.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Converged => 0,
+            Outcome::Incomplete => 3,
+            Outcome::Diverged => 1,
+        }
     }
 }
 
@@ -143,8 +181,10 @@ pub struct Report {
     pub stats: Stats,
     /// Rooms compared and found equal (sequencer mode).
     pub rooms_converged: usize,
-    /// Divergences: (room, first difference).
+    /// Divergences: (room, first difference of an online client).
     pub divergences: Vec<(String, String)>,
+    /// Clients still offline at the end of quiescence (not compared; not divergences).
+    pub offline_at_end: Vec<String>,
     /// Acknowledged ops missing from the server's log (restart checks).
     pub lost_acks: Vec<String>,
     /// Server CPU time during the run, when the server ran in this process (seconds).
@@ -157,9 +197,21 @@ impl Report {
         self.stats.acked as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// Whether every room converged and no acknowledged op was lost.
+    /// Whether every client was online at the end and equal to the server, and no
+    /// acknowledged op was lost ([`Outcome::Converged`]).
     pub fn ok(&self) -> bool {
-        self.divergences.is_empty() && self.lost_acks.is_empty()
+        self.outcome() == Outcome::Converged
+    }
+
+    /// The verdict: a divergence or a lost ack first, then offline clients.
+    pub fn outcome(&self) -> Outcome {
+        if !self.divergences.is_empty() || !self.lost_acks.is_empty() {
+            Outcome::Diverged
+        } else if !self.offline_at_end.is_empty() {
+            Outcome::Incomplete
+        } else {
+            Outcome::Converged
+        }
     }
 
     /// The report as JSON.
@@ -172,7 +224,8 @@ impl Report {
             "duplicates": s.duplicates, "acked": s.acked, "ackedPerSec": self.acked_per_sec(),
             "ack": s.ack.to_json(), "delivery": s.delivery.to_json(), "remote": s.remote,
             "cursorsDelivered": s.cursors_in, "cursorsDeliveredPerSec": s.cursors_in as f64 / secs,
-            "cursorsSent": s.cursors_out, "reconnects": s.reconnects, "disconnects": s.disconnects,
+            "cursorsSent": s.cursors_out, "reconnects": s.reconnects, "failovers": s.failovers,
+            "disconnects": s.disconnects, "outage": s.outage.to_json(),
             "faults": s.faults, "errors": s.errors, "droppedOps": s.dropped_ops,
             "locks": {"held": s.locks_held, "locked": s.locked, "tableChanges": s.lock_tables},
             "localRejects": s.local_rejects, "eventsLagged": s.events_lagged,
@@ -180,7 +233,9 @@ impl Report {
             "cpuMicrosPerAckedOp": self.process_cpu.map(|c| c * 1e6 / (s.acked.max(1) as f64)),
             "roomsConverged": self.rooms_converged,
             "divergences": self.divergences.iter().map(|(r, d)| json!({"room": r, "firstDifference": d})).collect::<Vec<_>>(),
-            "lostAcks": self.lost_acks, "ok": self.ok(),
+            "divergedRooms": self.divergences.len(), "offlineAtEnd": self.offline_at_end.len(),
+            "offlineClients": self.offline_at_end, "lostAcks": self.lost_acks, "verdict": self.outcome().as_str(),
+            "ok": self.ok(),
         })
     }
 
@@ -218,7 +273,19 @@ impl Report {
             ),
         );
         row("cursor msgs delivered", format!("{} ({:.0}/s)", s.cursors_in, s.cursors_in as f64 / secs));
-        row("reconnects", format!("{} (disconnects {})", s.reconnects, s.disconnects));
+        row("reconnects / failovers", format!("{} / {} (disconnects {})", s.reconnects, s.failovers, s.disconnects));
+        if s.outage.count() > 0 {
+            row(
+                "outages ms",
+                format!(
+                    "p50 {:.0}  p99 {:.0}  max {:.0}  ({} outages)",
+                    s.outage.ms(0.5),
+                    s.outage.ms(0.99),
+                    s.outage.ms(1.0),
+                    s.outage.count()
+                ),
+            );
+        }
         row("resends / duplicates", format!("{} / {}", s.resent, s.duplicates));
         row("faults injected", if s.faults.is_empty() { "none".into() } else { fmt_map(&s.faults) });
         row("server errors by code", if s.errors.is_empty() { "none".into() } else { fmt_map(&s.errors) });
@@ -231,12 +298,23 @@ impl Report {
             row("process CPU", format!("{c:.2} s ({:.1} µs per acked op)", c * 1e6 / s.acked.max(1) as f64));
         }
         if self.mode == "sequencer" {
-            let verdict = if self.ok() {
-                format!("CONVERGED: {} rooms equal to the server", self.rooms_converged)
-            } else {
-                format!("DIVERGED: {} rooms, {} lost acks", self.divergences.len(), self.lost_acks.len())
+            let verdict = match self.outcome() {
+                Outcome::Converged => format!("CONVERGED: {} rooms equal to the server", self.rooms_converged),
+                Outcome::Incomplete => format!(
+                    "INCOMPLETE: {} clients offline at the end (not compared); every online client equal to the server, no lost ack",
+                    self.offline_at_end.len()
+                ),
+                Outcome::Diverged => format!(
+                    "DIVERGED: {} rooms, {} lost acks, {} clients offline at the end",
+                    self.divergences.len(),
+                    self.lost_acks.len(),
+                    self.offline_at_end.len()
+                ),
             };
             row("verdict", verdict);
+            for o in self.offline_at_end.iter().take(5) {
+                row("  offline at the end", o.clone());
+            }
             for (r, d) in self.divergences.iter().take(5) {
                 row("  divergence", format!("room {r} (seed {}): {d}", self.seed));
             }
