@@ -93,6 +93,10 @@ pub struct ClientConfig {
     pub events_capacity: usize,
     /// Added one-way latency on every frame in each direction (for testing; zero normally).
     pub latency: Duration,
+    /// Op ids are `{prefix}:{n}`. `None` (the default): the connection id and a random part,
+    /// so a client made again with a saved `pk` never reuses an earlier client's op ids (the
+    /// server would answer them with the earlier ops: PROTOCOL §4, exactly once).
+    pub op_id_prefix: Option<String>,
 }
 
 impl ClientConfig {
@@ -118,6 +122,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             events_capacity: 1024,
             latency: Duration::ZERO,
+            op_id_prefix: None,
         }
     }
 
@@ -277,8 +282,11 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(config.events_capacity.max(1));
         let (state_tx, state_rx) = watch::channel(Snapshot::default());
+        let mut session = Session::new(config.pk.clone());
+        let prefix = config.op_id_prefix.clone();
+        session.set_op_id_prefix(prefix.unwrap_or_else(|| format!("{}.{:08x}", config.pk, rand::random::<u32>())));
         let task = Task {
-            session: Session::new(config.pk.clone()),
+            session,
             backoff: Backoff::new(config.backoff, config.seed),
             urls,
             current: 0,

@@ -67,6 +67,7 @@ fn config(urls: Vec<String>) -> ClientConfig {
     let mut c = ClientConfig::with_urls(urls, "room1", "tok", "pk1");
     c.backoff = BackoffConfig { base: Duration::from_millis(10), max: Duration::from_millis(50) };
     c.seed = 11;
+    c.op_id_prefix = Some("pk1".into());
     c
 }
 
@@ -210,6 +211,27 @@ async fn the_real_server_after_a_dead_url() {
     let s = client.snapshot();
     assert_eq!((s.version, s.url.as_str()), (Some(1), live.as_str()));
     client.close().await;
+    server.shutdown().await.unwrap();
+}
+
+/// A client made again with the same saved connection id and account (a restarted process)
+/// makes new op ids: its edits are applied, not answered as the earlier client's ops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_made_again_with_a_saved_pk_is_not_taken_for_the_earlier_one() {
+    let server = sequencer::start(memory_config()).await.unwrap();
+    let url = format!("ws://{}", server.addr);
+    let token = room_token(SECRET, "fo-again", "u1", "u1", Role::Editor, 3600).unwrap();
+    for (round, id) in ["t1", "t2"].into_iter().enumerate() {
+        let cfg = ClientConfig::new(url.clone(), "fo-again", token.clone(), "saved-pk");
+        let (client, _events) = Client::connect(cfg).unwrap();
+        client.ready(T).await.unwrap();
+        client.submit(track(id)).await.unwrap();
+        client.settled(T).await.unwrap();
+        let s = client.snapshot();
+        assert_eq!(s.version, Some(round as u64 + 1), "round {round}: the edit was sequenced");
+        assert_eq!(s.doc.unwrap().tracks().len(), round + 1);
+        client.close().await;
+    }
     server.shutdown().await.unwrap();
 }
 

@@ -55,6 +55,7 @@ fn config(addr: std::net::SocketAddr) -> ClientConfig {
     let mut c = ClientConfig::new(format!("ws://{addr}"), "room1", "tok", "pk1");
     c.backoff = BackoffConfig { base: Duration::from_millis(10), max: Duration::from_millis(50) };
     c.seed = 7;
+    c.op_id_prefix = Some("pk1".into());
     c
 }
 

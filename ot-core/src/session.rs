@@ -271,6 +271,8 @@ pub struct ClockEstimate {
 #[derive(Debug, Clone)]
 pub struct Session {
     pk: String,
+    /// Op ids are `{op_prefix}:{n}`.
+    op_prefix: String,
     doc: Option<ClientDoc>,
     /// How local edits become undo steps (kept here too: the document comes with `init`).
     undo_config: UndoConfig,
@@ -311,11 +313,13 @@ pub fn operation_msg(out: &Outgoing) -> ClientMsg {
 }
 
 impl Session {
-    /// A session for connection id `pk` (also the op id prefix), with no document until the
-    /// first `init`.
+    /// A session for connection id `pk` (also the op id prefix, until
+    /// [`Session::set_op_id_prefix`]), with no document until the first `init`.
     pub fn new(pk: impl Into<String>) -> Self {
+        let pk: String = pk.into();
         Session {
-            pk: pk.into(),
+            op_prefix: pk.clone(),
+            pk,
             doc: None,
             undo_config: UndoConfig::default(),
             your_id: None,
@@ -333,6 +337,15 @@ impl Session {
     /// The connection id sent as `_pk`.
     pub fn pk(&self) -> &str {
         &self.pk
+    }
+
+    /// Op ids are `{prefix}:{n}`, n counting from 1 in this session. The server answers an op
+    /// id it already sequenced for the same account with the stored op (PROTOCOL §4), however
+    /// old: a session that may reuse a connection id used before — a client restarted with a
+    /// saved `_pk` — must make its prefix unique, e.g. the connection id and a random part. The
+    /// prefix applies from the next `init` that starts a document.
+    pub fn set_op_id_prefix(&mut self, prefix: impl Into<String>) {
+        self.op_prefix = prefix.into();
     }
 
     /// The `since` to connect with: the confirmed version, unless a reload is due.
@@ -747,7 +760,7 @@ impl Session {
                         reloaded = true;
                     }
                     None => {
-                        let mut doc = ClientDoc::new(fresh, v, self.pk.clone());
+                        let mut doc = ClientDoc::new(fresh, v, self.op_prefix.clone());
                         doc.set_undo_config(self.undo_config);
                         self.doc = Some(doc);
                     }

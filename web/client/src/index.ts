@@ -169,6 +169,9 @@ export class StudioClient {
     this.token = options.token;
     const id = options.id ?? uuid();
     this.session = new StudioSession(id);
+    // Op ids must never repeat for this account in this room, even when `id` is a saved one:
+    // the server answers a repeated op id with the op stored under it (PROTOCOL §4).
+    this.session.setOpIdPrefix(`${id}.${uuid().slice(0, 8)}`);
     const pageIsHttp = typeof location !== "undefined" && location.protocol === "http:";
     this.socket = new PartySocket({
       host: options.host,

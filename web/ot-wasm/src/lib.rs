@@ -75,6 +75,13 @@ impl StudioSession {
         StudioSession { inner: Session::new(pk) }
     }
 
+    /// Op ids become `{prefix}:{n}` (see `Session::set_op_id_prefix`): a client that may reuse
+    /// a saved connection id sets a prefix with a random part before it connects.
+    #[wasm_bindgen(js_name = setOpIdPrefix)]
+    pub fn set_op_id_prefix(&mut self, prefix: String) {
+        self.inner.set_op_id_prefix(prefix);
+    }
+
     /// The connection id.
     #[wasm_bindgen(getter)]
     pub fn pk(&self) -> String {
