@@ -72,6 +72,8 @@ type Subscribers = HashMap<Arc<str>, Vec<RoomSub>>;
 pub struct Bus {
     prefix: String,
     node: Arc<str>,
+    /// How this node's ops begin on the bus (`{"node":"<id>"`).
+    own_op_prefix: String,
     publisher: ConnectionManager,
     rooms: Mutex<Subscribers>,
     next_id: Mutex<u64>,
@@ -94,7 +96,7 @@ pub struct Subscription {
 /// One presence write, in the order the rooms asked for them.
 enum PresenceJob {
     /// Publish an event, keeping a member's key first (and deleting it for a leave).
-    Event { room: Arc<str>, event: NodeEvent, ttl_ms: u64 },
+    Event { room: Arc<str>, event: Box<NodeEvent>, ttl_ms: u64 },
     /// Refresh these members' keys, then read every member's key of the room.
     Sync { room: Arc<str>, members: Vec<MemberState>, ttl_ms: u64, reply: oneshot::Sender<Vec<MemberState>> },
 }
@@ -133,6 +135,7 @@ impl Bus {
         let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let bus = Arc::new(Bus {
             prefix: config.prefix.clone(),
+            own_op_prefix: format!("{{\"node\":{}", serde_json::Value::from(&*node)),
             node: node.clone(),
             publisher: publisher.clone(),
             rooms: Mutex::new(HashMap::new()),
@@ -157,7 +160,7 @@ impl Bus {
     /// (`ttl_ms`) or deleting it for a leave. Dropped, and logged, when the writer is this far
     /// behind: the room's next heartbeat writes its members again.
     pub fn presence_event(&self, room: &Arc<str>, event: NodeEvent, ttl_ms: u64) {
-        let job = PresenceJob::Event { room: room.clone(), event, ttl_ms };
+        let job = PresenceJob::Event { room: room.clone(), event: Box::new(event), ttl_ms };
         if self.presence.try_send(job).is_err() {
             debug!(room = %room, "presence event dropped: the bus writer is behind");
         }
@@ -207,7 +210,11 @@ impl Bus {
     /// Publishes a durable op of `room` without waiting. A failure is only logged: the other
     /// nodes find the op in the store on their next poll.
     pub fn publish(&self, room: &str, msg: &OperationMsg) {
-        let frame = BusOp { account: msg.account.as_deref().map(Cow::Borrowed), op: Cow::Borrowed(msg) };
+        let frame = BusOp {
+            node: Some(Cow::Borrowed(&self.node)),
+            account: msg.account.as_deref().map(Cow::Borrowed),
+            op: Cow::Borrowed(msg),
+        };
         let payload = match serde_json::to_string(&frame) {
             Ok(p) => p,
             Err(e) => {
@@ -299,6 +306,9 @@ async fn subscriber(bus: std::sync::Weak<Bus>, changed: Arc<Notify>, client: red
 /// (PROTOCOL §4) and is never sent to clients.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct BusOp<'a> {
+    /// The node that sequenced it, first: a node skips its own ops without decoding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     account: Option<Cow<'a, str>>,
     op: Cow<'a, OperationMsg>,
@@ -319,8 +329,12 @@ fn dispatch(bus: &Bus, m: &redis::Msg) {
         return;
     }
     let Some(room) = name.strip_prefix("room:") else { return };
+    if payload.starts_with(bus.own_op_prefix.as_bytes()) {
+        // Our own op, back from Redis: the room has it already.
+        return;
+    }
     let op: OperationMsg = match serde_json::from_slice::<BusOp>(&payload) {
-        Ok(BusOp { account, op }) => OperationMsg { account: account.map(|a| Arc::from(&*a)), ..op.into_owned() },
+        Ok(BusOp { account, op, .. }) => OperationMsg { account: account.map(|a| Arc::from(&*a)), ..op.into_owned() },
         Err(e) => {
             warn!(error = %e, channel, "bus message does not decode");
             return;
@@ -367,7 +381,7 @@ async fn presence_writer(prefix: String, mut conn: ConnectionManager, mut jobs: 
             match job {
                 PresenceJob::Event { room, event, ttl_ms } => {
                     let index = format!("{prefix}presence:{room}");
-                    match &event {
+                    match &*event {
                         NodeEvent::Member(m) => keep_member(&mut pipe, &index, m, ttl_ms),
                         NodeEvent::Left { node, conn } => {
                             let owner = format!("{{\"node\":{}", serde_json::Value::from(node.as_str()));
