@@ -12,7 +12,7 @@ use ot_core::Op;
 use sequencer::auth::Role;
 use sequencer::error::Close;
 use sequencer::room::core::{ClientIn, ConnKey, Input};
-use sequencer::store::MemoryStore;
+use sequencer::store::{MemoryStore, Store};
 use serde_json::{json, Value};
 
 fn track(id: &str, index: usize) -> Value {
@@ -79,6 +79,32 @@ fn viewers_receive_but_may_not_edit_or_drive_the_transport() {
     assert!(errors.iter().all(|e| e["code"] == "forbidden"));
     assert_eq!(errors[0]["opId"], "v:1");
     assert_eq!(h.core.durable_version(), 0);
+}
+
+/// Two changes that cross: Ben's `transport` may still be on its way to Ana when she changes
+/// it again (her client mirrored her own change at once); she gets hers back after his, so
+/// her last word is the room's. A change long after the last one is not echoed.
+#[test]
+fn a_transport_that_crosses_another_is_echoed_to_its_sender_last() {
+    let mut h = Harness::new(config("r"));
+    let a = h.join("a", 1, "ana", Role::Editor, None);
+    let b = h.join("b", 1, "ben", Role::Editor, None);
+    h.take(&a);
+    h.take(&b);
+    h.client(&b, ClientIn::Transport { playing: true, position: 1.0 });
+    h.now.mono_ms += 5;
+    h.now.epoch_ms += 5;
+    h.client(&a, ClientIn::Transport { playing: false, position: 7.0 });
+    let to_ana = h.take_type(&a, "transport");
+    let seen: Vec<_> = to_ana.iter().map(|t| (t["userId"].as_str(), t["playing"].as_bool())).collect();
+    assert_eq!(seen, [(Some("b"), Some(true)), (Some("a"), Some(false))]);
+    assert_eq!(h.take_type(&b, "transport").len(), 1, "Ben gets Ana's change once");
+    h.now.mono_ms += 60_000;
+    h.now.epoch_ms += 60_000;
+    h.client(&a, ClientIn::Transport { playing: true, position: 0.0 });
+    assert!(h.take_type(&a, "transport").is_empty(), "nothing crossed it");
+    let stored = h.store.transport("r").unwrap().unwrap();
+    assert_eq!((stored.playing, stored.user_id.as_deref()), (true, Some("a")), "the latest change is stored");
 }
 
 #[test]
