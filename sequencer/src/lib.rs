@@ -87,7 +87,7 @@
 //!   Locks belong to the connection id: a `_pk` takeover keeps them, a leave or eviction ends
 //!   them (the `locks` message goes out before `user_left`). A delete ends the locks on what it
 //!   removed, a track's clips included, once it is applied (after its `operation` broadcast).
-//!   Locks are per node, like presence.
+//!   With several nodes the table is room-wide, like presence ([`room::remote`]).
 //! - `lastSeen` is refreshed by every message (ping, cursor, edit); it is reported in `init.users`
 //!   and `user_joined`, not broadcast on every change.
 
