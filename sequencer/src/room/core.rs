@@ -1143,9 +1143,12 @@ impl RoomCore {
             self.deferred.push_back((key, s));
             return;
         }
-        if let (None, Some(op_id), None) = (s.base, &s.op_id, older) {
+        let resend_possible = self.members.by_conn(&key.0).is_some_and(|m| m.session == key.1 && !m.sequenced);
+        if let (None, Some(op_id), None, true) = (s.base, &s.op_id, older, resend_possible) {
             // Without a base nothing tells a resend from a new op, and the memory window holds
             // only recent op ids: ask the store, which indexes every op by (room, account, opId).
+            // Only until this socket has had an op sequenced: a client resends its unacked ops
+            // first, in order, so what follows a new op is new too.
             self.awaiting_history = true;
             let req = ReadReq::FindOp { account: s.account.clone(), op_id: op_id.clone() };
             self.read(req, Reading::FindOp { key, submit: s });
@@ -1169,6 +1172,9 @@ impl RoomCore {
         match self.doc.submit(s.clone(), older) {
             Ok(Outcome::Sequenced(msg)) => {
                 self.out.push(Output::Stat(Stat::Sequenced { depth: head - base.unwrap_or(head).min(head) }));
+                if let Some(m) = self.members.get_mut(&key.0, key.1) {
+                    m.sequenced = true;
+                }
                 if self.cfg.shared_store {
                     self.cluster.submits.insert(msg.version, (key, s));
                 }

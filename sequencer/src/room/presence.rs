@@ -34,6 +34,9 @@ pub struct Member {
     pub session_at: u64,
     /// A cursor arrived since the last tick.
     pub cursor_dirty: bool,
+    /// This socket had an op sequenced: whatever it sends from then on is new, not a resend
+    /// from an earlier socket.
+    pub sequenced: bool,
 }
 
 impl Member {
@@ -137,6 +140,7 @@ impl Members {
             let old = m.session;
             m.session = session;
             m.session_at = now_ms;
+            m.sequenced = false;
             m.role = role;
             m.presence.name = name;
             m.presence.avatar = avatar;
@@ -156,6 +160,7 @@ impl Members {
             joined_at,
             session_at: now_ms,
             cursor_dirty: false,
+            sequenced: false,
         });
         Joined::New(presence)
     }
