@@ -72,7 +72,7 @@ type Subscribers = HashMap<Arc<str>, Vec<RoomSub>>;
 pub struct Bus {
     prefix: String,
     node: Arc<str>,
-    /// How this node's ops begin on the bus (`{"node":"<id>"`).
+    /// How this node's ops and presence events begin on the bus (`{"node":"<id>"`).
     own_op_prefix: String,
     publisher: ConnectionManager,
     rooms: Mutex<Subscribers>,
@@ -351,9 +351,19 @@ fn dispatch(bus: &Bus, m: &redis::Msg) {
     }
 }
 
+/// A presence event on the bus: its node first, so a node skips its own without decoding them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BusEvent<'a> {
+    node: Cow<'a, str>,
+    event: Cow<'a, NodeEvent>,
+}
+
 fn dispatch_event(bus: &Bus, room: &str, payload: &[u8]) {
-    let event: NodeEvent = match serde_json::from_slice(payload) {
-        Ok(e) => e,
+    if payload.starts_with(bus.own_op_prefix.as_bytes()) {
+        return;
+    }
+    let event = match serde_json::from_slice::<BusEvent>(payload) {
+        Ok(e) => e.event.into_owned(),
         Err(e) => {
             warn!(error = %e, room, "presence message does not decode");
             return;
@@ -396,7 +406,8 @@ async fn presence_writer(prefix: String, mut conn: ConnectionManager, mut jobs: 
                         }
                         NodeEvent::Cursors { .. } | NodeEvent::Transport { .. } => {}
                     }
-                    match serde_json::to_string(&event) {
+                    let frame = BusEvent { node: Cow::Borrowed(event.node()), event: Cow::Borrowed(&*event) };
+                    match serde_json::to_string(&frame) {
                         Ok(payload) => {
                             pipe.cmd("PUBLISH").arg(&index).arg(payload).ignore();
                         }
