@@ -13,7 +13,7 @@ use crate::doc::Document;
 use crate::error::OpError;
 use crate::op::Op;
 use crate::protocol::OperationMsg;
-use crate::transform::{compose, transform, Side};
+use crate::transform::{compose, transform, transform_seq, Side};
 
 mod undo;
 
@@ -204,6 +204,12 @@ impl ServerDoc {
     /// next version. Bases older than the window need `older` (see
     /// [`SubmitError::NeedHistory`]). Nothing changes on error.
     pub fn submit(&mut self, submit: Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
+        self.submit_ref(&submit, older)
+    }
+
+    /// [`ServerDoc::submit`] without taking the submit: for a caller that keeps it (to submit
+    /// it again after loading older history, say), so its ops are not cloned for every call.
+    pub fn submit_ref(&mut self, submit: &Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         if let Some(id) = &submit.op_id {
             let known = self.op_ids.get(&submit.account).and_then(|ids| ids.get(id));
             let slot = known.and_then(|v| v.checked_sub(self.window_start + 1));
@@ -222,7 +228,7 @@ impl ServerDoc {
         if base == self.version {
             // Made on the head: validated, annotated and applied in one step.
             let annotated = apply(&mut self.doc, &submit.ops)?;
-            return Ok(self.sequence(annotated, submit.from, submit.op_id, submit.account));
+            return Ok(self.sequence(annotated, submit));
         }
         let mut ops;
         if base < self.window_start {
@@ -249,26 +255,22 @@ impl ServerDoc {
             ops = apply(&mut at_base, &submit.ops)?;
         }
         let first = base.max(self.window_start);
-        for (m, _) in self.history.iter().skip((first - self.window_start) as usize) {
-            if ops.is_empty() {
-                break;
-            }
-            ops = transform(ops, &m.operation, Side::Later);
-        }
+        let after = self.history.iter().skip((first - self.window_start) as usize);
+        ops = transform_seq(ops, after.flat_map(|(m, _)| m.operation.iter()), Side::Later);
         let annotated = apply(&mut self.doc, &ops)?;
-        Ok(self.sequence(annotated, submit.from, submit.op_id, submit.account))
+        Ok(self.sequence(annotated, submit))
     }
 
     /// Gives applied ops the next version and records them in the history.
-    fn sequence(
-        &mut self,
-        annotated: Vec<Op>,
-        from: String,
-        op_id: Option<String>,
-        account: Option<Arc<str>>,
-    ) -> Outcome {
+    fn sequence(&mut self, annotated: Vec<Op>, submit: &Submit) -> Outcome {
         let version = self.version + 1;
-        let msg = Arc::new(OperationMsg { operation: annotated, version, user_id: from, op_id, account });
+        let msg = Arc::new(OperationMsg {
+            operation: annotated,
+            version,
+            user_id: submit.from.clone(),
+            op_id: submit.op_id.clone(),
+            account: submit.account.clone(),
+        });
         self.push(msg.clone());
         Outcome::Sequenced(msg)
     }
