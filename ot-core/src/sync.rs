@@ -95,11 +95,14 @@ pub struct Submit {
 /// ops, so a stale op is validated and annotated on the exact state it was made on and then
 /// transformed over the ops after it.
 ///
-/// The window keeps the state only at every [`CHECKPOINT_EVERY`]th version (a checkpoint); the
-/// state at any other version in it is rebuilt from the checkpoint before it by applying the
-/// ops in between. Keeping a state per version would cost every version the nodes its op
-/// path-copied (kilobytes for a move or an insert) and make every apply at the head copy those
-/// nodes again, since the previous version shares them.
+/// The window keeps the state at each of the newest [`DENSE_STATES`] versions (where stale ops
+/// are based in practice: a client is rarely more than a few ops behind) and, further back,
+/// only at every [`CHECKPOINT_EVERY`]th version (a checkpoint); the state at any other version
+/// is rebuilt from the checkpoint before it by applying the ops in between. A state shares
+/// every node its successors did not change, so what it costs is the nodes the next ops
+/// path-copied: thinning the old states frees those where the ops touched different parts of
+/// the document, while the recent ones spare a stale op the rebuild (a rebuild path-copies in
+/// its scratch copy what each replayed op changes).
 #[derive(Debug, Clone)]
 pub struct ServerDoc {
     doc: Document,
@@ -109,7 +112,8 @@ pub struct ServerDoc {
     base_checkpoint: (u64, Document),
     before_window: VecDeque<Sequenced>,
     window_start: u64,
-    /// Ops `window_start+1 ..= version`, each with the state after it at checkpoints.
+    /// Ops `window_start+1 ..= version`, each with the state after it in the dense tail and at
+    /// checkpoints.
     history: VecDeque<(Sequenced, Option<Document>)>,
     /// The window does not move past this version (see [`ServerDoc::hold`]).
     hold: u64,
@@ -325,8 +329,15 @@ impl ServerDoc {
             self.op_ids.entry(msg.account.clone()).or_default().insert(id.clone(), msg.version);
         }
         let cost = VERSION_COST + copy_cost(&self.doc, &msg.operation);
-        let checkpoint = (msg.version % CHECKPOINT_EVERY == 0).then(|| self.doc.clone());
-        self.history.push_back((msg, checkpoint));
+        self.history.push_back((msg, Some(self.doc.clone())));
+        // The state that just left the dense tail is kept only at a checkpoint.
+        if let Some(i) = self.history.len().checked_sub(DENSE_STATES + 1) {
+            if let Some((m, state)) = self.history.get_mut(i) {
+                if m.version % CHECKPOINT_EVERY != 0 {
+                    *state = None;
+                }
+            }
+        }
         self.history_cost.push_back(cost);
         self.history_bytes += cost;
         self.trim();
@@ -365,9 +376,12 @@ impl ServerDoc {
     }
 }
 
-/// Versions between two states kept in the history window (see [`ServerDoc`]): the rebuild
-/// of a state for a stale op applies at most this many ops minus one.
+/// Versions between two states kept in the history window beyond its dense tail (see
+/// [`ServerDoc`]): the rebuild of a state there applies at most this many ops minus one.
 pub const CHECKPOINT_EVERY: u64 = 8;
+
+/// How many of the newest versions keep their state in the history window (see [`ServerDoc`]).
+pub const DENSE_STATES: usize = 64;
 
 /// Applies a sequenced op to a state rebuilt from a checkpoint. It applied to that same state
 /// when it was sequenced, so it applies again; if it did not, the rebuilt state would be wrong,
