@@ -64,12 +64,12 @@ start_server() {
       --secret "$secret" --rate-limit 0 --heartbeat-timeout 600 >"$log" 2>&1 & ;;
   esac
   server_pid=$!
+  local addr=
   for _ in $(seq 200); do
-    grep -q "listening on" "$log" && break
+    addr=$(grep -ao "listening on [^ ]*" "$log" | head -1 | awk '{print $3}' | sed 's#^ws://##; s#^http://##' || true)
+    [ -n "$addr" ] && break
     sleep 0.05
   done
-  local addr
-  addr=$(grep -o "listening on [^ ]*" "$log" | head -1 | awk '{print $3}' | sed 's#^ws://##; s#^http://##')
   [ -n "$addr" ] || { cat "$log" >&2; echo "server $kind did not start" >&2; exit 1; }
   server_url=ws://$addr
 }
@@ -97,7 +97,11 @@ for rep in $(seq "$reps"); do
       [ "$server" = relay ] && relay_flag=(--relay)
       line=$(taskset -c "$gen_cpu" "$bin/loadgen" ops --url "$server_url" --secret "$secret" \
         --rooms "$rooms" --clients "$clients" --workload "$kind" --duration "$secs" --warmup "$warmup" \
-        --pid "$server_pid" --clk-tck "$clk" --label "$w/$server" "${relay_flag[@]}")
+        --pid "$server_pid" --clk-tck "$clk" --label "$w/$server" "${relay_flag[@]}" 2>"$tmp/loadgen.err") || {
+        echo "run $rep $w $server failed (not counted): $(head -3 "$tmp/loadgen.err" | tr '\n' ' ')" >&2
+        stop_server
+        continue
+      }
       stop_server
       echo "$line" >>"$out"
       echo "run $rep $w $server: $line" >&2

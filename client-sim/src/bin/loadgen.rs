@@ -238,8 +238,18 @@ fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
 async fn connect(base: &str, secret: &str, room: &str, sub: &str) -> anyhow::Result<Ws> {
     let token = room_token(secret, room, sub, sub, Role::Editor, 3600)?;
     let url = format!("{base}/parties/main/{room}?token={token}&_pk={sub}");
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
-    Ok(ws)
+    // A server that has just printed its address may still be settling: a few tries.
+    let mut tries = 0;
+    loop {
+        match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await {
+            Ok((ws, _)) => return Ok(ws),
+            Err(e) if tries >= 5 => return Err(e.into()),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Reads frames until the `init` (the relay sends none: it is skipped there).
