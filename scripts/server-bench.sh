@@ -66,7 +66,7 @@ start_server() {
   server_pid=$!
   local addr=
   for _ in $(seq 200); do
-    addr=$(grep -ao "listening on [^ ]*" "$log" | head -1 | awk '{print $3}' | sed 's#^ws://##; s#^http://##' || true)
+    addr=$(grep -aoE 'listening on (ws://|http://)?[0-9.]+:[0-9]+' "$log" | head -1 | awk '{print $3}' | sed 's#^ws://##; s#^http://##' || true)
     [ -n "$addr" ] && break
     sleep 0.05
   done
