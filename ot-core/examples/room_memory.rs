@@ -33,8 +33,10 @@ fn document() -> Document {
     let tracks: Vec<Value> = (0..TRACKS)
         .map(|t| {
             let clips: Vec<Value> = (0..CLIPS)
-                .map(|c| json!({"id": format!("c{t}_{c}"), "start": c as f64 * 4.0, "duration": 4.0, "gain": 1.0,
-                    "name": format!("Clip {t}.{c}"), "color": "#3b82f6", "fx": {"reverb": 0.1, "delay": 0.0}}))
+                .map(|c| {
+                    json!({"id": format!("c{t}_{c}"), "start": c as f64 * 4.0, "duration": 4.0, "gain": 1.0,
+                    "name": format!("Clip {t}.{c}"), "color": "#3b82f6", "fx": {"reverb": 0.1, "delay": 0.0}})
+                })
                 .collect();
             json!({"id": format!("t{t}"), "name": format!("Track {t}"), "volume": 0.8, "muted": false, "clips": clips})
         })
@@ -50,9 +52,15 @@ fn document() -> Document {
 fn op(kind: &str, i: usize) -> Value {
     let (t, c) = ((i * 7) % TRACKS, (i * 13) % CLIPS);
     match kind {
-        "gain" => json!({"type": "update", "target": "clip", "id": format!("c{t}_{c}"), "path": ["gain"], "value": i as f64}),
-        "fx" => json!({"type": "update", "target": "clip", "id": format!("c{t}_{c}"), "path": ["fx", "delay"], "value": i as f64}),
-        "move" => json!({"type": "move", "target": "clip", "id": format!("c{t}_{c}"), "parent": format!("t{}", (t + 1) % TRACKS), "index": 0}),
+        "gain" => {
+            json!({"type": "update", "target": "clip", "id": format!("c{t}_{c}"), "path": ["gain"], "value": i as f64})
+        }
+        "fx" => {
+            json!({"type": "update", "target": "clip", "id": format!("c{t}_{c}"), "path": ["fx", "delay"], "value": i as f64})
+        }
+        "move" => {
+            json!({"type": "move", "target": "clip", "id": format!("c{t}_{c}"), "parent": format!("t{}", (t + 1) % TRACKS), "index": 0})
+        }
         _ => json!({"type": "insert", "target": "clip", "id": format!("n{i}"), "parent": format!("t{t}"), "index": 0,
             "value": {"start": 1.0, "duration": 1.0}}),
     }

@@ -729,7 +729,11 @@ mod fast_path_tests {
         assert!(decode_operation(frames[0], 32).is_some(), "the common frame takes the fast path");
         assert!(decode_operation(frames[1], 32).is_some(), "field order and oldValue do not matter");
         assert!(decode_operation(frames[5], 32).is_none(), "extra fields go the general way, which keeps them");
-        let deep = format!(r#"{{"type":"operation","operation":{{"type":"update","target":"project","path":["a"],"value":{}1{}}}}}"#, "[".repeat(40), "]".repeat(40));
+        let deep = format!(
+            r#"{{"type":"operation","operation":{{"type":"update","target":"project","path":["a"],"value":{}1{}}}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
         assert!(decode_operation(&deep, 32).is_none(), "too deep: the general path refuses it");
     }
 }

@@ -206,9 +206,11 @@ fn lists(op: &Op) -> [Option<ListRef<'_>>; 3] {
             let own = (o.kind == EntityKind::Track).then_some(ListRef::Clips(&o.id));
             [o.from.as_ref().map(|l| ListRef::of(o.kind, l.parent.as_ref())), own, None]
         }
-        Op::Move(o) => {
-            [o.from.as_ref().map(|l| ListRef::of(o.kind, l.parent.as_ref())), Some(ListRef::of(o.kind, o.parent.as_ref())), None]
-        }
+        Op::Move(o) => [
+            o.from.as_ref().map(|l| ListRef::of(o.kind, l.parent.as_ref())),
+            Some(ListRef::of(o.kind, o.parent.as_ref())),
+            None,
+        ],
         Op::Update(_) => [None, None, None],
     }
 }

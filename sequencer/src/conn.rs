@@ -14,7 +14,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use ot_core::protocol::{decode_client, decode_operation, lock_ttl_ms, ClientMsg, CursorPos, CONNECTION_ID_MAX, ROOM_ID_MAX};
+use ot_core::protocol::{
+    decode_client, decode_operation, lock_ttl_ms, ClientMsg, CursorPos, CONNECTION_ID_MAX, ROOM_ID_MAX,
+};
 use ot_core::sync::Submit;
 use ot_core::Op;
 use tokio::time::Instant;
@@ -287,9 +289,14 @@ impl Connection {
         // The common frame, an edit, in one pass; anything else (or anything wrong) takes the
         // general path, which says what is wrong.
         let (msg, mut fast_ops) = match decode_operation(text.as_str(), limits.frame_depth()) {
-            Some(f) => {
-                (ClientMsg::Operation { operation: serde_json::Value::Null, base_version: f.base_version, op_id: f.op_id }, Some(f.ops))
-            }
+            Some(f) => (
+                ClientMsg::Operation {
+                    operation: serde_json::Value::Null,
+                    base_version: f.base_version,
+                    op_id: f.op_id,
+                },
+                Some(f.ops),
+            ),
             None => match decode_client(text.as_str(), limits.frame_depth()) {
                 Ok(m) => (m, None),
                 Err(e) => return say(Rejection::Decode(e), None),

@@ -307,7 +307,8 @@ fn op_frame(workload: Workload, client: usize, n: u64, base: u64, op_id: &str) -
 
 /// The first op of a room: its track, and for the update workload one clip per client.
 fn setup_frame(workload: Workload, clients: usize) -> String {
-    let mut ops = vec![r#"{"type":"insert","target":"track","id":"t","index":0,"value":{"name":"t","clips":[]}}"#.to_string()];
+    let mut ops =
+        vec![r#"{"type":"insert","target":"track","id":"t","index":0,"value":{"name":"t","clips":[]}}"#.to_string()];
     if workload == Workload::Update {
         for c in 0..clients {
             ops.push(format!(
@@ -333,7 +334,8 @@ async fn ops(args: OpsArgs) -> anyhow::Result<()> {
         // The room's document: sent by its first client, acked before anyone edits.
         let first = sockets.len() - args.clients;
         let mut last = 0;
-        let (ok, _) = round_trip(&mut sockets[first].2, setup_frame(args.workload, args.clients), "setup", &mut last).await?;
+        let (ok, _) =
+            round_trip(&mut sockets[first].2, setup_frame(args.workload, args.clients), "setup", &mut last).await?;
         anyhow::ensure!(ok, "room {room}: setup op rejected");
     }
     let start = Instant::now() + Duration::from_millis(50);
