@@ -6,7 +6,9 @@
 //! - `rebase/stale_by/{1,10,100,1000}`: what does the server pay to sequence an op made N
 //!   versions ago? (target: 1,000 under 100 µs)
 //! - `compose/chain/{10,100,1000}`: what does composing a client's buffer cost?
-//! - `codec/op_message/{decode,encode}`: what does the wire cost per operation frame?
+//! - `codec/op_message/{decode,decode_validate,encode}`: what does the wire cost per operation
+//!   frame? (`decode`: the general path; `decode_validate`: the sequencer's path for an edit,
+//!   [`decode_operation`] and the size limits; target under 3 µs)
 //! - `undo/remote_op/{disjoint,same_path}/{0,100}`: what does keeping a client's undo and redo
 //!   stacks transformed add to taking one remote op, with 0 or 100 undo steps, when the steps
 //!   touch other values than the remote op (the common case) or all the same value? (target:
@@ -19,7 +21,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use ot_core::protocol::{decode_client, encode, ClientMsg, OperationMsg, ServerMsg};
+use ot_core::protocol::{decode_client, decode_operation, encode, ClientMsg, Limits, OperationMsg, ServerMsg};
 use ot_core::sync::{ClientDoc, ServerDoc, Submit};
 use ot_core::{apply, compose, transform, Document, Op, Side};
 use rand::rngs::StdRng;
@@ -299,6 +301,15 @@ fn bench_codec(c: &mut Criterion) {
                 unreachable!("the frame is an operation")
             };
             black_box(Op::batch_from_value(operation).expect("ops decode"))
+        })
+    });
+    g.bench_function(BenchmarkId::from_parameter("decode_validate"), |b| {
+        let limits = Limits::default();
+        b.iter(|| {
+            // What the sequencer does with an edit: the one-pass decode, then the size limits.
+            let f = decode_operation(black_box(&client), limits.frame_depth()).expect("the fast path takes it");
+            limits.check_ops(&f.ops).expect("within the limits");
+            black_box(f)
         })
     });
     g.throughput(Throughput::Bytes(server_len as u64));

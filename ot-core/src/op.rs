@@ -257,6 +257,92 @@ struct WireOp {
     extra: Map<String, Value>,
 }
 
+/// [`WireOp`] for the fast path of [`Op::batch_from_json`]: the same fields with no `flatten`
+/// (which makes serde buffer the whole op first), so an op with any other field is refused
+/// here and takes the general path, which keeps such fields in `extra`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StrictWireOp {
+    #[serde(rename = "type")]
+    kind: WireType,
+    target: Target,
+    #[serde(default)]
+    id: Option<Id>,
+    #[serde(default)]
+    parent: Option<Id>,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
+    value: Option<Value>,
+    #[serde(default)]
+    path: Option<Vec<String>>,
+    #[serde(default)]
+    remove: bool,
+    #[serde(default)]
+    from: Option<Loc>,
+    #[serde(default)]
+    restore: bool,
+    #[serde(default)]
+    prev: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "present")]
+    #[allow(dead_code)]
+    old_value: Option<Value>,
+}
+
+impl From<StrictWireOp> for WireOp {
+    fn from(w: StrictWireOp) -> WireOp {
+        WireOp {
+            kind: w.kind,
+            target: w.target,
+            id: w.id,
+            parent: w.parent,
+            index: w.index,
+            value: w.value,
+            path: w.path,
+            remove: w.remove,
+            from: w.from,
+            restore: w.restore,
+            prev: w.prev,
+            old_value: w.old_value,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// One op or an array of them, read straight from JSON text (see [`Op::batch_from_json`]).
+pub(crate) struct StrictBatch(Vec<StrictWireOp>);
+
+impl<'de> Deserialize<'de> for StrictBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictBatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an op or an array of ops")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<StrictBatch, A::Error> {
+                let op = StrictWireOp::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(StrictBatch(vec![op]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictBatch, A::Error> {
+                let mut ops = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(64));
+                while let Some(op) = seq.next_element::<StrictWireOp>()? {
+                    ops.push(op);
+                }
+                Ok(StrictBatch(ops))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl StrictBatch {
+    /// The ops, or `None` if one is not valid (the general path then says why).
+    pub(crate) fn into_ops(self) -> Option<Vec<Op>> {
+        self.0.into_iter().map(|w| Op::try_from(WireOp::from(w)).ok()).collect()
+    }
+}
+
 /// `Some(value)` for any present field, `null` included (serde would make `null` a `None`).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)

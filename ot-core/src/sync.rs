@@ -13,7 +13,7 @@ use crate::doc::Document;
 use crate::error::OpError;
 use crate::op::Op;
 use crate::protocol::OperationMsg;
-use crate::transform::{compose, transform, Side};
+use crate::transform::{compose, transform, transform_seq, Side};
 
 mod undo;
 
@@ -91,18 +91,32 @@ pub struct Submit {
     pub ops: Vec<Op>,
 }
 
-/// The server's side of a room: state, version, and a bounded history window holding the
-/// state at every version in it, so a stale op is validated and annotated on the exact state
-/// it was made on and then transformed over the ops after it.
+/// The server's side of a room: state, version, and a bounded history window of sequenced
+/// ops, so a stale op is validated and annotated on the exact state it was made on and then
+/// transformed over the ops after it.
+///
+/// The window keeps the state at each of the newest [`DENSE_STATES`] versions (where stale ops
+/// are based in practice: a client is rarely more than a few ops behind) and, further back,
+/// only at every [`CHECKPOINT_EVERY`]th version (a checkpoint); the state at any other version
+/// is rebuilt from the checkpoint before it by applying the ops in between. A state shares
+/// every node its successors did not change, so what it costs is the nodes the next ops
+/// path-copied: thinning the old states frees those where the ops touched different parts of
+/// the document, while the recent ones spare a stale op the rebuild (a rebuild path-copies in
+/// its scratch copy what each replayed op changes).
 #[derive(Debug, Clone)]
 pub struct ServerDoc {
     doc: Document,
     version: u64,
-    /// The state at `window_start`.
-    window_base: Document,
+    /// The newest checkpoint at or before `window_start`: its version and state, and the ops
+    /// from it up to `window_start` (fewer than [`CHECKPOINT_EVERY`]).
+    base_checkpoint: (u64, Document),
+    before_window: VecDeque<Sequenced>,
     window_start: u64,
-    /// Ops `window_start+1 ..= version`, each with the state after it.
-    history: VecDeque<(Sequenced, Document)>,
+    /// Ops `window_start+1 ..= version`, each with the state after it in the dense tail and at
+    /// checkpoints.
+    history: VecDeque<(Sequenced, Option<Document>)>,
+    /// The window does not move past this version (see [`ServerDoc::hold`]).
+    hold: u64,
     /// What each version in `history` keeps alive beyond what it shares with its neighbours
     /// (see [`ServerDoc::set_history_bytes`]), and their sum.
     history_cost: VecDeque<usize>,
@@ -121,10 +135,12 @@ impl ServerDoc {
     /// rebasing ops at most `max_rebase` versions old (loading what is beyond the window).
     pub fn new(doc: Document, version: u64, window: usize, max_rebase: u64) -> Self {
         ServerDoc {
-            window_base: doc.clone(),
+            base_checkpoint: (version, doc.clone()),
+            before_window: VecDeque::new(),
             doc,
             version,
             window_start: version,
+            hold: u64::MAX,
             history: VecDeque::new(),
             history_cost: VecDeque::new(),
             history_bytes: 0,
@@ -186,14 +202,47 @@ impl ServerDoc {
         Some(self.history.iter().skip(skip).map(|(m, _)| m.clone()).collect())
     }
 
-    fn state_at(&self, v: u64) -> Option<&Document> {
-        if v == self.window_start {
-            Some(&self.window_base)
-        } else if v > self.window_start && v <= self.version {
-            self.history.get((v - self.window_start - 1) as usize).map(|(_, d)| d)
-        } else {
-            None
+    /// The state at version `v`, if `v` is in the window: the head's, a checkpoint's, or one
+    /// rebuilt from the checkpoint before it (at most [`CHECKPOINT_EVERY`]` - 1` applies).
+    pub fn state_at(&self, v: u64) -> Option<Document> {
+        if v == self.version {
+            return Some(self.doc.clone());
         }
+        if v < self.window_start || v > self.version {
+            return None;
+        }
+        // Back from `v` to the newest checkpoint at or before it, then forward again.
+        let upto = (v - self.window_start) as usize;
+        let mut from = upto;
+        let mut doc = loop {
+            if from == 0 {
+                break None;
+            }
+            if let Some((_, Some(d))) = self.history.get(from - 1) {
+                break Some(d.clone());
+            }
+            from -= 1;
+        };
+        if doc.is_none() {
+            let mut d = self.base_checkpoint.1.clone();
+            for m in &self.before_window {
+                replay_onto(&mut d, m);
+            }
+            doc = Some(d);
+        }
+        let mut doc = doc?;
+        for (m, _) in self.history.range(from..upto) {
+            replay_onto(&mut doc, m);
+        }
+        Some(doc)
+    }
+
+    /// Keeps the state at `version` and every later one reachable: the window does not move
+    /// past it, however many versions follow (the sequencer holds its durable version, whose
+    /// state it serves, while later ops wait for the store). `u64::MAX` releases it.
+    pub fn hold(&mut self, version: u64) {
+        self.hold = version;
+        self.trim();
     }
 
     /// Rebases `submit` onto the head and applies it.
@@ -204,6 +253,12 @@ impl ServerDoc {
     /// next version. Bases older than the window need `older` (see
     /// [`SubmitError::NeedHistory`]). Nothing changes on error.
     pub fn submit(&mut self, submit: Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
+        self.submit_ref(&submit, older)
+    }
+
+    /// [`ServerDoc::submit`] without taking the submit: for a caller that keeps it (to submit
+    /// it again after loading older history, say), so its ops are not cloned for every call.
+    pub fn submit_ref(&mut self, submit: &Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         if let Some(id) = &submit.op_id {
             let known = self.op_ids.get(&submit.account).and_then(|ids| ids.get(id));
             let slot = known.and_then(|v| v.checked_sub(self.window_start + 1));
@@ -222,7 +277,7 @@ impl ServerDoc {
         if base == self.version {
             // Made on the head: validated, annotated and applied in one step.
             let annotated = apply(&mut self.doc, &submit.ops)?;
-            return Ok(self.sequence(annotated, submit.from, submit.op_id, submit.account));
+            return Ok(self.sequence(annotated, submit));
         }
         let mut ops;
         if base < self.window_start {
@@ -242,33 +297,28 @@ impl ServerDoc {
                 return Err(SubmitError::NeedHistory { base });
             }
         } else {
-            let Some(state) = self.state_at(base) else {
+            let Some(mut at_base) = self.state_at(base) else {
                 return Err(SubmitError::VersionTooOld { base, oldest: self.window_start });
             };
-            let mut at_base = state.clone();
             ops = apply(&mut at_base, &submit.ops)?;
         }
         let first = base.max(self.window_start);
-        for (m, _) in self.history.iter().skip((first - self.window_start) as usize) {
-            if ops.is_empty() {
-                break;
-            }
-            ops = transform(ops, &m.operation, Side::Later);
-        }
+        let after = self.history.iter().skip((first - self.window_start) as usize);
+        ops = transform_seq(ops, after.flat_map(|(m, _)| m.operation.iter()), Side::Later);
         let annotated = apply(&mut self.doc, &ops)?;
-        Ok(self.sequence(annotated, submit.from, submit.op_id, submit.account))
+        Ok(self.sequence(annotated, submit))
     }
 
     /// Gives applied ops the next version and records them in the history.
-    fn sequence(
-        &mut self,
-        annotated: Vec<Op>,
-        from: String,
-        op_id: Option<String>,
-        account: Option<Arc<str>>,
-    ) -> Outcome {
+    fn sequence(&mut self, annotated: Vec<Op>, submit: &Submit) -> Outcome {
         let version = self.version + 1;
-        let msg = Arc::new(OperationMsg { operation: annotated, version, user_id: from, op_id, account });
+        let msg = Arc::new(OperationMsg {
+            operation: annotated,
+            version,
+            user_id: submit.from.clone(),
+            op_id: submit.op_id.clone(),
+            account: submit.account.clone(),
+        });
         self.push(msg.clone());
         Outcome::Sequenced(msg)
     }
@@ -279,15 +329,24 @@ impl ServerDoc {
             self.op_ids.entry(msg.account.clone()).or_default().insert(id.clone(), msg.version);
         }
         let cost = VERSION_COST + copy_cost(&self.doc, &msg.operation);
-        self.history.push_back((msg, self.doc.clone()));
+        self.history.push_back((msg, Some(self.doc.clone())));
+        // The state that just left the dense tail is kept only at a checkpoint.
+        if let Some(i) = self.history.len().checked_sub(DENSE_STATES + 1) {
+            if let Some((m, state)) = self.history.get_mut(i) {
+                if m.version % CHECKPOINT_EVERY != 0 {
+                    *state = None;
+                }
+            }
+        }
         self.history_cost.push_back(cost);
         self.history_bytes += cost;
         self.trim();
     }
 
     fn trim(&mut self) {
-        while self.history.len() > self.window
-            || (self.history_bytes > self.max_history_bytes && self.history.len() > 1)
+        while (self.history.len() > self.window
+            || (self.history_bytes > self.max_history_bytes && self.history.len() > 1))
+            && self.history.front().is_some_and(|(m, _)| m.version <= self.hold)
         {
             if let Some(cost) = self.history_cost.pop_front() {
                 self.history_bytes -= cost;
@@ -304,11 +363,32 @@ impl ServerDoc {
                         }
                     }
                 }
-                self.window_base = state;
                 self.window_start = old.version;
+                match state {
+                    Some(state) => {
+                        self.base_checkpoint = (old.version, state);
+                        self.before_window.clear();
+                    }
+                    None => self.before_window.push_back(old),
+                }
             }
         }
     }
+}
+
+/// Versions between two states kept in the history window beyond its dense tail (see
+/// [`ServerDoc`]): the rebuild of a state there applies at most this many ops minus one.
+pub const CHECKPOINT_EVERY: u64 = 8;
+
+/// How many of the newest versions keep their state in the history window (see [`ServerDoc`]).
+pub const DENSE_STATES: usize = 64;
+
+/// Applies a sequenced op to a state rebuilt from a checkpoint. It applied to that same state
+/// when it was sequenced, so it applies again; if it did not, the rebuilt state would be wrong,
+/// which the invariant checks of debug builds catch.
+fn replay_onto(doc: &mut Document, m: &Sequenced) {
+    let replayed = apply(doc, &m.operation);
+    debug_assert!(replayed.is_ok(), "version {} replays onto the state before it", m.version);
 }
 
 /// What a version of the history costs besides the values it copied: its op, its document

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::apply::write_into_prev;
-use crate::doc::{EntityKind, Id, ListKey, Props};
+use crate::doc::{EntityKind, Id, Props};
 use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Prev, Target, Update};
 
 /// Which of two concurrent ops the server sequences later. The later op wins ties of position,
@@ -103,14 +103,48 @@ pub fn transform_entry(entry: Vec<Op>, remote: &[Op]) -> (Vec<Op>, Vec<Op>) {
 }
 
 fn transform_rule(a: Vec<Op>, b: &[Op], rule: Rule) -> Vec<Op> {
-    let mut a = a;
-    for bop in b {
-        if a.is_empty() {
-            break;
+    transform_iter(a, b.iter(), rule)
+}
+
+/// [`transform`] of `a` over a sequence of ops given one by one: over several sequenced
+/// batches in turn (the server's rebase over its history) without collecting them.
+pub(crate) fn transform_seq<'a>(a: Vec<Op>, b: impl Iterator<Item = &'a Op>, side: Side) -> Vec<Op> {
+    transform_iter(a, b, Rule::from(side))
+}
+
+fn transform_iter<'a>(mut a: Vec<Op>, mut b: impl Iterator<Item = &'a Op>, rule: Rule) -> Vec<Op> {
+    loop {
+        if a.len() == 1 {
+            // One op (the common case): carried by value from step to step while it stays
+            // one, so a rebase over many ops allocates nothing per step.
+            let Some(mut op) = a.pop() else { return a };
+            loop {
+                let Some(bop) = b.next() else {
+                    a.push(op);
+                    return a;
+                };
+                if independent(&op, bop) {
+                    continue;
+                }
+                match transform_prim(op, bop, rule) {
+                    Out::One(x) => op = x,
+                    Out::None => return a,
+                    Out::Two(x, y) => {
+                        a.push(x);
+                        a.push(y);
+                        break;
+                    }
+                }
+            }
         }
-        a = transform_over_one(a, bop, rule);
+        if a.is_empty() {
+            return a;
+        }
+        match b.next() {
+            Some(bop) => a = transform_over_one(a, bop, rule),
+            None => return a,
+        }
     }
-    a
 }
 
 /// Transforms each of `ops` (a sequence) over the single op `b`, carrying `b` along the
@@ -123,7 +157,7 @@ fn transform_over_one(a: Vec<Op>, b: &Op, side: Rule) -> Vec<Op> {
     }
     if a.len() == 1 {
         if let Some(op) = a.pop() {
-            return transform_prim(op, b, side);
+            return transform_prim(op, b, side).into_vec();
         }
     }
     let mut out = Vec::with_capacity(a.len());
@@ -144,28 +178,52 @@ fn transform_over_one(a: Vec<Op>, b: &Op, side: Rule) -> Vec<Op> {
     out
 }
 
-/// The entity ids a structural op names (an insert's with its clips').
-fn op_ids(op: &Op) -> Vec<&str> {
-    match op {
-        Op::Insert(o) => insert_ids(o),
-        Op::Delete(o) => vec![&*o.id],
-        Op::Move(o) => vec![&*o.id],
-        Op::Update(_) => vec![],
+/// A list named by reference, for comparing lists without touching reference counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListRef<'a> {
+    Tracks,
+    Markers,
+    Clips(&'a str),
+}
+
+impl<'a> ListRef<'a> {
+    /// As [`list_key`]: a clip without a parent names the list of the track with the empty id.
+    fn of(kind: EntityKind, parent: Option<&'a Id>) -> ListRef<'a> {
+        match kind {
+            EntityKind::Track => ListRef::Tracks,
+            EntityKind::Marker => ListRef::Markers,
+            EntityKind::Clip => ListRef::Clips(parent.map_or("", |p| &**p)),
+        }
     }
 }
 
 /// The lists an insert, delete or move reads or changes (`None` where unannotated), with the
 /// clip list of a deleted track.
-fn lists(op: &Op) -> [Option<ListKey>; 3] {
+fn lists(op: &Op) -> [Option<ListRef<'_>>; 3] {
     match op {
-        Op::Insert(o) => [Some(o.list()), None, None],
+        Op::Insert(o) => [Some(ListRef::of(o.kind, o.parent.as_ref())), None, None],
         Op::Delete(o) => {
-            let own = (o.kind == EntityKind::Track).then(|| ListKey::Clips(o.id.clone()));
-            [o.from_list(), own, None]
+            let own = (o.kind == EntityKind::Track).then_some(ListRef::Clips(&o.id));
+            [o.from.as_ref().map(|l| ListRef::of(o.kind, l.parent.as_ref())), own, None]
         }
-        Op::Move(o) => [o.from_list(), Some(o.list()), None],
+        Op::Move(o) => [
+            o.from.as_ref().map(|l| ListRef::of(o.kind, l.parent.as_ref())),
+            Some(ListRef::of(o.kind, o.parent.as_ref())),
+            None,
+        ],
         Op::Update(_) => [None, None, None],
     }
+}
+
+/// The entity ids a structural op names (an insert's with its clips'), without collecting them.
+fn ids(op: &Op) -> impl Iterator<Item = &str> {
+    let (id, clips) = match op {
+        Op::Insert(o) => (Some(&*o.id), o.value.get("clips").and_then(Value::as_array)),
+        Op::Delete(o) => (Some(&*o.id), None),
+        Op::Move(o) => (Some(&*o.id), None),
+        Op::Update(_) => (None, None),
+    };
+    id.into_iter().chain(clips.into_iter().flatten().filter_map(|c| c.get("id").and_then(Value::as_str)))
 }
 
 /// Whether `a` and `b` touch nothing in common, so that `transform(a, b)` is `a` and
@@ -180,7 +238,7 @@ pub fn independent(a: &Op, b: &Op) -> bool {
         }
         _ => {
             let (la, lb) = (lists(a), lists(b));
-            let annotated = |l: &[Option<ListKey>; 3], op: &Op| match op {
+            let annotated = |l: &[Option<ListRef<'_>>; 3], op: &Op| match op {
                 Op::Delete(d) => d.from.is_some() && l[0].is_some(),
                 Op::Move(m) => m.from.is_some(),
                 _ => true,
@@ -191,8 +249,7 @@ pub fn independent(a: &Op, b: &Op) -> bool {
             if la.iter().flatten().any(|x| lb.iter().flatten().any(|y| x == y)) {
                 return false;
             }
-            let ib = op_ids(b);
-            !op_ids(a).iter().any(|x| ib.contains(x))
+            !ids(a).any(|x| ids(b).any(|y| x == y))
         }
     }
 }
@@ -272,11 +329,30 @@ fn without_id(v: &Value) -> Props {
 /// The primitive rule for one op over one op, applied in full (no shortcut for independent
 /// ops): what [`transform`] builds on. Same law as [`transform`].
 pub fn transform_one(a: Op, b: &Op, side: Side) -> Vec<Op> {
-    transform_prim(a, b, Rule::from(side))
+    transform_prim(a, b, Rule::from(side)).into_vec()
+}
+
+/// What one primitive transform makes of one op: nothing, one op, or two (a cancelled move
+/// becomes a move back and a delete, say); never more. Kept off the heap, so the rebase of
+/// one op over many allocates nothing per step.
+enum Out {
+    None,
+    One(Op),
+    Two(Op, Op),
+}
+
+impl Out {
+    fn into_vec(self) -> Vec<Op> {
+        match self {
+            Out::None => Vec::new(),
+            Out::One(a) => vec![a],
+            Out::Two(a, b) => vec![a, b],
+        }
+    }
 }
 
 /// Primitive transform: one op over one op.
-fn transform_prim(a: Op, b: &Op, rule: Rule) -> Vec<Op> {
+fn transform_prim(a: Op, b: &Op, rule: Rule) -> Out {
     let later = rule.later();
     match a {
         Op::Insert(a) => t_insert(a, b, later, rule.loses_id_collision()),
@@ -286,14 +362,14 @@ fn transform_prim(a: Op, b: &Op, rule: Rule) -> Vec<Op> {
     }
 }
 
-fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Vec<Op> {
+fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Out {
     let la = a.list();
     match b {
         Op::Insert(b) => {
             let a_ids = insert_ids(&a);
             if insert_ids(b).iter().any(|x| a_ids.contains(x)) {
                 if loses_collision {
-                    return vec![];
+                    return Out::None;
                 }
                 // `a` was sequenced first and wins: take `b`'s entity out again, then insert.
                 let del = Op::Delete(Delete {
@@ -303,7 +379,7 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Vec<Op
                     value: Some(b.value.clone()),
                     extra: Default::default(),
                 });
-                return vec![del, Op::Insert(a)];
+                return Out::Two(del, Op::Insert(a));
             }
             if b.list() == la && (b.index < a.index || (b.index == a.index && !later)) {
                 a.index += 1;
@@ -311,7 +387,7 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Vec<Op
         }
         Op::Delete(b) => {
             if a.kind == EntityKind::Clip && a.parent.as_ref() == Some(&b.id) {
-                return vec![];
+                return Out::None;
             }
             if let Some(from) = &b.from {
                 if b.from_list().as_ref() == Some(&la) && from.index < a.index {
@@ -331,10 +407,10 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Vec<Op
         }
         Op::Update(_) => {}
     }
-    vec![Op::Insert(a)]
+    Out::One(Op::Insert(a))
 }
 
-fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
+fn t_delete(mut a: Delete, b: &Op) -> Out {
     let a_list = a.from_list();
     match b {
         Op::Insert(b) => {
@@ -353,7 +429,7 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
         }
         Op::Delete(b) => {
             if b.id == a.id {
-                return vec![];
+                return Out::None;
             }
             if a.kind == EntityKind::Clip && b.kind == EntityKind::Track {
                 let in_b = match &a.from {
@@ -361,7 +437,7 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
                     None => b.value.as_ref().is_some_and(|v| clip_position(v, &a.id).is_some()),
                 };
                 if in_b {
-                    return vec![];
+                    return Out::None;
                 }
             }
             if a.kind == EntityKind::Track && b.kind == EntityKind::Clip {
@@ -382,7 +458,7 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
         Op::Move(b) => {
             if b.id == a.id {
                 a.from = Some(Loc { parent: b.parent.clone(), index: b.index });
-                return vec![Op::Delete(a)];
+                return Out::One(Op::Delete(a));
             }
             if a.kind == EntityKind::Track && b.kind == EntityKind::Clip {
                 let into = b.parent.as_ref() == Some(&a.id);
@@ -394,7 +470,7 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
                         let at = b.index.min(clips.len());
                         clips.insert(at, with_id(&b.id, clip));
                     }
-                    return vec![Op::Delete(a)];
+                    return Out::One(Op::Delete(a));
                 }
                 if into && !out_of {
                     // A clip moved into the track being deleted: cancel the move, then delete.
@@ -409,7 +485,7 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
                             restore: true,
                             extra: Default::default(),
                         });
-                        return vec![back, Op::Delete(a)];
+                        return Out::Two(back, Op::Delete(a));
                     }
                 }
                 if let Some(v) = &mut a.value {
@@ -452,7 +528,7 @@ fn t_delete(mut a: Delete, b: &Op) -> Vec<Op> {
             }
         }
     }
-    vec![Op::Delete(a)]
+    Out::One(Op::Delete(a))
 }
 
 /// The position of an entity of a list, as counted in that list without the entity `moved`
@@ -464,11 +540,11 @@ fn without(pos: usize, moved_at: Option<usize>) -> usize {
     }
 }
 
-fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
+fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
     let Some(a_from) = a.from.clone() else {
         // Unannotated moves are annotated by `apply` before any transform; without a source
         // the move can only keep its destination.
-        return vec![Op::Move(a)];
+        return Out::One(Op::Move(a));
     };
     let la_from = list_key(a.kind, a_from.parent.as_ref());
     let la_to = a.list();
@@ -492,23 +568,23 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
         }
         Op::Delete(b) => {
             if b.id == a.id {
-                return vec![];
+                return Out::None;
             }
             if a.kind == EntityKind::Clip && b.kind == EntityKind::Track {
                 let to_deleted = a.parent.as_ref() == Some(&b.id);
                 let from_deleted = a_from.parent.as_ref() == Some(&b.id);
                 if to_deleted && a.restore && !from_deleted {
                     // A put-back clip whose destination is deleted too: it has no home left.
-                    return vec![Op::Delete(Delete {
+                    return Out::One(Op::Delete(Delete {
                         kind: EntityKind::Clip,
                         id: a.id,
                         from: a.from,
                         value: a.value,
                         extra: Default::default(),
-                    })];
+                    }));
                 }
                 if to_deleted {
-                    return vec![];
+                    return Out::None;
                 }
                 if from_deleted {
                     // Moved out of a track that was deleted: the clip survives where it went.
@@ -519,15 +595,15 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
                         _ => None,
                     });
                     return match value {
-                        Some(value) => vec![Op::Insert(Insert {
+                        Some(value) => Out::One(Op::Insert(Insert {
                             kind: EntityKind::Clip,
                             id: a.id,
                             parent: a.parent,
                             index: a.index,
                             value,
                             extra: a.extra,
-                        })],
-                        None => vec![],
+                        })),
+                        None => Out::None,
                     };
                 }
             }
@@ -546,10 +622,10 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
         Op::Move(b) => {
             if b.id == a.id {
                 if !later {
-                    return vec![];
+                    return Out::None;
                 }
                 a.from = Some(Loc { parent: b.parent.clone(), index: b.index });
-                return vec![Op::Move(a)];
+                return Out::One(Op::Move(a));
             }
             if let (true, Some(bf)) = (same_family(a.kind, b.kind), &b.from) {
                 let lb_from = list_key(b.kind, bf.parent.as_ref());
@@ -585,23 +661,23 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Vec<Op> {
             }
         }
     }
-    vec![Op::Move(a)]
+    Out::One(Op::Move(a))
 }
 
-fn t_update(mut a: Update, b: &Op, rule: Rule) -> Vec<Op> {
+fn t_update(mut a: Update, b: &Op, rule: Rule) -> Out {
     let later = rule.later();
     match b {
         Op::Insert(_) | Op::Move(_) => {}
         Op::Delete(b) => {
             if let (Some(kind), Some(id)) = (a.target.kind(), &a.id) {
                 if kind == b.kind && *id == b.id {
-                    return vec![];
+                    return Out::None;
                 }
                 if kind == EntityKind::Clip
                     && b.kind == EntityKind::Track
                     && b.value.as_ref().is_some_and(|v| clip_position(v, id).is_some())
                 {
-                    return vec![];
+                    return Out::None;
                 }
             }
         }
@@ -614,7 +690,7 @@ fn t_update(mut a: Update, b: &Op, rule: Rule) -> Vec<Op> {
                 if b_outer && a_outer {
                     // Same path: the later write wins.
                     if !later {
-                        return vec![];
+                        return Out::None;
                     }
                 } else if b_outer {
                     if rule == Rule::Carry && takes_in(b, &p[q.len()..]) {
@@ -625,7 +701,7 @@ fn t_update(mut a: Update, b: &Op, rule: Rule) -> Vec<Op> {
                             (false, v) => get_value(v, &p[q.len()..]).map_or(Prev::Absent, |v| Prev::Value(v.clone())),
                             (true, _) => Prev::Absent,
                         });
-                        return vec![Op::Update(a)];
+                        return Out::One(Op::Update(a));
                     }
                     if rule == Rule::Carry {
                         // The entry cannot take the key in (a scalar stands in the way), so it
@@ -639,17 +715,17 @@ fn t_update(mut a: Update, b: &Op, rule: Rule) -> Vec<Op> {
                                 Prev::Absent => (Value::Null, true),
                             };
                             a.prev = Some(if b.remove { Prev::Absent } else { Prev::Value(b.value.clone()) });
-                            return vec![Op::Update(a)];
+                            return Out::One(Op::Update(a));
                         }
                     }
                     // The outer write wins; the inner write is dropped.
-                    return vec![];
+                    return Out::None;
                 }
                 if rule == Rule::Entry && a_outer && !b_outer && !takes_in(&a, &q[p.len()..]) {
                     // An undo entry writing an object someone else wrote a key into since, where
                     // the entry's value has a scalar in the key's way: undoing it would revert
                     // their write, so the entry no longer means anything here.
-                    return vec![];
+                    return Out::None;
                 }
                 if rule == Rule::Entry && a_outer && !b_outer {
                     // An undo entry writing the object a remote op wrote a key into: the key
@@ -675,7 +751,7 @@ fn t_update(mut a: Update, b: &Op, rule: Rule) -> Vec<Op> {
             }
         }
     }
-    vec![Op::Update(a)]
+    Out::One(Op::Update(a))
 }
 
 /// Whether the write `outer` can take in a write at `rel` below its path (see `Rule::Entry`):

@@ -14,7 +14,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use ot_core::protocol::{decode_client, lock_ttl_ms, ClientMsg, CursorPos, CONNECTION_ID_MAX, ROOM_ID_MAX};
+use ot_core::protocol::{
+    decode_client, decode_operation, lock_ttl_ms, ClientMsg, CursorPos, CONNECTION_ID_MAX, ROOM_ID_MAX,
+};
 use ot_core::sync::Submit;
 use ot_core::Op;
 use tokio::time::Instant;
@@ -284,9 +286,21 @@ impl Connection {
             return say(Rejection::FrameTooLarge { len: text.len(), limit: cfg.max_frame }, None);
         }
         let limits = cfg.limits();
-        let msg = match decode_client(text.as_str(), limits.frame_depth()) {
-            Ok(m) => m,
-            Err(e) => return say(Rejection::Decode(e), None),
+        // The common frame, an edit, in one pass; anything else (or anything wrong) takes the
+        // general path, which says what is wrong.
+        let (msg, mut fast_ops) = match decode_operation(text.as_str(), limits.frame_depth()) {
+            Some(f) => (
+                ClientMsg::Operation {
+                    operation: serde_json::Value::Null,
+                    base_version: f.base_version,
+                    op_id: f.op_id,
+                },
+                Some(f.ops),
+            ),
+            None => match decode_client(text.as_str(), limits.frame_depth()) {
+                Ok(m) => (m, None),
+                Err(e) => return say(Rejection::Decode(e), None),
+            },
         };
         if over {
             let r = Rejection::RateLimited { limit: cfg.rate_limit };
@@ -330,7 +344,11 @@ impl Connection {
                 Step::Continue
             }
             ClientMsg::Operation { operation, base_version, op_id } => {
-                let ops = match Op::batch_from_value(operation) {
+                let decoded = match fast_ops.take() {
+                    Some(ops) => Ok(ops),
+                    None => Op::batch_from_value(operation),
+                };
+                let ops = match decoded {
                     Ok(ops) => ops,
                     Err(e) => {
                         outbox.push(error_frame(&Rejection::BadOp(e), op_id));

@@ -392,10 +392,11 @@ enum Reading {
 pub struct RoomCore {
     cfg: CoreConfig,
     doc: ServerDoc,
+    /// Every version up to this one is stored; the state served to joiners is the one at it,
+    /// which `doc` keeps reachable ([`ServerDoc::hold`]).
     durable_version: u64,
-    durable_doc: Document,
-    /// Sequenced but not yet durable, with the state after each.
-    pending: VecDeque<(Sequenced, Document)>,
+    /// Sequenced but not yet durable.
+    pending: VecDeque<Sequenced>,
     /// Duplicate answers waiting for their op to be durable.
     dup_waiting: Vec<(ConnKey, Sequenced)>,
     members: Members,
@@ -482,12 +483,12 @@ pub struct Collaborator {
 
 impl RoomCore {
     /// A room loaded at `doc`'s version, with nobody in it.
-    pub fn new(doc: ServerDoc, cfg: CoreConfig, now: Now) -> RoomCore {
+    pub fn new(mut doc: ServerDoc, cfg: CoreConfig, now: Now) -> RoomCore {
+        doc.hold(doc.version());
         let doc_bytes = json_len(&doc.doc().state(doc.version()));
         let cluster = Cluster::new(now.mono_ms + cfg.cluster_poll_ms);
         RoomCore {
             durable_version: doc.version(),
-            durable_doc: doc.doc().clone(),
             transport: TransportState {
                 playing: doc.doc().is_playing(),
                 position: doc.doc().playhead(),
@@ -578,9 +579,23 @@ impl RoomCore {
 
     /// The durable state with the transport, as `GET …/state` shows it.
     pub fn state_value(&self) -> Value {
-        let mut doc = self.durable_doc.clone();
+        let mut doc = self.durable_doc();
         doc.set_transport(self.transport.playing, self.transport.position);
         doc.to_state_value(self.durable_version)
+    }
+
+    /// The state at the durable version: held in the history window ([`ServerDoc::hold`]).
+    fn durable_doc(&self) -> Document {
+        self.doc.state_at(self.durable_version).unwrap_or_else(|| {
+            tracing::error!(room = %self.cfg.room, version = self.durable_version, "durable state not held");
+            self.doc.doc().clone()
+        })
+    }
+
+    /// Moves the durable version, and the version `doc` holds for it.
+    fn set_durable(&mut self, version: u64) {
+        self.durable_version = version;
+        self.doc.hold(version);
     }
 
     /// Who is connected (`GET …/collaborators`), on every node of the room.
@@ -855,7 +870,6 @@ impl RoomCore {
     /// The transport as the store last had it, for a room that loads.
     pub fn restore_transport(&mut self, t: TransportState) {
         self.doc.doc_mut().set_transport(t.playing, t.position);
-        self.durable_doc.set_transport(t.playing, t.position);
         self.transport = t;
     }
 
@@ -1169,7 +1183,7 @@ impl RoomCore {
         }
         let head = self.doc.version();
         let base = s.base;
-        match self.doc.submit(s.clone(), older) {
+        match self.doc.submit_ref(&s, older) {
             Ok(Outcome::Sequenced(msg)) => {
                 self.out.push(Output::Stat(Stat::Sequenced { depth: head - base.unwrap_or(head).min(head) }));
                 if let Some(m) = self.members.get_mut(&key.0, key.1) {
@@ -1226,7 +1240,7 @@ impl RoomCore {
         self.doc_bytes = resized(self.doc_bytes, &msg.operation);
         let snapshot = (msg.version % self.cfg.snapshot_every == 0).then(|| self.doc.doc().to_state_value(msg.version));
         let group = RoomAppend { room: self.cfg.room.clone(), entries: vec![Entry { msg: msg.clone(), snapshot }] };
-        self.pending.push_back((msg, self.doc.doc().clone()));
+        self.pending.push_back(msg);
         self.out.push(Output::Append { epoch: self.epoch, group });
     }
 
@@ -1235,10 +1249,9 @@ impl RoomCore {
             self.fail(&reason);
             return;
         }
-        while self.pending.front().is_some_and(|(m, _)| m.version <= d.version) {
-            if let Some((m, doc)) = self.pending.pop_front() {
-                self.durable_version = m.version;
-                self.durable_doc = doc;
+        while self.pending.front().is_some_and(|m| m.version <= d.version) {
+            if let Some(m) = self.pending.pop_front() {
+                self.set_durable(m.version);
                 if self.cfg.shared_store {
                     self.cluster.submits.remove(&m.version);
                     self.cluster.resyncs = 0;
@@ -1354,9 +1367,8 @@ impl RoomCore {
                     let (sd, missed) = *rebuilt;
                     self.doc = sd;
                     self.doc.doc_mut().set_transport(self.transport.playing, self.transport.position);
-                    self.durable_version = self.doc.version();
-                    self.durable_doc = self.doc.doc().clone();
-                    self.doc_bytes = json_len(&self.durable_doc.state(self.durable_version));
+                    self.set_durable(self.doc.version());
+                    self.doc_bytes = json_len(&self.doc.doc().state(self.durable_version));
                     for m in &missed {
                         self.applied(m);
                     }
@@ -1433,11 +1445,10 @@ impl RoomCore {
                 self.fail(&format!("replaying version {v} from another node: {e}"));
                 return;
             }
-            self.durable_version = v;
+            self.set_durable(v);
             self.doc_bytes = resized(self.doc_bytes, &m.operation);
             self.applied(&m);
         }
-        self.durable_doc = self.doc.doc().clone();
         self.answer_duplicates();
     }
 
@@ -1452,7 +1463,7 @@ impl RoomCore {
         }
         let durable = self.durable_version;
         let mut redo: VecDeque<_> =
-            self.pending.drain(..).filter_map(|(m, _)| self.cluster.submits.remove(&m.version)).collect();
+            self.pending.drain(..).filter_map(|m| self.cluster.submits.remove(&m.version)).collect();
         redo.extend(self.deferred.drain(..));
         self.deferred = redo;
         self.cluster.submits.clear();

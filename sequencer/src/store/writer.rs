@@ -90,6 +90,10 @@ impl Persister {
 
 fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<WriteReq>, metrics: Arc<Metrics>) {
     let mut batch: Vec<WriteReq> = Vec::new();
+    // The batch taken apart, so that the store gets the groups without a copy of them (a
+    // group may carry a snapshot of the whole document).
+    let mut groups: Vec<RoomAppend> = Vec::new();
+    let mut durables: Vec<Arc<watch::Sender<Durable>>> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < GROUP_MAX {
@@ -103,40 +107,44 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<WriteReq>, metrics:
         if batch.is_empty() {
             continue;
         }
-        let groups: Vec<RoomAppend> = batch.iter().map(|r| r.group.clone()).collect();
+        for r in batch.drain(..) {
+            groups.push(r.group);
+            durables.push(r.durable);
+        }
         let started = Instant::now();
         let result = store.append(&groups);
-        metrics.storage_append(started.elapsed(), batch.len());
+        metrics.storage_append(started.elapsed(), groups.len());
         match result {
-            Ok(()) => batch.iter().for_each(publish_ok),
+            Ok(()) => groups.iter().zip(&durables).for_each(|(g, d)| publish_ok(g, d)),
             Err(e) => {
-                tracing::warn!(error = %e, groups = batch.len(), "group commit failed; retrying one by one");
-                for r in &batch {
-                    if r.durable.borrow().conflict.is_some() {
+                tracing::warn!(error = %e, groups = groups.len(), "group commit failed; retrying one by one");
+                for (g, d) in groups.iter().zip(&durables) {
+                    if d.borrow().conflict.is_some() {
                         continue;
                     }
-                    match store.append(std::slice::from_ref(&r.group)) {
-                        Ok(()) => publish_ok(r),
+                    match store.append(std::slice::from_ref(g)) {
+                        Ok(()) => publish_ok(g, d),
                         Err(StoreError::Conflict { version, .. }) => {
-                            tracing::info!(room = %r.group.room, version, "version taken by another node");
-                            r.durable.send_modify(|d| d.conflict = Some(version));
+                            tracing::info!(room = %g.room, version, "version taken by another node");
+                            d.send_modify(|d| d.conflict = Some(version));
                         }
                         Err(e) => {
-                            tracing::error!(room = %r.group.room, error = %e, "append failed");
-                            r.durable.send_modify(|d| d.failed = Some(e.to_string()));
+                            tracing::error!(room = %g.room, error = %e, "append failed");
+                            d.send_modify(|d| d.failed = Some(e.to_string()));
                         }
                     }
                 }
             }
         }
-        batch.clear();
+        groups.clear();
+        durables.clear();
     }
 }
 
-fn publish_ok(r: &WriteReq) {
-    if let Some(last) = r.group.entries.last() {
+fn publish_ok(group: &RoomAppend, durable: &watch::Sender<Durable>) {
+    if let Some(last) = group.entries.last() {
         let v = last.msg.version;
-        r.durable.send_modify(|d| d.version = d.version.max(v));
+        durable.send_modify(|d| d.version = d.version.max(v));
     }
 }
 
