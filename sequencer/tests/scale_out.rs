@@ -291,12 +291,17 @@ async fn a_sigkilled_nodes_clients_fail_over_and_no_acked_op_is_lost() {
     let p = prefix();
     let mut procs: Vec<Proc> = (0..3).map(|_| spawn_node(&db, SHARED_REDIS, &p, SECRET, &[])).collect();
     let addrs: Vec<SocketAddr> = procs.iter().map(|p| p.1).collect();
-    let (clients, ops) = (6, 30);
+    let (clients, ops) = (6, 60);
     let run = {
         let addrs = addrs.clone();
         tokio::spawn(async move { spread(&addrs, "room2", clients, ops).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Mid-run: once a tenth of the ops are in (however fast the machine), not after a fixed time.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while state(addrs[1], "room2").await["version"].as_u64().unwrap_or(0) < (clients * ops / 10) as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let victim = &mut procs[0];
     victim.0.kill().unwrap(); // SIGKILL
     victim.0.wait().unwrap();
