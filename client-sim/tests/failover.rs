@@ -4,58 +4,26 @@
 //! servers (bare listeners on 127.0.0.1 written by hand) for the exact frames; then the real
 //! server and the simulator with a dead URL in the list.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client_sim::sim::{SimConfig, Tokens};
+use client_sim::sim::SimConfig;
 use client_sim::stats::Outcome;
 use client_sim::{BackoffConfig, Client, ClientConfig, Event};
-use futures_util::{SinkExt, StreamExt};
+use common::{accept, memory_config, recv_json, send, Tok, T};
 use ot_core::Op;
-use sequencer::auth::{app_token, room_token, Role};
+use sequencer::auth::{room_token, Role};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type Ws = WebSocketStream<TcpStream>;
-const T: Duration = Duration::from_secs(5);
+use tokio::net::TcpListener;
 const SECRET: &str = "client-sim-failover-secret";
 
 /// An address nothing listens on (bound, then closed): connects are refused.
 async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
-}
-
-async fn accept(l: &TcpListener) -> (Ws, String) {
-    let (tcp, _) = tokio::time::timeout(T, l.accept()).await.expect("client connects in time").expect("accept");
-    let mut uri = String::new();
-    #[allow(clippy::result_large_err)] // tungstenite's callback type
-    let cb = |req: &Request, resp: Response| {
-        uri = req.uri().to_string();
-        Ok(resp)
-    };
-    let ws = tokio_tungstenite::accept_hdr_async(tcp, cb).await.expect("handshake");
-    (ws, uri)
-}
-
-async fn recv_json(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(T, ws.next()).await.expect("frame in time").expect("open").expect("frame");
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(t.as_str()).expect("client sends JSON");
-            if v["type"] != "ping" && v["type"] != "cursor" {
-                return v;
-            }
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("send");
 }
 
 fn init(version: u64) -> Value {
@@ -175,26 +143,10 @@ async fn all_down_backs_off_then_connects_when_one_returns() {
     client.close().await;
 }
 
-struct Tok;
-impl Tokens for Tok {
-    fn room_token(&self, room: &str, sub: &str) -> String {
-        room_token(SECRET, room, sub, sub, Role::Editor, 3600).unwrap()
-    }
-    fn app_token(&self) -> String {
-        app_token(SECRET, "verdict", "verdict", None, Role::Viewer, 3600).unwrap()
-    }
-}
-
-fn memory_config() -> sequencer::Config {
-    let mut c = sequencer::Config::memory(SECRET);
-    c.rate_limit = 0;
-    c
-}
-
 /// The real server behind a dead URL: the client edits through the live one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_server_after_a_dead_url() {
-    let server = sequencer::start(memory_config()).await.unwrap();
+    let server = sequencer::start(memory_config(SECRET)).await.unwrap();
     let dead = format!("ws://{}", dead_addr().await);
     let live = format!("ws://{}", server.addr);
     let mut cfg = ClientConfig::with_urls(
@@ -218,7 +170,7 @@ async fn the_real_server_after_a_dead_url() {
 /// makes new op ids: its edits are applied, not answered as the earlier client's ops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_made_again_with_a_saved_pk_is_not_taken_for_the_earlier_one() {
-    let server = sequencer::start(memory_config()).await.unwrap();
+    let server = sequencer::start(memory_config(SECRET)).await.unwrap();
     let url = format!("ws://{}", server.addr);
     let token = room_token(SECRET, "fo-again", "u1", "u1", Role::Editor, 3600).unwrap();
     for (round, id) in ["t1", "t2"].into_iter().enumerate() {
@@ -257,17 +209,17 @@ fn sim_config(urls: Vec<String>, failover: bool, seed: u64, prefix: &str) -> Sim
 /// the verdict is INCOMPLETE (not a divergence), with every online client equal to the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_tells_offline_clients_apart_from_divergence() {
-    let server = sequencer::start(memory_config()).await.unwrap();
+    let server = sequencer::start(memory_config(SECRET)).await.unwrap();
     let urls = vec![format!("ws://{}", server.addr), format!("ws://{}", dead_addr().await)];
     let seed = 0x5eed_00f0;
-    let r = client_sim::sim::run(sim_config(urls.clone(), true, seed, "fo-on-"), Arc::new(Tok))
+    let r = client_sim::sim::run(sim_config(urls.clone(), true, seed, "fo-on-"), Arc::new(Tok(SECRET)))
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     println!("{}", r.to_table());
     assert_eq!(r.outcome(), Outcome::Converged, "seed {seed}: {:?} {:?}", r.divergences, r.offline_at_end);
     assert_eq!(r.rooms_converged, 2, "seed {seed}");
 
-    let r = client_sim::sim::run(sim_config(urls, false, seed, "fo-off-"), Arc::new(Tok))
+    let r = client_sim::sim::run(sim_config(urls, false, seed, "fo-off-"), Arc::new(Tok(SECRET)))
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     println!("{}", r.to_table());

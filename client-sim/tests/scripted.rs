@@ -1,50 +1,19 @@
 //! The client's reconnect / resend / reload logic against a scripted server: a bare
 //! tokio-tungstenite listener on 127.0.0.1 whose every step the test writes by hand.
 
+mod common;
+
 use std::time::Duration;
 
 use client_sim::{BackoffConfig, Client, ClientConfig, Event, Events, ReloadReason};
-use futures_util::{SinkExt, StreamExt};
+use common::{accept, recv_json, send, Ws, T};
+use futures_util::StreamExt;
 use ot_core::protocol::Close;
 use ot_core::Op;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type Ws = WebSocketStream<TcpStream>;
-const T: Duration = Duration::from_secs(5);
-
-/// Accepts one socket; returns it with the request URI.
-async fn accept(l: &TcpListener) -> (Ws, String) {
-    let (tcp, _) = tokio::time::timeout(T, l.accept()).await.expect("client connects in time").expect("accept");
-    let mut uri = String::new();
-    #[allow(clippy::result_large_err)] // tungstenite's callback type
-    let cb = |req: &Request, resp: Response| {
-        uri = req.uri().to_string();
-        Ok(resp)
-    };
-    let ws = tokio_tungstenite::accept_hdr_async(tcp, cb).await.expect("handshake");
-    (ws, uri)
-}
-
-async fn recv_json(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(T, ws.next()).await.expect("frame in time").expect("open").expect("frame");
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(t.as_str()).expect("client sends JSON");
-            if v["type"] != "ping" && v["type"] != "cursor" {
-                return v;
-            }
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("send");
-}
 
 fn init_state(version: u64, tracks: Value) -> Value {
     json!({"type":"init","users":[],"yourId":"pk1","version":version,"serverTime":1_700_000_000_000u64,

@@ -3,36 +3,23 @@
 //! against the real server where a close code decides (4009). Seeds are printed in every
 //! failure message.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use client_sim::sim::{Faults, SimConfig, Tokens};
-use sequencer::auth::{app_token, room_token, Role};
+use client_sim::sim::{Faults, SimConfig};
+use common::{memory_config, Tok};
+use sequencer::auth::{room_token, Role};
 
 const SECRET: &str = "client-sim-test-secret";
-
-struct T;
-impl Tokens for T {
-    fn room_token(&self, room: &str, sub: &str) -> String {
-        room_token(SECRET, room, sub, sub, Role::Editor, 3600).unwrap()
-    }
-    fn app_token(&self) -> String {
-        app_token(SECRET, "verdict", "verdict", None, Role::Viewer, 3600).unwrap()
-    }
-}
-
-fn memory_config() -> sequencer::Config {
-    let mut c = sequencer::Config::memory(SECRET);
-    c.rate_limit = 0;
-    c
-}
 
 /// 10 rooms × 5 clients × 200 steps with disconnects, kills, duplicates, latency and a stalled
 /// reader: every client ends equal to the server, and every ack is in the server's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_run_converges() {
     let seed = 0x5eed_0001;
-    let server = sequencer::start(memory_config()).await.unwrap();
+    let server = sequencer::start(memory_config(SECRET)).await.unwrap();
     let cfg = SimConfig {
         urls: vec![format!("ws://{}", server.addr)],
         rooms: 10,
@@ -53,7 +40,7 @@ async fn faulty_run_converges() {
         room_prefix: "faulty-".into(),
         ..SimConfig::default()
     };
-    let report = client_sim::sim::run(cfg, Arc::new(T)).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let report = client_sim::sim::run(cfg, Arc::new(Tok(SECRET))).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     println!("{}", report.to_table());
     assert!(report.ok(), "seed {seed}: {:?} {:?}", report.divergences, report.lost_acks);
     assert_eq!(report.rooms_converged, 10, "seed {seed}");
@@ -92,7 +79,7 @@ async fn restart_mid_run_loses_no_acked_op() {
         room_prefix: "restart-".into(),
         ..SimConfig::default()
     };
-    let run = tokio::spawn(client_sim::sim::run(cfg, Arc::new(T)));
+    let run = tokio::spawn(client_sim::sim::run(cfg, Arc::new(Tok(SECRET))));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     server.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -125,7 +112,7 @@ async fn a_replaced_client_stops_instead_of_evicting_its_replacement() {
     use client_sim::{BackoffConfig, Client, ClientConfig};
     use ot_core::protocol::Close;
 
-    let server = sequencer::start(memory_config()).await.unwrap();
+    let server = sequencer::start(memory_config(SECRET)).await.unwrap();
     let mut cfg = ClientConfig::new(
         format!("ws://{}", server.addr),
         "shared-pk",
@@ -184,7 +171,7 @@ async fn relay_baseline_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_drag_locks_converges() {
     let seed = 0x10c5;
-    let server = sequencer::start(memory_config()).await.unwrap();
+    let server = sequencer::start(memory_config(SECRET)).await.unwrap();
     let cfg = SimConfig {
         urls: vec![format!("ws://{}", server.addr)],
         rooms: 2,
@@ -197,7 +184,7 @@ async fn a_run_with_drag_locks_converges() {
         room_prefix: "locks-".into(),
         ..SimConfig::default()
     };
-    let report = client_sim::sim::run(cfg, Arc::new(T)).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let report = client_sim::sim::run(cfg, Arc::new(Tok(SECRET))).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     println!("{}", report.to_table());
     assert!(report.ok(), "seed {seed}: {:?} {:?}", report.divergences, report.lost_acks);
     assert_eq!(report.rooms_converged, 2, "seed {seed}");
@@ -214,7 +201,7 @@ async fn the_client_holds_refreshes_and_releases_a_lock() {
     use client_sim::{Client, ClientConfig};
     use ot_core::EntityKind;
 
-    let server = sequencer::start(memory_config()).await.unwrap();
+    let server = sequencer::start(memory_config(SECRET)).await.unwrap();
     let t = Duration::from_secs(5);
     let connect = |pk: &str| {
         let cfg = ClientConfig::new(
