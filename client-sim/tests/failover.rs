@@ -13,8 +13,7 @@ use std::time::Duration;
 use client_sim::sim::SimConfig;
 use client_sim::stats::Outcome;
 use client_sim::{BackoffConfig, Client, ClientConfig, Event};
-use common::{accept, memory_config, recv_json, send, Tok, T};
-use ot_core::Op;
+use common::{accept, memory_config, recv_json, scripted_config, send, track, Tok, T};
 use sequencer::auth::{room_token, Role};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -32,16 +31,7 @@ fn init(version: u64) -> Value {
 }
 
 fn config(urls: Vec<String>) -> ClientConfig {
-    let mut c = ClientConfig::with_urls(urls, "room1", "tok", "pk1");
-    c.backoff = BackoffConfig { base: Duration::from_millis(10), max: Duration::from_millis(50) };
-    c.seed = 11;
-    c.op_id_prefix = Some("pk1".into());
-    c
-}
-
-fn track(id: &str) -> Vec<Op> {
-    Op::batch_from_value(json!({"type":"insert","target":"track","id":id,"index":0,"value":{"name":id,"clips":[]}}))
-        .unwrap()
+    scripted_config(urls, 11)
 }
 
 /// Given [dead URL, live URL], the client connects to the live one.

@@ -5,11 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use client_sim::{BackoffConfig, Client, ClientConfig, Event, Events, ReloadReason};
-use common::{accept, recv_json, send, Ws, T};
+use client_sim::{Client, ClientConfig, Event, Events, ReloadReason};
+use common::{accept, recv_json, scripted_config, send, track, Ws, T};
 use futures_util::StreamExt;
 use ot_core::protocol::Close;
-use ot_core::Op;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
@@ -21,16 +20,7 @@ fn init_state(version: u64, tracks: Value) -> Value {
 }
 
 fn config(addr: std::net::SocketAddr) -> ClientConfig {
-    let mut c = ClientConfig::new(format!("ws://{addr}"), "room1", "tok", "pk1");
-    c.backoff = BackoffConfig { base: Duration::from_millis(10), max: Duration::from_millis(50) };
-    c.seed = 7;
-    c.op_id_prefix = Some("pk1".into());
-    c
-}
-
-fn track(id: &str) -> Vec<Op> {
-    Op::batch_from_value(json!({"type":"insert","target":"track","id":id,"index":0,"value":{"name":id,"clips":[]}}))
-        .unwrap()
+    scripted_config(vec![format!("ws://{addr}")], 7)
 }
 
 /// A connection dies with an op in flight; the client rejoins with `since`, then resends the

@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use client_sim::sim::Tokens;
+use client_sim::{BackoffConfig, ClientConfig};
 use futures_util::{SinkExt, StreamExt};
+use ot_core::Op;
 use sequencer::auth::{app_token, room_token, Role};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
@@ -67,4 +69,20 @@ pub fn memory_config(secret: &str) -> sequencer::Config {
     let mut c = sequencer::Config::memory(secret);
     c.rate_limit = 0;
     c
+}
+
+/// A client of room `room1` as `pk1` (token `tok`) on `urls`, with a short backoff, seed `seed`
+/// and op ids `pk1:{n}`, so a scripted server can expect exact frames.
+pub fn scripted_config(urls: Vec<String>, seed: u64) -> ClientConfig {
+    let mut c = ClientConfig::with_urls(urls, "room1", "tok", "pk1");
+    c.backoff = BackoffConfig { base: Duration::from_millis(10), max: Duration::from_millis(50) };
+    c.seed = seed;
+    c.op_id_prefix = Some("pk1".into());
+    c
+}
+
+/// One new track `id` at the top.
+pub fn track(id: &str) -> Vec<Op> {
+    Op::batch_from_value(json!({"type":"insert","target":"track","id":id,"index":0,"value":{"name":id,"clips":[]}}))
+        .unwrap()
 }

@@ -460,6 +460,12 @@ pub fn op_text(msg: &OperationMsg) -> String {
     }
 }
 
+/// The room's transport as a `transport` message.
+fn transport_text(t: &TransportState) -> String {
+    let user_id = t.user_id.clone().unwrap_or_default();
+    text(&ServerMsg::Transport { playing: t.playing, position: t.position, user_id, server_time: t.server_time })
+}
+
 /// A refusal as an `error` message, through [`Rejection::code`].
 pub fn error_text(r: &Rejection, op_id: Option<String>) -> String {
     text(&ServerMsg::Error { code: r.code(), message: r.to_string(), op_id, locked_by: None })
@@ -608,19 +614,22 @@ impl RoomCore {
             joined_at: super::rfc3339(joined_at),
         };
         let mut out: Vec<Collaborator> = self.members.iter().map(|m| collaborator(&m.presence, m.joined_at)).collect();
-        let mut remote: Vec<_> = self.remote.iter().map(|(_, r)| &r.state).collect();
-        remote.sort_by(|a, b| (a.joined_at, &a.presence.id).cmp(&(b.joined_at, &b.presence.id)));
-        out.extend(remote.into_iter().map(|r| collaborator(&r.presence, r.joined_at)));
+        out.extend(self.remote_in_join_order().map(|r| collaborator(&r.presence, r.joined_at)));
         out
     }
 
     /// The presence of everyone in the room, this node's connections first.
     pub fn presences(&self) -> Vec<Presence> {
         let mut out = self.members.presences();
-        let mut remote: Vec<_> = self.remote.iter().map(|(_, r)| &r.state).collect();
-        remote.sort_by(|a, b| (a.joined_at, &a.presence.id).cmp(&(b.joined_at, &b.presence.id)));
-        out.extend(remote.into_iter().map(|r| r.presence.clone()));
+        out.extend(self.remote_in_join_order().map(|r| r.presence.clone()));
         out
+    }
+
+    /// The people of other nodes, in the order they joined.
+    fn remote_in_join_order(&self) -> impl Iterator<Item = &MemberState> {
+        let mut remote: Vec<&MemberState> = self.remote.iter().map(|(_, r)| &r.state).collect();
+        remote.sort_by(|a, b| (a.joined_at, &a.presence.id).cmp(&(b.joined_at, &b.presence.id)));
+        remote.into_iter()
     }
 
     /// The presence of `conn`, on this node or another.
@@ -832,14 +841,7 @@ impl RoomCore {
                 } else {
                     // Another node's change at the same instant won: the sender, which mirrored
                     // its own change already, gets the room's.
-                    let t = &self.transport;
-                    let msg = ServerMsg::Transport {
-                        playing: t.playing,
-                        position: t.position,
-                        user_id: t.user_id.clone().unwrap_or_default(),
-                        server_time: t.server_time,
-                    };
-                    self.send(key, text(&msg));
+                    self.send(key, transport_text(&self.transport));
                 }
             }
             ClientIn::Submit(s) => self.submit(key, s, None),
@@ -1023,13 +1025,7 @@ impl RoomCore {
     fn adopt_transport(&mut self, t: TransportState, except: Option<Arc<str>>, now: Now) {
         self.transport_sent_mono = Some(now.mono_ms);
         self.doc.doc_mut().set_transport(t.playing, t.position);
-        let msg = ServerMsg::Transport {
-            playing: t.playing,
-            position: t.position,
-            user_id: t.user_id.clone().unwrap_or_default(),
-            server_time: t.server_time,
-        };
-        self.out.push(Output::Broadcast { frame: text(&msg), except });
+        self.out.push(Output::Broadcast { frame: transport_text(&t), except });
         self.transport = t;
     }
 
@@ -1157,8 +1153,11 @@ impl RoomCore {
             self.deferred.push_back((key, s));
             return;
         }
-        let resend_possible = self.members.by_conn(&key.0).is_some_and(|m| m.session == key.1 && !m.sequenced);
-        if let (None, Some(op_id), None, true) = (s.base, &s.op_id, older, resend_possible) {
+        // Only an op with an id and no base, from a socket that has had none sequenced yet,
+        // can be a resend nothing in memory recognises (the member lookup is not per op).
+        let lookup = s.base.is_none() && older.is_none() && s.op_id.is_some();
+        let lookup = lookup && self.members.by_conn(&key.0).is_some_and(|m| m.session == key.1 && !m.sequenced);
+        if let (true, Some(op_id)) = (lookup, &s.op_id) {
             // Without a base nothing tells a resend from a new op, and the memory window holds
             // only recent op ids: ask the store, which indexes every op by (room, account, opId).
             // Only until this socket has had an op sequenced: a client resends its unacked ops
