@@ -148,34 +148,75 @@ fn transform_iter<'a>(mut a: Vec<Op>, mut b: impl Iterator<Item = &'a Op>, rule:
 }
 
 /// Transforms each of `ops` (a sequence) over the single op `b`, carrying `b` along the
-/// sequence.
-fn transform_over_one(a: Vec<Op>, b: &Op, side: Rule) -> Vec<Op> {
-    let mut a = a;
+/// sequence: `b` is borrowed until an op of `a` actually changes it, and not carried at all
+/// past the last op that needs it, so a batch rebased over a long history clones nothing in
+/// the common case.
+fn transform_over_one(mut a: Vec<Op>, b: &Op, rule: Rule) -> Vec<Op> {
     // The common case when rebasing: nothing in `a` touches what `b` touches.
-    if a.iter().all(|x| independent(x, b)) {
-        return a;
-    }
-    if a.len() == 1 {
-        if let Some(op) = a.pop() {
-            return transform_prim(op, b, side).into_vec();
-        }
-    }
-    let mut out = Vec::with_capacity(a.len());
-    let mut bcur: Vec<Op> = vec![b.clone()];
-    let n = a.len();
-    for (i, aop) in a.into_iter().enumerate() {
-        if bcur.iter().all(|x| independent(&aop, x)) {
+    let Some(first) = a.iter().position(|x| !independent(x, b)) else { return a };
+    // The ops before `first` pass `b` unchanged, and `b` them.
+    let rest = a.split_off(first);
+    let mut out = a;
+    out.reserve(rest.len());
+    let mut carried: Option<Vec<Op>> = None;
+    let mut rest = rest.into_iter();
+    while let Some(aop) = rest.next() {
+        let bs: &[Op] = carried.as_deref().unwrap_or(std::slice::from_ref(b));
+        if bs.iter().all(|x| independent(&aop, x)) {
             out.push(aop);
             continue;
         }
-        let last = i + 1 == n;
-        let a_res = transform_rule(vec![aop.clone()], &bcur, side);
-        if !last {
-            bcur = transform_rule(bcur, std::slice::from_ref(&aop), side.flip());
+        // `b` carried past `aop` is needed only if a later op may touch it. Where `aop` names
+        // none of `b`'s entities (as an id, or as the parent of the other's clip), carrying
+        // changes only `b`'s indices, annotations and values, never what it touches, so an op
+        // independent of `b` now stays independent of it.
+        let later_touch = rest.as_slice().iter().any(|x| !bs.iter().all(|y| independent(x, y)));
+        let next = (later_touch || bs.len() > 1 || related(&bs[0], &aop))
+            .then(|| transform_iter(bs.to_vec(), std::iter::once(&aop), rule.flip()));
+        match bs {
+            [one] => match transform_prim(aop, one, rule) {
+                Out::None => {}
+                Out::One(x) => out.push(x),
+                Out::Two(x, y) => out.extend([x, y]),
+            },
+            _ => out.extend(transform_iter(vec![aop], bs.iter(), rule)),
         }
-        out.extend(a_res);
+        match next {
+            Some(next) if next.is_empty() => {
+                // `b` was cancelled by `aop`: the rest of `a` passes unchanged.
+                out.extend(rest);
+                break;
+            }
+            Some(next) => carried = Some(next),
+            None => {
+                out.extend(rest);
+                break;
+            }
+        }
     }
     out
+}
+
+/// The tracks whose clip lists `op` reads or changes.
+fn parents(op: &Op) -> [Option<&str>; 3] {
+    lists(op).map(|l| match l {
+        Some(ListRef::Clips(p)) => Some(p),
+        _ => None,
+    })
+}
+
+/// Whether one of `x` and `y` names an entity of the other: a shared id, or one's id as the
+/// parent track of the other's clip. Only then can transforming one over the other make it
+/// touch something it did not (a delete's source taken from a move of the same entity, a move
+/// cancelled back out of a deleted track); otherwise it keeps what it touches and only its
+/// indices, annotations and values change.
+fn related(x: &Op, y: &Op) -> bool {
+    if matches!(x, Op::Update(_)) || matches!(y, Op::Update(_)) {
+        return false;
+    }
+    let (px, py) = (parents(x), parents(y));
+    ids(x).any(|i| ids(y).any(|j| i == j) || py.contains(&Some(i)))
+        || ids(y).any(|j| px.contains(&Some(j)))
 }
 
 /// A list named by reference, for comparing lists without touching reference counts.

@@ -61,6 +61,30 @@ fn check_tp1(seed: u64, max: usize) {
     assert_eq!(plain(&b2_annotated), plain(&b2), "seed {seed}: b' annotations are not exact\na={a:?}\nb={b:?}");
 }
 
+/// The batch transform with no shortcut: every op of `a` over every op of `b` by the primitive
+/// rule alone, each op of `b` carried along `a` in full up to `a`'s last op (no independence
+/// test). What `transform`'s shortcuts must agree with.
+fn reference(a: Vec<Op>, b: &[Op], side: Side) -> Vec<Op> {
+    b.iter().fold(a, |a, bop| {
+        let n = a.len();
+        let mut out = Vec::new();
+        let mut carried = vec![bop.clone()];
+        for (i, aop) in a.into_iter().enumerate() {
+            let next = if i + 1 < n {
+                reference(carried.clone(), std::slice::from_ref(&aop), side.flip())
+            } else {
+                Vec::new()
+            };
+            out.extend(match carried.as_slice() {
+                [one] => transform_one(aop, one, side),
+                many => reference(vec![aop], many, side),
+            });
+            carried = next;
+        }
+        out
+    })
+}
+
 proptest! {
     #![proptest_config(cases(4000))]
 
@@ -72,6 +96,19 @@ proptest! {
     #[test]
     fn tp1_batches(seed in any::<u64>()) {
         check_tp1(seed, 4);
+    }
+
+    #[test]
+    fn batch_transform_equals_the_unshortcut_reference(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let s = gen_doc(&mut rng);
+        let (_, a) = applied(&s, &gen_batch(&mut rng, &s, 4));
+        let (_, b) = applied(&s, &gen_batch(&mut rng, &s, 3));
+        for side in [Side::Later, Side::Earlier] {
+            let fast = transform(a.clone(), &b, side);
+            let full = reference(a.clone(), &b, side);
+            prop_assert_eq!(plain(&fast), plain(&full), "seed {}: {:?}\na={:?}\nb={:?}", seed, side, a, b);
+        }
     }
 
     #[test]
