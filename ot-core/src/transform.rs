@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::apply::write_into_prev;
 use crate::doc::{EntityKind, Id, Props};
-use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Prev, Target, Update};
+use crate::op::{Delete, Insert, Loc, Move, Op, Prev, Target, Update};
 
 /// Which of two concurrent ops the server sequences later. The later op wins ties of position,
 /// move destination and same-path updates; the earlier wins an insert-id collision.
@@ -228,7 +228,7 @@ enum ListRef<'a> {
 }
 
 impl<'a> ListRef<'a> {
-    /// As [`list_key`]: a clip without a parent names the list of the track with the empty id.
+    /// As [`crate::op::list_key`]: a clip without a parent names the list of the track with the empty id.
     fn of(kind: EntityKind, parent: Option<&'a Id>) -> ListRef<'a> {
         match kind {
             EntityKind::Track => ListRef::Tracks,
@@ -236,6 +236,16 @@ impl<'a> ListRef<'a> {
             EntityKind::Clip => ListRef::Clips(parent.map_or("", |p| &**p)),
         }
     }
+}
+
+/// The list an entity of `kind` goes into under `parent`, by reference.
+fn list_of(kind: EntityKind, parent: &Option<Id>) -> ListRef<'_> {
+    ListRef::of(kind, parent.as_ref())
+}
+
+/// The list a delete or move annotation says the entity was in, by reference.
+fn source_of(kind: EntityKind, from: &Option<Loc>) -> Option<ListRef<'_>> {
+    from.as_ref().map(|l| ListRef::of(kind, l.parent.as_ref()))
 }
 
 /// The lists an insert, delete or move reads or changes (`None` where unannotated), with the
@@ -404,7 +414,7 @@ fn transform_prim(a: Op, b: &Op, rule: Rule) -> Out {
 }
 
 fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Out {
-    let la = a.list();
+    let la = list_of(a.kind, &a.parent);
     match b {
         Op::Insert(b) => {
             let a_ids = insert_ids(&a);
@@ -422,7 +432,7 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Out {
                 });
                 return Out::Two(del, Op::Insert(a));
             }
-            if b.list() == la && (b.index < a.index || (b.index == a.index && !later)) {
+            if list_of(b.kind, &b.parent) == la && (b.index < a.index || (b.index == a.index && !later)) {
                 a.index += 1;
             }
         }
@@ -431,18 +441,18 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Out {
                 return Out::None;
             }
             if let Some(from) = &b.from {
-                if b.from_list().as_ref() == Some(&la) && from.index < a.index {
+                if source_of(b.kind, &b.from) == Some(la) && from.index < a.index {
                     a.index -= 1;
                 }
             }
         }
         Op::Move(b) => {
             if let Some(from) = &b.from {
-                if b.from_list().as_ref() == Some(&la) && from.index < a.index {
+                if source_of(b.kind, &b.from) == Some(la) && from.index < a.index {
                     a.index -= 1;
                 }
             }
-            if b.list() == la && (b.index < a.index || (b.index == a.index && !later)) {
+            if list_of(b.kind, &b.parent) == la && (b.index < a.index || (b.index == a.index && !later)) {
                 a.index += 1;
             }
         }
@@ -452,19 +462,21 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Out {
 }
 
 fn t_delete(mut a: Delete, b: &Op) -> Out {
-    let a_list = a.from_list();
+    // Where the entity was, by reference; its index is shifted in `at` and written back last.
+    let a_list = source_of(a.kind, &a.from);
+    let mut at = a.from.as_ref().map(|f| f.index);
     match b {
         Op::Insert(b) => {
             if a.kind == EntityKind::Track && b.kind == EntityKind::Clip && b.parent.as_ref() == Some(&a.id) {
                 if let Some(v) = &mut a.value {
                     let clips = clips_mut(v);
-                    let at = b.index.min(clips.len());
-                    clips.insert(at, with_id(&b.id, &b.value));
+                    let slot = b.index.min(clips.len());
+                    clips.insert(slot, with_id(&b.id, &b.value));
                 }
             }
-            if let Some(from) = &mut a.from {
-                if a_list.as_ref() == Some(&b.list()) && b.index <= from.index {
-                    from.index += 1;
+            if let Some(at) = &mut at {
+                if a_list == Some(list_of(b.kind, &b.parent)) && b.index <= *at {
+                    *at += 1;
                 }
             }
         }
@@ -490,9 +502,9 @@ fn t_delete(mut a: Delete, b: &Op) -> Out {
                     }
                 }
             }
-            if let (Some(from), Some(bf)) = (&mut a.from, &b.from) {
-                if a_list == b.from_list() && bf.index < from.index {
-                    from.index -= 1;
+            if let (Some(at), Some(bf)) = (&mut at, &b.from) {
+                if a_list == source_of(b.kind, &b.from) && bf.index < *at {
+                    *at -= 1;
                 }
             }
         }
@@ -508,8 +520,8 @@ fn t_delete(mut a: Delete, b: &Op) -> Out {
                     // A clip put back into a track that is deleted too: it goes with the track.
                     if let (Some(v), Some(clip)) = (&mut a.value, &b.value) {
                         let clips = clips_mut(v);
-                        let at = b.index.min(clips.len());
-                        clips.insert(at, with_id(&b.id, clip));
+                        let slot = b.index.min(clips.len());
+                        clips.insert(slot, with_id(&b.id, clip));
                     }
                     return Out::One(Op::Delete(a));
                 }
@@ -535,20 +547,20 @@ fn t_delete(mut a: Delete, b: &Op) -> Out {
                             let clip = clips_mut(v).remove(p);
                             if into {
                                 let clips = clips_mut(v);
-                                let at = b.index.min(clips.len());
-                                clips.insert(at, clip);
+                                let slot = b.index.min(clips.len());
+                                clips.insert(slot, clip);
                             }
                         }
                     }
                 }
             }
             if same_family(a.kind, b.kind) {
-                if let (Some(from), Some(bf)) = (&mut a.from, &b.from) {
-                    if a_list == b.from_list() && bf.index < from.index {
-                        from.index -= 1;
+                if let (Some(at), Some(bf)) = (&mut at, &b.from) {
+                    if a_list == source_of(b.kind, &b.from) && bf.index < *at {
+                        *at -= 1;
                     }
-                    if a_list.as_ref() == Some(&b.list()) && b.index <= from.index {
-                        from.index += 1;
+                    if a_list == Some(list_of(b.kind, &b.parent)) && b.index <= *at {
+                        *at += 1;
                     }
                 }
             }
@@ -569,6 +581,9 @@ fn t_delete(mut a: Delete, b: &Op) -> Out {
             }
         }
     }
+    if let (Some(f), Some(at)) = (a.from.as_mut(), at) {
+        f.index = at;
+    }
     Out::One(Op::Delete(a))
 }
 
@@ -582,23 +597,23 @@ fn without(pos: usize, moved_at: Option<usize>) -> usize {
 }
 
 fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
-    let Some(a_from) = a.from.clone() else {
+    let Some(a_from) = a.from.as_ref() else {
         // Unannotated moves are annotated by `apply` before any transform; without a source
         // the move can only keep its destination.
         return Out::One(Op::Move(a));
     };
-    let la_from = list_key(a.kind, a_from.parent.as_ref());
-    let la_to = a.list();
+    // The lists by reference; the source index is shifted in `fi` and written back last.
+    let la_from = ListRef::of(a.kind, a_from.parent.as_ref());
+    let la_to = list_of(a.kind, &a.parent);
     let i = a_from.index;
+    let mut fi = i;
     // Where `a`'s entity sat in its destination list, if it was already there.
     let same_list_at = (la_from == la_to).then_some(i);
     match b {
         Op::Insert(b) => {
-            let lb = b.list();
+            let lb = list_of(b.kind, &b.parent);
             if lb == la_from && b.index <= i {
-                if let Some(f) = a.from.as_mut() {
-                    f.index += 1;
-                }
+                fi += 1;
             }
             if lb == la_to {
                 let j_w = without(b.index, same_list_at);
@@ -649,11 +664,9 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
                 }
             }
             if let (true, Some(bf)) = (same_family(a.kind, b.kind), &b.from) {
-                let lb = list_key(b.kind, bf.parent.as_ref());
+                let lb = ListRef::of(b.kind, bf.parent.as_ref());
                 if lb == la_from && bf.index < i {
-                    if let Some(f) = a.from.as_mut() {
-                        f.index -= 1;
-                    }
+                    fi -= 1;
                 }
                 if lb == la_to && without(bf.index, same_list_at) < a.index {
                     a.index -= 1;
@@ -669,8 +682,8 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
                 return Out::One(Op::Move(a));
             }
             if let (true, Some(bf)) = (same_family(a.kind, b.kind), &b.from) {
-                let lb_from = list_key(b.kind, bf.parent.as_ref());
-                let lb_to = b.list();
+                let lb_from = ListRef::of(b.kind, bf.parent.as_ref());
+                let lb_to = list_of(b.kind, &b.parent);
                 // Source position of `a`'s entity after `b`.
                 let mut i2 = i;
                 if lb_from == la_from && bf.index < i2 {
@@ -690,9 +703,7 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
                         k += 1;
                     }
                 }
-                if let Some(f) = a.from.as_mut() {
-                    f.index = i2;
-                }
+                fi = i2;
                 a.index = k;
             }
         }
@@ -701,6 +712,9 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
                 crate::apply::write_path(v, &b.path, &b.value, b.remove);
             }
         }
+    }
+    if let Some(f) = a.from.as_mut() {
+        f.index = fi;
     }
     Out::One(Op::Move(a))
 }
