@@ -19,6 +19,7 @@ use ot_core::protocol::{
 };
 use ot_core::sync::Submit;
 use ot_core::Op;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -59,7 +60,7 @@ fn close_msg(c: Close) -> Message {
 
 /// Sends a close frame and waits briefly for the peer's answer so the frame is not lost to a
 /// TCP reset.
-async fn close_now(mut ws: Socket, c: Close) {
+async fn close_now(mut ws: Box<Socket>, c: Close) {
     if ws.send(close_msg(c)).await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             // Drain until the peer closes; errors just end the wait.
@@ -69,21 +70,23 @@ async fn close_now(mut ws: Socket, c: Close) {
     }
 }
 
-/// Serves one upgraded socket for `room` until it closes.
-pub async fn serve(shared: Arc<Shared>, ws: Socket, room: String, query: SocketQuery) {
+/// Serves one upgraded socket for `room` until it closes. The socket comes boxed, and is
+/// passed on boxed until it is split: each async fn keeps its arguments for its whole life, so
+/// a socket passed by value would be held once per level for as long as the connection lasts.
+pub async fn serve(shared: Arc<Shared>, ws: Box<Socket>, room: String, query: SocketQuery) {
     let _done = shared.done.clone();
     if !valid_id(&room, ROOM_ID_MAX) || query.pk.as_deref().is_some_and(|p| !valid_id(p, CONNECTION_ID_MAX)) {
-        return close_now(ws, Close::BadRequest).await;
+        return Box::pin(close_now(ws, Close::BadRequest)).await;
     }
     let claims = match verify_room(&shared.config.secret, query.token.as_deref(), &room) {
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, "socket refused");
-            return close_now(ws, Close::Unauthorized).await;
+            return Box::pin(close_now(ws, Close::Unauthorized)).await;
         }
     };
     let Ok(_permit) = shared.connections.clone().try_acquire_owned() else {
-        return close_now(ws, Close::Full).await;
+        return Box::pin(close_now(ws, Close::Full)).await;
     };
     let conn: Arc<str> = Arc::from(query.pk.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
     let span = tracing::info_span!("conn", %conn, %room, user = %claims.sub);
@@ -153,16 +156,19 @@ impl Bucket {
 }
 
 impl Connection {
-    async fn run(self, ws: Socket) {
+    /// Serves the socket until it closes. This future lives as long as the connection, so what
+    /// runs only at its start or end (joining, closing) is boxed: the idle state is what every
+    /// open connection pays for, and it stays small.
+    async fn run(self, ws: Box<Socket>) {
         let cfg = &self.shared.config;
         let outbox = Arc::new(Outbox::new(cfg.outbox_capacity, self.shared.metrics.clone()));
         let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
-        let room_tx = match self.join(&outbox, session).await {
+        let room_tx = match Box::pin(self.join(&outbox, session)).await {
             Ok(tx) => tx,
-            Err(c) => return close_now(ws, c).await,
+            Err(c) => return Box::pin(close_now(ws, c)).await,
         };
         info!("connected");
-        let (sink, mut stream) = ws.split();
+        let (sink, mut stream) = (*ws).split();
         let last_rx = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let mut writer =
@@ -188,7 +194,12 @@ impl Connection {
                         Step::Continue => {}
                         Step::Send(msg) => {
                             let m = RoomMsg::Client { conn: self.conn.clone(), session, msg };
-                            if room_tx.send(m).await.is_err() {
+                            let sent = match room_tx.try_send(m) {
+                                Ok(()) => Ok(()),
+                                Err(TrySendError::Full(m)) => Box::pin(room_tx.send(m)).await.map_err(drop),
+                                Err(TrySendError::Closed(_)) => Err(()),
+                            };
+                            if sent.is_err() {
                                 outbox.close(Close::Internal);
                             }
                         }
@@ -205,7 +216,7 @@ impl Connection {
         }
         if finished.is_none() && *self.shared.shutdown.borrow() {
             // Give the room time to flush its acks and close us with 1001; then close regardless.
-            if let Ok(res) = tokio::time::timeout(Duration::from_secs(10), &mut writer).await {
+            if let Ok(res) = Box::pin(tokio::time::timeout(Duration::from_secs(10), &mut writer)).await {
                 finished = Some(res.ok().flatten());
             }
         }
@@ -217,12 +228,11 @@ impl Connection {
             }
         };
         // The room may be gone already (shutdown, failure); then there is no one to tell.
-        let _ = room_tx.send(RoomMsg::Leave { conn: self.conn.clone(), session }).await;
+        let _ = Box::pin(room_tx.send(RoomMsg::Leave { conn: self.conn.clone(), session })).await;
         // Let the close handshake finish: read until the peer answers or a second passes.
         if sink.is_some() {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = stream.next().await {} })
-                    .await;
+            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), drain)).await;
         }
         info!("disconnected");
     }

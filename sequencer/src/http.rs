@@ -404,6 +404,11 @@ fn ops_page(
     Ok(body)
 }
 
+/// A socket's initial read buffer (see [`upgrade`]).
+const READ_BUFFER: usize = 2 * 1024;
+/// What a socket buffers before it writes to the kernel within one burst (see [`upgrade`]).
+const WRITE_BUFFER: usize = 4 * 1024;
+
 fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Resp {
     let is_ws = req
         .headers()
@@ -425,9 +430,12 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Res
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let cfg = &shared.config;
+    // Small socket buffers: an idle connection keeps both for its whole life (the read buffer
+    // is allocated and zeroed up front; the write buffer keeps the capacity of its largest
+    // burst), and edits are a few hundred bytes. Both grow for a larger frame.
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(cfg.max_frame.saturating_mul(4).max(64 * 1024)))
         .max_frame_size(Some(cfg.max_frame.saturating_mul(4).max(64 * 1024)));
     let done = shared.done.clone();
@@ -437,7 +445,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, room: String) -> Res
             Ok(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config)).await;
-                conn::serve(shared, ws, room, query).await;
+                conn::serve(shared, Box::new(ws), room, query).await;
             }
             Err(e) => debug!(error = %e, "websocket upgrade failed"),
         }
