@@ -1,7 +1,12 @@
 //! Criterion benches for ot-core, each group answering one named question:
 //!
 //! - `apply/doc_entities/{1k,10k,100k}`: does applying a realistic op mix stay flat as the
-//!   document grows? (target: 100k within 2× of 1k)
+//!   document grows? (target: 100k within 2× of 1k) Each iteration applies the mix to a fresh
+//!   clone of the document, so every write first copies the path it changes out of the shared
+//!   structure, as at the server, whose history window shares the head's structure.
+//! - `apply/unshared/10k`: the same mix on a document whose paths it touches are already its
+//!   own (the mix applied once to the clone outside the timing; the mix leaves the document as
+//!   it found it but for gain values): what apply costs without the copy-on-write.
 //! - `transform/pair/*`: what does one primitive transform cost, per conflict row?
 //! - `rebase/stale_by/{1,10,100,1000}`: what does the server pay to sequence an op made N
 //!   versions ago? (target: 1,000 under 100 µs)
@@ -91,6 +96,29 @@ fn bench_apply(c: &mut Criterion) {
             )
         });
     }
+    g.finish();
+    let mut g = c.benchmark_group("apply/unshared");
+    let doc = document(10_000);
+    let mix = op_mix(&mut StdRng::seed_from_u64(7), 10_000 / (CLIPS_PER_TRACK + 1), 4);
+    g.throughput(Throughput::Elements(mix.len() as u64));
+    g.bench_with_input(BenchmarkId::from_parameter("10k"), &mix, |b, mix| {
+        b.iter_batched(
+            || {
+                let mut d = doc.clone();
+                for batch in mix {
+                    apply(&mut d, batch).expect("the mix applies");
+                }
+                d
+            },
+            |mut d| {
+                for batch in mix {
+                    black_box(apply(&mut d, batch).expect("the mix applies again"));
+                }
+                d
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

@@ -215,8 +215,7 @@ fn related(x: &Op, y: &Op) -> bool {
         return false;
     }
     let (px, py) = (parents(x), parents(y));
-    ids(x).any(|i| ids(y).any(|j| i == j) || py.contains(&Some(i)))
-        || ids(y).any(|j| px.contains(&Some(j)))
+    ids(x).any(|i| ids(y).any(|j| i == j) || py.contains(&Some(i))) || ids(y).any(|j| px.contains(&Some(j)))
 }
 
 /// A list named by reference, for comparing lists without touching reference counts.

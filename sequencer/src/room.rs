@@ -487,6 +487,11 @@ impl Shell {
             self.epoch = epoch;
         }
         let req = WriteReq { group, durable: self.durable_tx.clone() };
+        if !self.shared.persister.store.blocking() {
+            // The in-memory store: stored here, with the same feedback (see `write_now`).
+            self.shared.persister.write_now(req, &self.shared.metrics);
+            return;
+        }
         if self.writer.send(req).await.is_err() {
             let durable = Durable { failed: Some("store writer stopped".into()), ..Default::default() };
             self.inputs.push_back(Input::Durable { epoch, durable });

@@ -57,9 +57,10 @@ const GROUP_MAX: usize = 1024;
 pub const QUEUE: usize = 4096;
 
 impl Persister {
-    /// Starts the writer thread. Every store gets one, the in-memory store too (its appends are
-    /// quick, but going through the writer gives its rooms the same durability feedback as a
-    /// database's: pending ops, the [`Durable`] watch, conflicts and failures).
+    /// Starts the writer thread. Every store gets one; a store whose calls do not block (the
+    /// in-memory one) is also written straight from the room's task by
+    /// [`Persister::write_now`], with the same durability feedback as a database's: pending
+    /// ops, the [`Durable`] watch, conflicts and failures.
     pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Arc<Persister>, StoreError> {
         let (tx, rx) = mpsc::channel::<WriteReq>(QUEUE);
         let st = store.clone();
@@ -73,6 +74,16 @@ impl Persister {
     /// The writer's queue: always `Some` until [`Persister::finish`] starts, `None` after.
     pub fn sender(&self) -> Option<mpsc::Sender<WriteReq>> {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stores one request in the caller's thread, as the writer thread would: for a store
+    /// that does not block ([`Store::blocking`] is false), where handing each group to another
+    /// thread would cost two context switches per op and gain nothing.
+    pub fn write_now(&self, req: WriteReq, metrics: &Metrics) {
+        if req.durable.borrow().conflict.is_some() {
+            return;
+        }
+        commit(&*self.store, std::slice::from_ref(&req.group), std::slice::from_ref(&req.durable), metrics);
     }
 
     /// Lets the writer finish what is queued, then joins it. Rooms must have stopped first
@@ -111,33 +122,40 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<WriteReq>, metrics:
             groups.push(r.group);
             durables.push(r.durable);
         }
-        let started = Instant::now();
-        let result = store.append(&groups);
-        metrics.storage_append(started.elapsed(), groups.len());
-        match result {
-            Ok(()) => groups.iter().zip(&durables).for_each(|(g, d)| publish_ok(g, d)),
-            Err(e) => {
-                tracing::warn!(error = %e, groups = groups.len(), "group commit failed; retrying one by one");
-                for (g, d) in groups.iter().zip(&durables) {
-                    if d.borrow().conflict.is_some() {
-                        continue;
+        commit(&*store, &groups, &durables, &metrics);
+        groups.clear();
+        durables.clear();
+    }
+}
+
+/// Stores `groups` in one call and publishes each room's durable version on its watch; a
+/// failed group is retried room by room, so one room's conflict or failure never holds back
+/// another's ops.
+fn commit(store: &dyn Store, groups: &[RoomAppend], durables: &[Arc<watch::Sender<Durable>>], metrics: &Metrics) {
+    let started = Instant::now();
+    let result = store.append(groups);
+    metrics.storage_append(started.elapsed(), groups.len());
+    match result {
+        Ok(()) => groups.iter().zip(durables).for_each(|(g, d)| publish_ok(g, d)),
+        Err(e) => {
+            tracing::warn!(error = %e, groups = groups.len(), "group commit failed; retrying one by one");
+            for (g, d) in groups.iter().zip(durables) {
+                if d.borrow().conflict.is_some() {
+                    continue;
+                }
+                match store.append(std::slice::from_ref(g)) {
+                    Ok(()) => publish_ok(g, d),
+                    Err(StoreError::Conflict { version, .. }) => {
+                        tracing::info!(room = %g.room, version, "version taken by another node");
+                        d.send_modify(|d| d.conflict = Some(version));
                     }
-                    match store.append(std::slice::from_ref(g)) {
-                        Ok(()) => publish_ok(g, d),
-                        Err(StoreError::Conflict { version, .. }) => {
-                            tracing::info!(room = %g.room, version, "version taken by another node");
-                            d.send_modify(|d| d.conflict = Some(version));
-                        }
-                        Err(e) => {
-                            tracing::error!(room = %g.room, error = %e, "append failed");
-                            d.send_modify(|d| d.failed = Some(e.to_string()));
-                        }
+                    Err(e) => {
+                        tracing::error!(room = %g.room, error = %e, "append failed");
+                        d.send_modify(|d| d.failed = Some(e.to_string()));
                     }
                 }
             }
         }
-        groups.clear();
-        durables.clear();
     }
 }
 
