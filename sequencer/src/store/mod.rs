@@ -13,9 +13,10 @@
 //! - [`writer`]: [`Persister`], the group-commit writer thread rooms hand their ops to, and the
 //!   [`Durable`] watch it answers on.
 //!
-//! [`Store`] is synchronous and may block. Every store is written only by the writer thread (the
-//! in-memory one too, so every room gets the same durability feedback); a blocking store
-//! ([`Store::blocking`]) is read only from `spawn_blocking`.
+//! [`Store`] is synchronous and may block. Every store is written only through the
+//! [`Persister`], so every room gets the same durability feedback: a blocking store
+//! ([`Store::blocking`]) by the writer thread, and read only from `spawn_blocking`; the
+//! in-memory one from the room's own task ([`Persister::write_now`]).
 //!
 //! The trait is shaped for a shared database with several server nodes too:
 //! [`Store::append`] writes a whole group in one transaction and fails with

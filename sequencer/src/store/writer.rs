@@ -4,7 +4,9 @@
 //!
 //! A room sends a [`WriteReq`] (its new entries and its [`Durable`] watch) on the
 //! [`Persister`]'s bounded queue; one writer thread takes every request waiting, appends them in
-//! one call (one transaction), and publishes each room's durable version on its watch. A room
+//! one call (one transaction), and publishes each room's durable version on its watch. A store
+//! that does not block (the in-memory one) is written the same way from the room's own task
+//! instead ([`Persister::write_now`]): no thread hop, the same feedback. A room
 //! acknowledges an op only once its watch says so. A failed group is retried room by room, so
 //! one room's conflict or failure never holds back another's ops.
 //!
@@ -179,9 +181,9 @@ mod tests {
         WriteReq { group: RoomAppend { room: room.clone(), entries }, durable: durable.clone() }
     }
 
-    /// The in-memory store used to be written inline by its rooms; now it takes the writer's
-    /// path like a database: the durable version is published on the room's watch, and a
-    /// version already stored comes back as a conflict on the watch, not as a silent success.
+    /// The writer thread's path, here with the in-memory store: the durable version is
+    /// published on the room's watch, and a version already stored comes back as a conflict on
+    /// the watch, not as a silent success.
     #[tokio::test]
     async fn memory_store_goes_through_the_writer_and_publishes_durability() {
         let store = Arc::new(MemoryStore::new());
@@ -215,6 +217,34 @@ mod tests {
         drop(tx);
         persister.finish();
         assert!(persister.sender().is_none(), "no writer after finish");
+    }
+
+    /// `write_now`, what rooms of the in-memory store use, gives the same feedback in the
+    /// caller's thread: the durable version on the watch, a conflict for a version already
+    /// stored, and nothing at all for a request whose channel already saw a conflict.
+    #[test]
+    fn write_now_publishes_durability_and_conflicts_like_the_writer() {
+        let store = Arc::new(MemoryStore::new());
+        let metrics = Metrics::default();
+        let persister = Persister::start(store.clone(), Arc::new(Metrics::default())).unwrap();
+        let room: Arc<str> = Arc::from("r");
+        let (durable, watch) = watch::channel(Durable::default());
+        let durable = Arc::new(durable);
+        for v in 1..=3 {
+            persister.write_now(req(&room, v, &durable), &metrics);
+            assert_eq!(*watch.borrow(), Durable { version: v, failed: None, conflict: None });
+        }
+        assert_eq!(store.ops("r", 0, 10, 10).unwrap().len(), 3);
+
+        let (stale, stale_watch) = watch::channel(Durable { version: 1, failed: None, conflict: None });
+        let stale = Arc::new(stale);
+        persister.write_now(req(&room, 2, &stale), &metrics);
+        assert_eq!(*stale_watch.borrow(), Durable { version: 1, failed: None, conflict: Some(2) });
+        // Queued behind the conflict on the same channel: dropped, as the writer thread drops it.
+        persister.write_now(req(&room, 4, &stale), &metrics);
+        assert_eq!(stale_watch.borrow().conflict, Some(2));
+        assert_eq!(store.ops("r", 0, 10, 10).unwrap().len(), 3, "nothing of the stale channel is stored");
+        persister.finish();
     }
 
     /// Shutdown: what rooms queued before they stopped is stored and published by `finish`.
