@@ -227,7 +227,8 @@ enum ListRef<'a> {
 }
 
 impl<'a> ListRef<'a> {
-    /// As [`crate::op::list_key`]: a clip without a parent names the list of the track with the empty id.
+    /// As [`crate::op::list_key`]: a clip without a parent names the list of the track with the
+    /// empty id.
     fn of(kind: EntityKind, parent: Option<&'a Id>) -> ListRef<'a> {
         match kind {
             EntityKind::Track => ListRef::Tracks,

@@ -23,7 +23,8 @@
 //! - [`store`]: the [`store::Store`] trait and what every backend shares, one file per backend
 //!   ([`store::memory`], [`store::sqlite`], and [`store::postgres`] shared by several nodes,
 //!   `--store postgres://…`) and [`store::writer`], the group-commit writer that every
-//!   store's writes go through (a thread for the stores that block on IO). [`store_pg`] is the former path of [`store::postgres`].
+//!   store's writes go through (on its own thread for the stores that block on IO).
+//!   [`store_pg`] is the former path of [`store::postgres`].
 //! - [`bus`]: the Redis fan-out between nodes sharing a store (`--bus`). A room's multi-node
 //!   logic (lost races, other nodes' ops) is part of its core; `docs/scale-out.md` explains the
 //!   whole.

@@ -409,3 +409,26 @@ fn a_lock_on_an_entity_whose_insert_is_not_yet_durable_is_taken_and_released_wit
     let msgs: Vec<String> = h.take(&a).iter().map(|m| m["type"].as_str().unwrap_or("").to_string()).collect();
     assert_eq!(msgs, ["init", "locks", "operation", "operation", "locks"]);
 }
+
+#[test]
+fn a_resend_answered_by_the_broadcast_of_its_own_op_is_not_answered_twice() {
+    let store = Arc::new(MemoryStore::new());
+    let mut n1 = Harness::on(store.clone(), shared("r"), 100);
+    let mut n2 = Harness::on(store.clone(), shared("r"), 100);
+    let a = n1.join("a", 1, "ana", Role::Editor, None);
+    n1.client(&a, submit(&a, "ana", track("ta", 0), Some(0), "a:1"));
+    assert_eq!(n1.core.durable_version(), 1);
+    // Ana's first socket died before her ack reached her. She is back on node 2, which has not
+    // heard of version 1 yet, and resends without a base: node 2 finds the op in the store,
+    // waits until it has caught up to it, and its broadcast of version 1 is her answer.
+    let a2 = n2.join("a", 2, "ana", Role::Editor, None);
+    n2.take(&a2);
+    n2.client(&a2, submit(&a2, "ana", track("ta", 0), None, "a:1"));
+    n2.settle();
+    assert_eq!(n2.core.durable_version(), 1);
+    let ops = n2.take_type(&a2, "operation");
+    let got: Vec<(u64, &str)> =
+        ops.iter().map(|m| (m["version"].as_u64().unwrap(), m["opId"].as_str().unwrap_or(""))).collect();
+    assert_eq!(got, [(1, "a:1")], "version 1 exactly once, as the answer to the resend");
+    assert_eq!(n2.core.state_value()["tracks"].as_array().unwrap().len(), 1);
+}

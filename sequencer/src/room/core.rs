@@ -1270,6 +1270,10 @@ impl RoomCore {
     /// Locks on what it deleted are released here, after the op's broadcast.
     fn applied(&mut self, msg: &Sequenced) {
         self.out.push(Output::Broadcast { frame: op_text(msg), except: None });
+        // A resend that arrived before this version was durable, and waits for it, is answered
+        // by this very frame (its author is a member): answering it again would hand the author
+        // the same version twice.
+        self.dup_waiting.retain(|(_, m)| m.version != msg.version);
         if !self.locks.is_empty() && self.release_deleted(&msg.operation) {
             self.broadcast_locks();
         }

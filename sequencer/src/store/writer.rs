@@ -6,9 +6,9 @@
 //! [`Persister`]'s bounded queue; one writer thread takes every request waiting, appends them in
 //! one call (one transaction), and publishes each room's durable version on its watch. A store
 //! that does not block (the in-memory one) is written the same way from the room's own task
-//! instead ([`Persister::write_now`]): no thread hop, the same feedback. A room
-//! acknowledges an op only once its watch says so. A failed group is retried room by room, so
-//! one room's conflict or failure never holds back another's ops.
+//! instead ([`Persister::write_now`]): no thread hop, the same feedback. A room acknowledges an
+//! op only once its watch says so. A failed group is retried room by room, so one room's
+//! conflict or failure never holds back another's ops.
 //!
 //! The queue holds [`QUEUE`] requests; when it is full a room's send waits (the room stops
 //! reading its inbox meanwhile), so a slow store slows the rooms down and never loses an op.
