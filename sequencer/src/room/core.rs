@@ -397,8 +397,9 @@ pub struct RoomCore {
     durable_version: u64,
     /// Sequenced but not yet durable.
     pending: VecDeque<Sequenced>,
-    /// Duplicate answers waiting for their op to be durable.
-    dup_waiting: Vec<(ConnKey, Sequenced)>,
+    /// Versions that resends are waiting for: not durable here yet, so the op's broadcast, which
+    /// reaches the resender too, will be the answer (see [`RoomCore::duplicate`]).
+    dup_waiting: Vec<u64>,
     members: Members,
     /// The people of other nodes (room-wide presence).
     remote: Remote,
@@ -1209,27 +1210,17 @@ impl RoomCore {
         }
     }
 
-    /// Answers a resend with its original message once the room's durable version has it
-    /// (another node's op may be stored before this node has caught up to it).
+    /// Answers a resend with its original message. One not durable here yet (ours still being
+    /// stored, or another node's this node has not caught up to) is answered by that version's
+    /// broadcast, the very same message, which reaches the resender as a member; answering it
+    /// again would hand its author the same version twice.
     fn duplicate(&mut self, key: ConnKey, msg: Sequenced) {
         if msg.version <= self.durable_version {
             self.send(key, op_text(&msg));
         } else {
-            self.dup_waiting.push((key, msg));
+            self.dup_waiting.push(msg.version);
             if self.cfg.shared_store {
                 self.fetch();
-            }
-        }
-    }
-
-    /// Sends the duplicate answers whose version is durable now.
-    fn answer_duplicates(&mut self) {
-        let durable = self.durable_version;
-        for (key, m) in std::mem::take(&mut self.dup_waiting) {
-            if m.version <= durable {
-                self.send(key, op_text(&m));
-            } else {
-                self.dup_waiting.push((key, m));
             }
         }
     }
@@ -1261,19 +1252,15 @@ impl RoomCore {
         }
         if let Some(version) = d.conflict {
             self.lost_race(version);
-            return;
         }
-        self.answer_duplicates();
     }
 
     /// Every op that reaches the durable state — ours or another node's — passes here.
     /// Locks on what it deleted are released here, after the op's broadcast.
     fn applied(&mut self, msg: &Sequenced) {
         self.out.push(Output::Broadcast { frame: op_text(msg), except: None });
-        // A resend that arrived before this version was durable, and waits for it, is answered
-        // by this very frame (its author is a member): answering it again would hand the author
-        // the same version twice.
-        self.dup_waiting.retain(|(_, m)| m.version != msg.version);
+        // The answer to the resends waiting for this version (see `duplicate`).
+        self.dup_waiting.retain(|&v| v != msg.version);
         if !self.locks.is_empty() && self.release_deleted(&msg.operation) {
             self.broadcast_locks();
         }
@@ -1452,7 +1439,6 @@ impl RoomCore {
             self.doc_bytes = resized(self.doc_bytes, &m.operation);
             self.applied(&m);
         }
-        self.answer_duplicates();
     }
 
     /// Another node stored a version we sequenced: drop what is pending (never acknowledged),
@@ -1470,8 +1456,9 @@ impl RoomCore {
         redo.extend(self.deferred.drain(..));
         self.deferred = redo;
         self.cluster.submits.clear();
-        // A duplicate waiting on a dropped version is answered by the broadcast of its resubmit.
-        self.dup_waiting.retain(|(_, m)| m.version <= durable);
+        // Every waiting version is past the durable one: a dropped version of ours is answered by
+        // the broadcast of its resubmit, another node's by the rebuild's.
+        self.dup_waiting.clear();
         self.epoch += 1;
         self.rebuilding = true;
         let from = self.deferred.iter().filter_map(|(_, s)| s.base).fold(durable, u64::min);
