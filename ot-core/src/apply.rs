@@ -1,9 +1,8 @@
 //! `apply` (validate, apply atomically, annotate) and `invert`.
 
-use imbl::Vector;
 use serde_json::Value;
 
-use crate::doc::{Document, Entity, EntityKind, Id, ListKey, PropMap, Props, PROJECT_STRUCTURAL_KEYS};
+use crate::doc::{Document, Entity, EntityKind, Id, IdList, ListKey, PropMap, Props, PROJECT_STRUCTURAL_KEYS};
 use crate::error::OpError;
 use crate::op::{list_key, Delete, Insert, Loc, Move, Op, Prev, Target, Update};
 
@@ -138,7 +137,7 @@ fn entity_of_kind<'d>(doc: &'d Document, id: &str, expected: EntityKind) -> Resu
 
 fn apply_insert(doc: &mut Document, o: &Insert) -> Result<(), OpError> {
     let key = check_parent(doc, o.kind, o.parent.as_ref())?;
-    let len = doc.list(&key).map_or(0, Vector::len);
+    let len = doc.list(&key).map_or(0, IdList::len);
     if o.index > len {
         return Err(OpError::IndexOutOfRange { index: o.index, len });
     }
@@ -169,7 +168,7 @@ fn apply_insert(doc: &mut Document, o: &Insert) -> Result<(), OpError> {
             Some(_) => return Err(OpError::InvalidValue { id: o.id.to_string(), reason: "`clips` is not an array" }),
         }
     }
-    let mut clip_ids = Vector::new();
+    let mut clip_ids = IdList::new();
     for (cid, cprops) in clips {
         clip_ids.push_back(cid.clone());
         doc.insert_entity(
@@ -178,7 +177,7 @@ fn apply_insert(doc: &mut Document, o: &Insert) -> Result<(), OpError> {
                 kind: EntityKind::Clip,
                 parent: Some(o.id.clone()),
                 props: PropMap::from(cprops),
-                clips: Vector::new(),
+                clips: IdList::new(),
             },
         );
     }
@@ -226,7 +225,7 @@ fn apply_move(doc: &mut Document, o: &Move) -> Result<Op, OpError> {
     let old_parent = e.parent.clone();
     let dest = check_parent(doc, o.kind, o.parent.as_ref())?;
     let src = list_key(o.kind, old_parent.as_ref());
-    let dest_len = doc.list(&dest).map_or(0, Vector::len) - usize::from(src == dest);
+    let dest_len = doc.list(&dest).map_or(0, IdList::len) - usize::from(src == dest);
     if o.index > dest_len {
         return Err(OpError::IndexOutOfRange { index: o.index, len: dest_len });
     }

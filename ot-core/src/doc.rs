@@ -2,19 +2,24 @@
 //! and the transport fields `playhead` / `isPlaying`.
 //!
 //! Entities are held in a persistent hash map keyed by id, and each list (`tracks`, `markers`,
-//! the clips of one track) is a persistent vector of ids. Finding an entity is one hash lookup;
-//! cloning a whole document is O(1), which is what lets the server keep the state at every
-//! version of its history window and annotate a stale op at the version it was made on.
+//! the clips of one track) is a persistent, chunked list of ids ([`IdList`]). Finding an entity
+//! is one hash lookup; cloning a whole document is O(1), which is what lets the server keep the
+//! state at every version of its history window and annotate a stale op at the version it was
+//! made on.
 
 use std::fmt;
 use std::sync::Arc;
 
-use imbl::{HashMap, Vector};
+use imbl::HashMap;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::error::StateError;
+
+mod list;
+
+pub use list::IdList;
 
 /// An entity id (track, clip or marker). Cheap to clone.
 pub type Id = Arc<str>;
@@ -175,7 +180,7 @@ pub struct Entity {
     /// Every property but `id` (and `clips` for tracks).
     pub props: PropMap,
     /// The clip ids of a track, in order; empty for other kinds.
-    pub clips: Vector<Id>,
+    pub clips: IdList,
 }
 
 /// The whole project. Cheap to clone (persistent structures).
@@ -184,8 +189,8 @@ pub struct Document {
     props: PropMap,
     playhead: f64,
     is_playing: bool,
-    tracks: Vector<Id>,
-    markers: Vector<Id>,
+    tracks: IdList,
+    markers: IdList,
     entities: HashMap<Id, Arc<Entity>>,
 }
 
@@ -233,12 +238,12 @@ impl Document {
     }
 
     /// Track ids in order.
-    pub fn tracks(&self) -> &Vector<Id> {
+    pub fn tracks(&self) -> &IdList {
         &self.tracks
     }
 
     /// Marker ids in order.
-    pub fn markers(&self) -> &Vector<Id> {
+    pub fn markers(&self) -> &IdList {
         &self.markers
     }
 
@@ -265,7 +270,7 @@ impl Document {
     }
 
     /// The list named by `key`, if it exists (a clip list exists while its track does).
-    pub fn list(&self, key: &ListKey) -> Option<&Vector<Id>> {
+    pub fn list(&self, key: &ListKey) -> Option<&IdList> {
         match key {
             ListKey::Tracks => Some(&self.tracks),
             ListKey::Markers => Some(&self.markers),
@@ -276,7 +281,7 @@ impl Document {
         }
     }
 
-    pub(crate) fn list_mut(&mut self, key: &ListKey) -> Option<&mut Vector<Id>> {
+    pub(crate) fn list_mut(&mut self, key: &ListKey) -> Option<&mut IdList> {
         match key {
             ListKey::Tracks => Some(&mut self.tracks),
             ListKey::Markers => Some(&mut self.markers),
@@ -291,7 +296,7 @@ impl Document {
     pub fn locate(&self, id: &str) -> Option<(ListKey, usize)> {
         let e = self.get(id)?;
         let key = ListKey::of(e.kind, e.parent.as_ref())?;
-        let index = self.list(&key)?.index_of(&Id::from(id))?;
+        let index = self.list(&key)?.index_of(id)?;
         Some((key, index))
     }
 
@@ -354,7 +359,7 @@ impl Document {
             for item in list {
                 let mut props = item.as_object().cloned().ok_or(StateError::BadField { field })?;
                 let id = take_id(&mut props).ok_or(StateError::BadField { field })?;
-                let mut clip_ids = Vector::new();
+                let mut clip_ids = IdList::new();
                 if kind == EntityKind::Track {
                     if let Some(clips) = props.remove("clips") {
                         let clips = clips.as_array().ok_or(StateError::BadField { field: "clips" })?;
@@ -372,7 +377,7 @@ impl Document {
                                     kind: EntityKind::Clip,
                                     parent: Some(id.clone()),
                                     props: PropMap::from(crate::apply::prune_props(cprops)),
-                                    clips: Vector::new(),
+                                    clips: IdList::new(),
                                 },
                             );
                         }
@@ -404,7 +409,7 @@ impl Document {
     /// and `debug_assertions`.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
-        let mut check_list = |key: ListKey, ids: &Vector<Id>, kind: EntityKind| -> Result<(), String> {
+        let mut check_list = |key: ListKey, ids: &IdList, kind: EntityKind| -> Result<(), String> {
             for id in ids {
                 let e = self.entities.get(id).ok_or_else(|| format!("{key:?} lists unknown id {id}"))?;
                 if e.kind != kind {
@@ -495,7 +500,7 @@ impl Serialize for EntityView<'_> {
 
 struct ListView<'a> {
     doc: &'a Document,
-    ids: &'a Vector<Id>,
+    ids: &'a IdList,
 }
 
 impl Serialize for ListView<'_> {

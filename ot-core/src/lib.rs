@@ -63,7 +63,7 @@ pub mod sync;
 pub mod transform;
 
 pub use apply::{apply, invert};
-pub use doc::{Document, Entity, EntityKind, Id, ListKey, PropMap, Props};
+pub use doc::{Document, Entity, EntityKind, Id, IdList, ListKey, PropMap, Props};
 pub use error::{OpError, StateError};
 pub use op::{Delete, Insert, Loc, Move, Op, Prev, Target, Update};
 pub use transform::{compose, independent, transform, Side};
