@@ -1,16 +1,51 @@
 //! What the server's history window costs in memory beyond the document, for BENCHMARKS.md:
 //! a 1,000-clip project (20 tracks × 50 clips) whose `ServerDoc` keeps a full window of 1,000
-//! versions, filled with one kind of op at a time, measured as the growth of this process's
-//! resident memory (`VmRSS` of `/proc/self/status`, Linux only). Each kind runs in a process of
-//! its own (the example runs itself once per kind), so no kind reuses memory another freed.
+//! versions, filled twice over with one kind of op at a time. Each kind runs in a process of its
+//! own (the example runs itself once per kind). Three figures per kind:
+//!
+//! - the growth of resident memory (`VmRSS` of `/proc/self/status`, Linux only), which
+//!   understates: the allocator reuses what building the document freed;
+//! - the live heap with the window minus the live heap once the window is dropped and only the
+//!   head state is left (a counting allocator): exactly what the window keeps alive;
+//! - the window's own estimate of it ([`ServerDoc::history_bytes`]), which
+//!   [`ServerDoc::set_history_bytes`] bounds.
 //!
 //! ```text
 //! cargo run --release -p ot-core --example room_memory
+//! BUDGET=2000000 cargo run --release -p ot-core --example room_memory   # with that bound
 //! ```
 
 use ot_core::sync::{ServerDoc, Submit};
 use ot_core::{Document, Op};
 use serde_json::{json, Value};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Counts the bytes this process has allocated and not freed: the live heap, exact, unlike
+/// resident memory, which keeps what the allocator holds on to.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
 
 const TRACKS: usize = 20;
 const CLIPS: usize = 50;
@@ -72,8 +107,8 @@ fn main() {
         measure(&kind);
         return;
     }
-    println!("| ops in the window (1,000 versions) | RSS growth beyond the document |");
-    println!("|---|---:|");
+    println!("| ops in the window | versions kept | RSS growth | live heap beyond the head's own | the window's own estimate |");
+    println!("|---|---:|---:|---:|---:|");
     let me = std::env::current_exe().unwrap_or_else(|e| panic!("own path: {e}"));
     for kind in kinds {
         match std::process::Command::new(&me).arg(kind).status() {
@@ -87,6 +122,9 @@ fn measure(kind: &str) {
     let doc = document();
     let before = rss_kb();
     let mut server = ServerDoc::new(doc, 0, window(), 100_000);
+    if let Some(budget) = std::env::var("BUDGET").ok().and_then(|b| b.parse().ok()) {
+        server.set_history_bytes(budget);
+    }
     // Twice the window, so the window is full and has been trimmed.
     for i in 0..2 * WINDOW {
         let ops = match Op::batch_from_value(op(kind, i)) {
@@ -99,6 +137,19 @@ fn measure(kind: &str) {
         }
     }
     let after = rss_kb();
-    println!("| {kind} | {:.2} MB |", after.saturating_sub(before) as f64 / 1024.0);
-    std::hint::black_box(&server);
+    let with_window = live();
+    let versions = server.version() - server.window_start();
+    let estimate = server.history_bytes();
+    // The head alone: what is left once the window is gone.
+    let head = server.doc().clone();
+    drop(server);
+    let head_only = live();
+    std::hint::black_box(&head);
+    let mb = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "| {kind} | {versions} | {:.2} MB | {:.2} MB | {:.2} MB |",
+        after.saturating_sub(before) as f64 / 1024.0,
+        mb(with_window.saturating_sub(head_only)),
+        mb(estimate)
+    );
 }

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::apply::apply;
-use crate::doc::Document;
+use crate::doc::{Document, EntityKind, Id, IdList, ListKey};
 use crate::error::OpError;
 use crate::op::Op;
 use crate::protocol::OperationMsg;
@@ -113,8 +113,9 @@ pub struct ServerDoc {
     before_window: VecDeque<Sequenced>,
     window_start: u64,
     /// Ops `window_start+1 ..= version`, each with the state after it in the dense tail and at
-    /// checkpoints.
-    history: VecDeque<(Sequenced, Option<Document>)>,
+    /// checkpoints (boxed: most versions keep none, and a slot should not cost a document's
+    /// 176 bytes then).
+    history: VecDeque<(Sequenced, Option<Box<Document>>)>,
     /// The window does not move past this version (see [`ServerDoc::hold`]).
     hold: u64,
     /// What each version in `history` keeps alive beyond what it shares with its neighbours
@@ -151,14 +152,21 @@ impl ServerDoc {
         }
     }
 
-    /// Bounds the memory the history window keeps alive, in bytes of JSON: each version costs
-    /// a fixed overhead plus the top-level values its updates wrote *into* (writing `blob.n`
-    /// copies `blob`, and the previous version keeps the old copy). Past the bound the oldest
-    /// versions leave memory early; ops based on them are rebased from the store
+    /// Bounds the memory the history window keeps alive, in bytes. Each version is charged an
+    /// estimate of what it keeps: its message, the entities and list chunks its op copied,
+    /// and the top-level values its updates wrote *into* (writing `blob.n` copies `blob`, and
+    /// the previous version keeps the old copy). Past the bound the oldest versions leave
+    /// memory early; ops based on them are rebased from the store
     /// ([`SubmitError::NeedHistory`]). Unbounded by default.
     pub fn set_history_bytes(&mut self, max: usize) {
         self.max_history_bytes = max;
         self.trim();
+    }
+
+    /// The memory the history window keeps alive, as [`ServerDoc::set_history_bytes`] estimates
+    /// and bounds it.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
     }
 
     /// Replays sequenced ops (from a store's log) onto the room. Each must be the next version.
@@ -219,7 +227,7 @@ impl ServerDoc {
                 break None;
             }
             if let Some((_, Some(d))) = self.history.get(from - 1) {
-                break Some(d.clone());
+                break Some(Document::clone(d));
             }
             from -= 1;
         };
@@ -328,8 +336,8 @@ impl ServerDoc {
         if let Some(id) = &msg.op_id {
             self.op_ids.entry(msg.account.clone()).or_default().insert(id.clone(), msg.version);
         }
-        let cost = VERSION_COST + copy_cost(&self.doc, &msg.operation);
-        self.history.push_back((msg, Some(self.doc.clone())));
+        let cost = version_cost(&self.doc, &msg.operation);
+        self.history.push_back((msg, Some(Box::new(self.doc.clone()))));
         // The state that just left the dense tail is kept only at a checkpoint.
         if let Some(i) = self.history.len().checked_sub(DENSE_STATES + 1) {
             if let Some((m, state)) = self.history.get_mut(i) {
@@ -366,7 +374,7 @@ impl ServerDoc {
                 self.window_start = old.version;
                 match state {
                     Some(state) => {
-                        self.base_checkpoint = (old.version, state);
+                        self.base_checkpoint = (old.version, *state);
                         self.before_window.clear();
                     }
                     None => self.before_window.push_back(old),
@@ -391,26 +399,101 @@ fn replay_onto(doc: &mut Document, m: &Sequenced) {
     debug_assert!(replayed.is_ok(), "version {} replays onto the state before it", m.version);
 }
 
-/// What a version of the history costs besides the values it copied: its op, its document
-/// root and the persistent nodes its changes path-copied.
-const VERSION_COST: usize = 512;
+/// What a version of the history keeps alive whatever its op: its message and op-id entry, its
+/// slot in the window, and the document root and top-level map node that the next version's
+/// writes copy (measured with `examples/room_memory.rs`, as every constant here).
+const VERSION_COST: usize = 1_280;
 
-/// The JSON size of the top-level values that `ops` wrote into below their first key: the
-/// document copied each of them (see [`crate::PropMap`]), and the version before keeps the old
-/// copy alive.
-fn copy_cost(doc: &Document, ops: &[Op]) -> usize {
-    ops.iter()
-        .map(|op| match op {
-            Op::Update(u) if u.path.len() > 1 => {
+/// What each entity an op writes keeps alive in the version before it: the entity's old copy
+/// ([`ENTITY_COST`]), and the map nodes on its path, per level of the map
+/// ([`ENTITY_LEVEL_COST`]: the nodes are 32 slots of 32 bytes, the root shared by every write
+/// of the version, the deepest often partly filled).
+const ENTITY_COST: usize = 128;
+/// See [`ENTITY_COST`].
+const ENTITY_LEVEL_COST: usize = 640;
+
+/// An estimate of the memory that keeping the state before `ops` alive costs, once the head has
+/// moved past it: what the ops replaced (the entities and list chunks they copied, the values
+/// they wrote into) and the sequenced message itself (an annotated op, in memory, takes about
+/// twice its JSON). It bounds a room's window ([`ServerDoc::set_history_bytes`]) whatever its ops
+/// are: moves copy three entities and two lists, a gain update one entity.
+fn version_cost(doc: &Document, ops: &[Op]) -> usize {
+    // Levels of the entity map: a 32-way trie of hashes, filled unevenly, so a path reaches
+    // about this deep.
+    let mut levels = 1;
+    let mut reach = 32;
+    while reach < doc.entity_count() {
+        levels += 1;
+        reach *= 32;
+    }
+    let entity = ENTITY_COST + ENTITY_LEVEL_COST * levels;
+    let list = |kind, parent: &Option<Id>| {
+        let len = ListKey::of(kind, parent.as_ref()).and_then(|k| doc.list(&k)).map_or(0, IdList::len);
+        // The chunk the op edited and the list's outer vector of chunks.
+        16 * len.min(128) + 8 * (len / 64) + 64
+    };
+    let structural = |op: &Op| match op {
+        Op::Update(u) => {
+            let nested = if u.path.len() > 1 {
                 let props = match &u.id {
                     None => Some(doc.props()),
                     Some(id) => doc.get(id).map(|e| &e.props),
                 };
-                props.and_then(|p| p.get(&u.path[0])).map_or(0, crate::protocol::json_len)
-            }
-            _ => 0,
-        })
-        .sum()
+                // An object in memory: a tree of entries, several times its JSON.
+                props.and_then(|p| p.get(&u.path[0])).map_or(0, |v| 512 + 4 * crate::protocol::json_len(v))
+            } else {
+                0
+            };
+            entity + nested
+        }
+        Op::Insert(i) => entity * (1 + usize::from(i.parent.is_some())) + list(i.kind, &i.parent),
+        Op::Delete(d) => {
+            let parent = d.from.as_ref().and_then(|l| l.parent.clone());
+            entity * (1 + usize::from(parent.is_some())) + list(d.kind, &parent)
+        }
+        Op::Move(m) => {
+            let from = m.from.as_ref().and_then(|l| l.parent.clone());
+            let lists = list(m.kind, &m.parent) + if from != m.parent { list(m.kind, &from) } else { 0 };
+            // A clip is written (its parent), and so is each track whose clips changed.
+            let clip = usize::from(m.kind == EntityKind::Clip);
+            entity * (clip + usize::from(m.parent.is_some()) + usize::from(from.is_some() && from != m.parent)) + lists
+        }
+    };
+    VERSION_COST + ops.iter().map(|op| structural(op) + op_bytes(op)).sum::<usize>()
+}
+
+/// The memory an annotated op takes: the values it carries (an insert's, a deleted or moved
+/// entity's, an update's new and old values) as `serde_json` holds them, plus its own slot.
+fn op_bytes(op: &Op) -> usize {
+    let carried = match op {
+        Op::Insert(i) => props_bytes(&i.value),
+        Op::Delete(d) => d.value.as_ref().map_or(0, props_bytes),
+        Op::Move(m) => m.value.as_ref().map_or(0, props_bytes),
+        Op::Update(u) => {
+            let prev = match &u.prev {
+                Some(crate::op::Prev::Value(v)) => value_bytes(v),
+                _ => 0,
+            };
+            value_bytes(&u.value) + prev + u.path.iter().map(|k| 24 + k.len()).sum::<usize>()
+        }
+    };
+    std::mem::size_of::<Op>() + carried
+}
+
+/// What a JSON value takes in memory, roughly: 32 bytes a value, plus its text, plus a map entry's
+/// key and tree overhead.
+fn value_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    32 + match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(value_bytes).sum(),
+        Value::Object(m) => props_bytes(m),
+        _ => 0,
+    }
+}
+
+fn props_bytes(m: &crate::doc::Props) -> usize {
+    m.iter().map(|(k, v)| 40 + k.len() + value_bytes(v)).sum()
 }
 
 /// An op the client should send: `{"type":"operation", operation, baseVersion, opId}`.

@@ -165,3 +165,46 @@ fn a_version_shares_the_properties_it_did_not_change() {
     assert_eq!(doc.props().get("tempo"), Some(&json!(128)));
     assert_eq!(old.props().get("tempo"), None);
 }
+
+/// A project of `tracks` tracks with `clips` clips each, at version 0.
+fn project(tracks: usize, clips: usize) -> Document {
+    let tracks: Vec<Value> = (0..tracks)
+        .map(|t| {
+            let clips: Vec<Value> = (0..clips)
+                .map(
+                    |c| json!({"id": format!("c{t}_{c}"), "start": c as f64, "gain": 1.0, "name": format!("Clip {c}")}),
+                )
+                .collect();
+            json!({"id": format!("t{t}"), "clips": clips})
+        })
+        .collect();
+    Document::from_state_value(&json!({"tracks": tracks})).unwrap().0
+}
+
+#[test]
+fn the_window_charges_what_an_op_keeps_alive_and_stays_within_its_bound() {
+    // One gain update and one move between tracks, each on a fresh room: the move copies three
+    // entities and two lists, so it must be charged several times the update.
+    let charge = |v: Value| {
+        let mut sd = ServerDoc::new(project(20, 50), 0, 1000, 1000);
+        sd.submit(submit("a", "a", "o", 0, v), None).unwrap();
+        sd.history_bytes()
+    };
+    let gain = charge(json!({"type":"update","target":"clip","id":"c3_4","path":["gain"],"value":0.5}));
+    let mv = charge(json!({"type":"move","target":"clip","id":"c3_4","parent":"t9","index":0}));
+    assert!(mv > 2 * gain, "a move ({mv} B) is charged like an update ({gain} B)");
+
+    // Under a bound, a window of moves keeps fewer versions than the count allows, and never
+    // more than the bound.
+    const BOUND: usize = 300 * 1024;
+    let mut sd = ServerDoc::new(project(20, 50), 0, 1000, 1000);
+    sd.set_history_bytes(BOUND);
+    for i in 0..1000usize {
+        let (t, c) = ((i * 7) % 20, (i * 13) % 50);
+        let v = json!({"type":"move","target":"clip","id":format!("c{t}_{c}"),"parent":format!("t{}", (t + 1) % 20),"index":0});
+        sd.submit(submit("a", "a", &format!("o{i}"), sd.version(), v), None).unwrap();
+        assert!(sd.history_bytes() <= BOUND, "{} B kept after {i} moves", sd.history_bytes());
+    }
+    let kept = sd.version() - sd.window_start();
+    assert!((10..500).contains(&kept), "{kept} versions kept within {BOUND} B");
+}

@@ -193,9 +193,10 @@ pub struct Config {
     pub cursor_tick: Duration,
     /// Versions of history kept in memory per room. Default 1000.
     pub history_window: usize,
-    /// Bytes of JSON the history window may keep alive per room beyond the document (see
-    /// [`ot_core::sync::ServerDoc::set_history_bytes`]); older versions are then read from the
-    /// store. Default 8 MiB.
+    /// Bytes of memory the history window may keep alive per room beyond the document, as
+    /// [`ot_core::sync::ServerDoc::set_history_bytes`] estimates them; older versions are then
+    /// read from the store. Default 1.75 MiB, which keeps a 1,000-clip project's window under
+    /// 2 MB of live heap whatever its ops (BENCHMARKS.md, "The history window's memory").
     pub max_history_bytes: usize,
     /// How many versions back a stale op may be rebased (older: `version_too_old`). Default 100,000.
     pub max_rebase: u64,
@@ -247,7 +248,7 @@ impl Config {
             heartbeat_timeout: Duration::from_secs(45),
             cursor_tick: Duration::from_millis(20),
             history_window: 1000,
-            max_history_bytes: 8 * 1024 * 1024,
+            max_history_bytes: 1792 * 1024,
             max_rebase: 100_000,
             max_catchup: 10_000,
             snapshot_every: 500,

@@ -115,7 +115,7 @@ struct ServeArgs {
     #[arg(long, env = "SEQUENCER_HEADER_TIMEOUT", default_value_t = 10.0)]
     header_timeout: f64,
     /// Largest reply built at once in bytes (`GET …/ops` pages, `since` catch-ups).
-    #[arg(long, env = "SEQUENCER_MAX_REPLY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "SEQUENCER_MAX_REPLY_BYTES", default_value_t = 1792 * 1024)]
     max_reply_bytes: usize,
     /// The host[:port] clients should connect to, returned by `join` (default: the request's
     /// valid `Host` header, else the listen address).
@@ -131,9 +131,10 @@ struct ServeArgs {
     /// Versions of history kept in memory per room.
     #[arg(long, env = "SEQUENCER_HISTORY_WINDOW", default_value_t = 1000)]
     history_window: usize,
-    /// Bytes of JSON the history window may keep alive per room beyond the document; older
-    /// versions are then read from the store.
-    #[arg(long, env = "SEQUENCER_MAX_HISTORY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    /// Bytes of memory the history window may keep alive per room beyond the document (an
+    /// estimate: the entities and lists each op copied, the values it carries); older versions
+    /// are then read from the store.
+    #[arg(long, env = "SEQUENCER_MAX_HISTORY_BYTES", default_value_t = 1792 * 1024)]
     max_history_bytes: usize,
     /// How many versions back a stale op may be rebased (older: `version_too_old`).
     #[arg(long, env = "SEQUENCER_MAX_REBASE", default_value_t = 100_000)]
