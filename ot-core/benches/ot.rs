@@ -10,6 +10,8 @@
 //! - `transform/pair/*`: what does one primitive transform cost, per conflict row?
 //! - `rebase/stale_by/{1,10,100,1000}`: what does the server pay to sequence an op made N
 //!   versions ago? (target: 1,000 under 100 µs)
+//! - `rebase/update_stale_by/{10,100,1000}`: the same for an update of a value nothing after
+//!   its base touched, which is sequenced at the head without rebuilding its base.
 //! - `compose/chain/{10,100,1000}`: what does composing a client's buffer cost?
 //! - `codec/op_message/{decode,decode_validate,encode}`: what does the wire cost per operation
 //!   frame? (`decode`: the general path; `decode_validate`: the sequencer's path for an edit,
@@ -252,6 +254,19 @@ fn bench_rebase(c: &mut Criterion) {
     for n in [1u64, 1_000] {
         let server = server_with_history(&doc, n);
         g.bench_with_input(BenchmarkId::from_parameter(n), &two, |b, stale| bench_submit(b, &server, stale));
+    }
+    g.finish();
+    // The common stale edit: an update of a value that nothing after its base touched (the
+    // history writes track volumes and clip gains, this a track's name).
+    let rename = Submit {
+        ops: ops(json!({"type": "update", "target": "track", "id": "t7", "path": ["name"], "value": "Bass"})),
+        ..one.clone()
+    };
+    let mut g = c.benchmark_group("rebase/update_stale_by");
+    g.throughput(Throughput::Elements(1));
+    for n in [10u64, 100, 1_000] {
+        let server = server_with_history(&doc, n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &rename, |b, stale| bench_submit(b, &server, stale));
     }
     g.finish();
 }

@@ -66,4 +66,4 @@ pub use apply::{apply, invert};
 pub use doc::{Document, Entity, EntityKind, Id, IdList, ListKey, PropMap, Props};
 pub use error::{OpError, StateError};
 pub use op::{Delete, Insert, Loc, Move, Op, Prev, Target, Update};
-pub use transform::{compose, independent, transform, Side};
+pub use transform::{compose, independent, transform, update_commutes, Side};

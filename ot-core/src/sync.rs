@@ -13,7 +13,7 @@ use crate::doc::{Document, EntityKind, Id, IdList, ListKey};
 use crate::error::OpError;
 use crate::op::Op;
 use crate::protocol::OperationMsg;
-use crate::transform::{compose, transform, transform_seq, Side};
+use crate::transform::{compose, transform, transform_seq, update_commutes, Side};
 
 mod undo;
 
@@ -258,8 +258,10 @@ impl ServerDoc {
     /// Steps: an op id seen before answers [`Outcome::Duplicate`] with the original message; a
     /// base ahead is refused; the op is applied to the state at its base (validated there, and
     /// annotated), transformed over every op after its base, applied to the head and given the
-    /// next version. Bases older than the window need `older` (see
-    /// [`SubmitError::NeedHistory`]). Nothing changes on error.
+    /// next version. Updates that commute with every op after their base
+    /// ([`crate::update_commutes`]) skip the base and the transform: they find the same at the
+    /// head, where they are applied directly, with the same result. Bases older than the window
+    /// need `older` (see [`SubmitError::NeedHistory`]). Nothing changes on error.
     pub fn submit(&mut self, submit: Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         self.submit_ref(&submit, older)
     }
@@ -284,6 +286,14 @@ impl ServerDoc {
         }
         if base == self.version {
             // Made on the head: validated, annotated and applied in one step.
+            let annotated = apply(&mut self.doc, &submit.ops)?;
+            return Ok(self.sequence(annotated, submit));
+        }
+        if base >= self.window_start && self.commutes_with_history(&submit.ops, base) {
+            // Updates of values nothing after their base touched, on entities that existed then
+            // and still do: they find at the head what they found at their base, and the
+            // transform over the ops after it would give them back unchanged. So they are
+            // validated, annotated and applied at the head, without rebuilding their base.
             let annotated = apply(&mut self.doc, &submit.ops)?;
             return Ok(self.sequence(annotated, submit));
         }
@@ -315,6 +325,16 @@ impl ServerDoc {
         ops = transform_seq(ops, after.flat_map(|(m, _)| m.operation.iter()), Side::Later);
         let annotated = apply(&mut self.doc, &ops)?;
         Ok(self.sequence(annotated, submit))
+    }
+
+    /// Whether `ops` are updates that commute with every op sequenced after `base` (see
+    /// [`update_commutes`]). O(ops × versions since `base`), as the transform it spares.
+    fn commutes_with_history(&self, ops: &[Op], base: u64) -> bool {
+        if !ops.iter().all(|op| matches!(op, Op::Update(u) if !u.path.is_empty())) {
+            return false;
+        }
+        let after = self.history.range((base - self.window_start) as usize..);
+        after.flat_map(|(m, _)| m.operation.iter()).all(|h| ops.iter().all(|op| update_commutes(op, h)))
     }
 
     /// Gives applied ops the next version and records them in the history.

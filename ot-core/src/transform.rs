@@ -305,6 +305,23 @@ pub fn independent(a: &Op, b: &Op) -> bool {
     }
 }
 
+/// Whether the update `u`, made on the state before `h`, finds on the state after `h` exactly
+/// what it found before, and `transform(u, h)` is `u`: `h` writes no value `u` reads or writes,
+/// and the entity `u` names exists after `h` if and only if it existed before (`h` neither
+/// deletes it, nor its track, nor inserts it). Then `u` can be validated, annotated and
+/// applied after `h` as if it had been made there. `false` for anything but an update with a
+/// path, and whenever unsure.
+pub fn update_commutes(u: &Op, h: &Op) -> bool {
+    let Op::Update(x) = u else { return false };
+    if x.path.is_empty() || !independent(u, h) {
+        return false;
+    }
+    match (h, &x.id) {
+        (Op::Insert(_), Some(id)) => !ids(h).any(|i| i == &**id),
+        _ => true,
+    }
+}
+
 /// Composes two sequential batches into one: `apply(apply(S, a), b)` equals
 /// `apply(S, compose(a, b))`, and transforming over the composition equals transforming over
 /// `a` then `b`. Runs of updates of the same path collapse into one (the first `prev`, the last

@@ -5,11 +5,12 @@
 mod common;
 
 use common::{gen_batch, gen_doc, gen_junk_op, gen_op};
+use ot_core::sync::{Outcome, ServerDoc, Submit, SubmitError};
 use ot_core::transform::{transform_entry, transform_one};
-use ot_core::{apply, compose, independent, invert, transform, Document, Op, Side};
+use ot_core::{apply, compose, independent, invert, transform, Document, Op, OpError, Side};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 fn cases(default: u32) -> ProptestConfig {
     let n = std::env::var("OT_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
@@ -108,6 +109,48 @@ proptest! {
             let fast = transform(a.clone(), &b, side);
             let full = reference(a.clone(), &b, side);
             prop_assert_eq!(plain(&fast), plain(&full), "seed {}: {:?}\na={:?}\nb={:?}", seed, side, a, b);
+        }
+    }
+
+    #[test]
+    fn a_stale_update_sequenced_at_the_head_equals_its_rebase(seed in any::<u64>()) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut server = ServerDoc::new(gen_doc(&mut rng), 0, 64, 64);
+        for i in 0..rng.gen_range(1..8) {
+            let ops = gen_batch(&mut rng, server.doc(), 3);
+            let submit = Submit { from: "h".into(), account: None, base: None, op_id: Some(format!("h{i}")), ops };
+            server.submit(submit, None).expect("a batch made at the head is sequenced");
+        }
+        let base = rng.gen_range(0..server.version());
+        let at_base = server.state_at(base).expect("the base is in the window");
+        // Updates made at the base; sometimes made at the head instead, so that some name an
+        // entity inserted or deleted since the base, which the base must refuse.
+        let on = if rng.gen_bool(0.8) { at_base.clone() } else { server.doc().clone() };
+        let ops: Vec<Op> = (0..rng.gen_range(1..4))
+            .map(|_| gen_op(&mut rng, &on))
+            .filter(|op| matches!(op, Op::Update(_)))
+            .collect();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // The reference: validated and annotated at the base, transformed over every op after
+        // it, applied at the head.
+        let after: Vec<Op> = server.ops_since(base).expect("in the window").iter().flat_map(|m| m.operation.clone()).collect();
+        let expected = (|| {
+            let annotated = apply(&mut at_base.clone(), &ops)?;
+            let rebased = transform(annotated, &after, Side::Later);
+            let mut head = server.doc().clone();
+            let applied = apply(&mut head, &rebased)?;
+            Ok::<_, OpError>((applied, head))
+        })();
+        let submit = Submit { from: "c".into(), account: None, base: Some(base), op_id: Some("c".into()), ops: ops.clone() };
+        match (expected, server.submit(submit, None)) {
+            (Ok((annotated, head)), Ok(Outcome::Sequenced(msg))) => {
+                prop_assert_eq!(plain(&msg.operation), plain(&annotated), "seed {}: {:?}", seed, ops);
+                prop_assert!(*server.doc() == head, "seed {}: the heads differ", seed);
+            }
+            (Err(want), Err(SubmitError::Invalid(got))) => prop_assert_eq!(want, got, "seed {}", seed),
+            (want, got) => prop_assert!(false, "seed {}: expected {:?}, got {:?} for {:?}", seed, want, got, ops),
         }
     }
 
