@@ -317,7 +317,8 @@ pub fn update_commutes(u: &Op, h: &Op) -> bool {
         return false;
     }
     match (h, &x.id) {
-        (Op::Insert(_), Some(id)) => !ids(h).any(|i| i == &**id),
+        // Only a track's insert carries other entities (its clips).
+        (Op::Insert(i), Some(id)) => i.id != *id && (i.kind != EntityKind::Track || !ids(h).any(|c| c == &**id)),
         _ => true,
     }
 }
