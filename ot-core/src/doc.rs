@@ -19,7 +19,7 @@ use crate::error::StateError;
 
 mod list;
 
-pub use list::IdList;
+pub use list::{IdList, IdListIter};
 
 /// An entity id (track, clip or marker). Cheap to clone.
 pub type Id = Arc<str>;

@@ -434,9 +434,9 @@ const ENTITY_LEVEL_COST: usize = 640;
 
 /// An estimate of the memory that keeping the state before `ops` alive costs, once the head has
 /// moved past it: what the ops replaced (the entities and list chunks they copied, the values
-/// they wrote into) and the sequenced message itself (an annotated op, in memory, takes about
-/// twice its JSON). It bounds a room's window ([`ServerDoc::set_history_bytes`]) whatever its ops
-/// are: moves copy three entities and two lists, a gain update one entity.
+/// they wrote into) and the sequenced message itself ([`op_bytes`]). It bounds a room's window
+/// ([`ServerDoc::set_history_bytes`]) whatever its ops are: a move between tracks copies three
+/// entities and two lists, a gain update one entity.
 fn version_cost(doc: &Document, ops: &[Op]) -> usize {
     // Levels of the entity map: a 32-way trie of hashes, filled unevenly, so a path reaches
     // about this deep.
@@ -447,8 +447,8 @@ fn version_cost(doc: &Document, ops: &[Op]) -> usize {
         reach *= 32;
     }
     let entity = ENTITY_COST + ENTITY_LEVEL_COST * levels;
-    let list = |kind, parent: &Option<Id>| {
-        let len = ListKey::of(kind, parent.as_ref()).and_then(|k| doc.list(&k)).map_or(0, IdList::len);
+    let list = |kind, parent: Option<&Id>| {
+        let len = ListKey::of(kind, parent).and_then(|k| doc.list(&k)).map_or(0, IdList::len);
         // The chunk the op edited and the list's outer vector of chunks.
         16 * len.min(128) + 8 * (len / 64) + 64
     };
@@ -466,17 +466,17 @@ fn version_cost(doc: &Document, ops: &[Op]) -> usize {
             };
             entity + nested
         }
-        Op::Insert(i) => entity * (1 + usize::from(i.parent.is_some())) + list(i.kind, &i.parent),
+        Op::Insert(i) => entity * (1 + usize::from(i.parent.is_some())) + list(i.kind, i.parent.as_ref()),
         Op::Delete(d) => {
-            let parent = d.from.as_ref().and_then(|l| l.parent.clone());
-            entity * (1 + usize::from(parent.is_some())) + list(d.kind, &parent)
+            let parent = d.from.as_ref().and_then(|l| l.parent.as_ref());
+            entity * (1 + usize::from(parent.is_some())) + list(d.kind, parent)
         }
         Op::Move(m) => {
-            let from = m.from.as_ref().and_then(|l| l.parent.clone());
-            let lists = list(m.kind, &m.parent) + if from != m.parent { list(m.kind, &from) } else { 0 };
+            let (to, from) = (m.parent.as_ref(), m.from.as_ref().and_then(|l| l.parent.as_ref()));
+            let lists = list(m.kind, to) + if from != to { list(m.kind, from) } else { 0 };
             // A clip is written (its parent), and so is each track whose clips changed.
             let clip = usize::from(m.kind == EntityKind::Clip);
-            entity * (clip + usize::from(m.parent.is_some()) + usize::from(from.is_some() && from != m.parent)) + lists
+            entity * (clip + usize::from(to.is_some()) + usize::from(from.is_some() && from != to)) + lists
         }
     };
     VERSION_COST + ops.iter().map(|op| structural(op) + op_bytes(op)).sum::<usize>()
@@ -500,8 +500,8 @@ fn op_bytes(op: &Op) -> usize {
     std::mem::size_of::<Op>() + carried
 }
 
-/// What a JSON value takes in memory, roughly: 32 bytes a value, plus its text, plus a map entry's
-/// key and tree overhead.
+/// What a JSON value takes in memory, roughly: 32 bytes a value, plus its text, plus what its
+/// items or entries take.
 fn value_bytes(v: &serde_json::Value) -> usize {
     use serde_json::Value;
     32 + match v {
@@ -512,6 +512,8 @@ fn value_bytes(v: &serde_json::Value) -> usize {
     }
 }
 
+/// What a JSON object's entries take in memory, roughly: each key, its value, and the map's
+/// overhead per entry.
 fn props_bytes(m: &crate::doc::Props) -> usize {
     m.iter().map(|(k, v)| 40 + k.len() + value_bytes(v)).sum()
 }

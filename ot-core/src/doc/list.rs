@@ -51,8 +51,8 @@ impl IdList {
     }
 
     /// The ids in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Id> + '_ {
-        self.chunks.iter().flat_map(|c| c.iter())
+    pub fn iter(&self) -> IdListIter<'_> {
+        IdListIter(self.chunks.iter().flat_map(chunk_iter))
     }
 
     /// The index of `id`, if it is in the list. O(length).
@@ -180,12 +180,37 @@ impl std::ops::Index<usize> for IdList {
     }
 }
 
+/// The ids of an [`IdList`] in order.
+pub struct IdListIter<'a>(ChunksIter<'a>);
+
+type ChunksIter<'a> = std::iter::FlatMap<
+    std::slice::Iter<'a, Arc<Vec<Id>>>,
+    std::slice::Iter<'a, Id>,
+    fn(&'a Arc<Vec<Id>>) -> std::slice::Iter<'a, Id>,
+>;
+
+fn chunk_iter(chunk: &Arc<Vec<Id>>) -> std::slice::Iter<'_, Id> {
+    chunk.iter()
+}
+
+impl<'a> Iterator for IdListIter<'a> {
+    type Item = &'a Id;
+
+    fn next(&mut self) -> Option<&'a Id> {
+        self.0.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
 impl<'a> IntoIterator for &'a IdList {
     type Item = &'a Id;
-    type IntoIter = Box<dyn Iterator<Item = &'a Id> + 'a>;
+    type IntoIter = IdListIter<'a>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+    fn into_iter(self) -> IdListIter<'a> {
+        self.iter()
     }
 }
 
