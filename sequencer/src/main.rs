@@ -115,7 +115,7 @@ struct ServeArgs {
     #[arg(long, env = "SEQUENCER_HEADER_TIMEOUT", default_value_t = 10.0)]
     header_timeout: f64,
     /// Largest reply built at once in bytes (`GET …/ops` pages, `since` catch-ups).
-    #[arg(long, env = "SEQUENCER_MAX_REPLY_BYTES", default_value_t = 1792 * 1024)]
+    #[arg(long, env = "SEQUENCER_MAX_REPLY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_reply_bytes: usize,
     /// The host[:port] clients should connect to, returned by `join` (default: the request's
     /// valid `Host` header, else the listen address).
@@ -333,5 +333,58 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server started with no flags runs with the library's defaults, which the docs and the
+    /// README describe.
+    #[test]
+    fn the_flags_default_to_the_library_defaults() {
+        let a = match Cli::try_parse_from(["sequencer"]) {
+            Ok(cli) => cli.serve,
+            Err(e) => panic!("no flags parse: {e}"),
+        };
+        let c = Config::memory("s");
+        let flags = [
+            a.rate_limit as u64,
+            a.max_frame as u64,
+            a.max_batch as u64,
+            a.max_room_connections as u64,
+            a.max_connections as u64,
+            a.max_account_connections as u64,
+            a.max_rooms as u64,
+            a.max_pending as u64,
+            a.max_reply_bytes as u64,
+            a.outbox as u64,
+            a.history_window as u64,
+            a.max_history_bytes as u64,
+            a.max_rebase,
+            a.max_catchup,
+            a.snapshot_every,
+            a.max_doc_bytes as u64,
+        ];
+        let library = [
+            c.rate_limit as u64,
+            c.max_frame as u64,
+            c.max_batch as u64,
+            c.max_room_connections as u64,
+            c.max_connections as u64,
+            c.max_account_connections as u64,
+            c.max_rooms as u64,
+            c.max_pending as u64,
+            c.max_reply_bytes as u64,
+            c.outbox_capacity as u64,
+            c.history_window as u64,
+            c.max_history_bytes as u64,
+            c.max_rebase,
+            c.max_catchup,
+            c.snapshot_every,
+            c.max_doc_bytes as u64,
+        ];
+        assert_eq!(flags, library);
     }
 }
