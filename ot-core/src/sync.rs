@@ -95,14 +95,13 @@ pub struct Submit {
 /// ops, so a stale op is validated and annotated on the exact state it was made on and then
 /// transformed over the ops after it.
 ///
-/// The window keeps the state at each of the newest [`DENSE_STATES`] versions (where stale ops
-/// are based in practice: a client is rarely more than a few ops behind) and, further back,
-/// only at every [`CHECKPOINT_EVERY`]th version (a checkpoint); the state at any other version
-/// is rebuilt from the checkpoint before it by applying the ops in between. A state shares
-/// every node its successors did not change, so what it costs is the nodes the next ops
-/// path-copied: thinning the old states frees those where the ops touched different parts of
-/// the document, while the recent ones spare a stale op the rebuild (a rebuild path-copies in
-/// its scratch copy what each replayed op changes).
+/// The window keeps the state at every [`CHECKPOINT_EVERY`]th version (a checkpoint); the state
+/// at any other version is rebuilt from the checkpoint before it by applying the ops in between.
+/// A kept state shares every node its successors did not change, but each one makes the head's
+/// next write to a node copy it, and dropping it later frees those copies: a state kept at every
+/// version cost each op a path copy and its release. Most stale ops never need their base state
+/// (updates that commute with what followed are applied at the head), and the others replay at
+/// most [`CHECKPOINT_EVERY`]` - 1` ops on a copy of a checkpoint.
 #[derive(Debug, Clone)]
 pub struct ServerDoc {
     doc: Document,
@@ -112,9 +111,8 @@ pub struct ServerDoc {
     base_checkpoint: (u64, Document),
     before_window: VecDeque<Sequenced>,
     window_start: u64,
-    /// Ops `window_start+1 ..= version`, each with the state after it in the dense tail and at
-    /// checkpoints (boxed: most versions keep none, and a slot should not cost a document's
-    /// 176 bytes then).
+    /// Ops `window_start+1 ..= version`, each with the state after it at checkpoints (boxed:
+    /// most versions keep none, and a slot should not cost a document's 176 bytes then).
     history: VecDeque<(Sequenced, Option<Box<Document>>)>,
     /// The window does not move past this version (see [`ServerDoc::hold`]).
     hold: u64,
@@ -357,15 +355,8 @@ impl ServerDoc {
             self.op_ids.entry(msg.account.clone()).or_default().insert(id.clone(), msg.version);
         }
         let cost = version_cost(&self.doc, &msg.operation);
-        self.history.push_back((msg, Some(Box::new(self.doc.clone()))));
-        // The state that just left the dense tail is kept only at a checkpoint.
-        if let Some(i) = self.history.len().checked_sub(DENSE_STATES + 1) {
-            if let Some((m, state)) = self.history.get_mut(i) {
-                if m.version % CHECKPOINT_EVERY != 0 {
-                    *state = None;
-                }
-            }
-        }
+        let state = (msg.version % CHECKPOINT_EVERY == 0).then(|| Box::new(self.doc.clone()));
+        self.history.push_back((msg, state));
         self.history_cost.push_back(cost);
         self.history_bytes += cost;
         self.trim();
@@ -404,12 +395,9 @@ impl ServerDoc {
     }
 }
 
-/// Versions between two states kept in the history window beyond its dense tail (see
-/// [`ServerDoc`]): the rebuild of a state there applies at most this many ops minus one.
-pub const CHECKPOINT_EVERY: u64 = 8;
-
-/// How many of the newest versions keep their state in the history window (see [`ServerDoc`]).
-pub const DENSE_STATES: usize = 64;
+/// Versions between two states kept in the history window (see [`ServerDoc`]): the rebuild of
+/// a state between them applies at most this many ops minus one.
+pub const CHECKPOINT_EVERY: u64 = 4;
 
 /// Applies a sequenced op to a state rebuilt from a checkpoint. It applied to that same state
 /// when it was sequenced, so it applies again; if it did not, the rebuilt state would be wrong,
