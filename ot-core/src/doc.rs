@@ -3,9 +3,8 @@
 //!
 //! Entities are held in a persistent hash map keyed by id, and each list (`tracks`, `markers`,
 //! the clips of one track) is a persistent, chunked list of ids ([`IdList`]). Finding an entity
-//! is one hash lookup; cloning a whole document is O(1), which is what lets the server keep the
-//! state at every version of its history window and annotate a stale op at the version it was
-//! made on.
+//! is one hash lookup; cloning a whole document is O(1), which is what lets the server keep
+//! states across its history window and annotate a stale op at the version it was made on.
 
 use std::fmt;
 use std::sync::Arc;
