@@ -12,6 +12,9 @@
 //!   versions ago? (target: 1,000 under 100 µs)
 //! - `rebase/update_stale_by/{10,100,1000}`: the same for an update of a value nothing after
 //!   its base touched, which is sequenced at the head without rebuilding its base.
+//! - `rebase/insert_stream/stale_by_4`: what does one op of the server benchmark's all-insert
+//!   workload cost in ot-core (a new clip at index 0 of one track, made 4 versions before the
+//!   head, on a server that serves the whole stream)?
 //! - `compose/chain/{10,100,1000}`: what does composing a client's buffer cost?
 //! - `codec/op_message/{decode,decode_validate,encode}`: what does the wire cost per operation
 //!   frame? (`decode`: the general path; `decode_validate`: the sequencer's path for an edit,
@@ -268,6 +271,38 @@ fn bench_rebase(c: &mut Criterion) {
         let server = server_with_history(&doc, n);
         g.bench_with_input(BenchmarkId::from_parameter(n), &rename, |b, stale| bench_submit(b, &server, stale));
     }
+    g.finish();
+    // The server benchmark's all-insert workload in ot-core: clients take turns inserting a new
+    // clip at index 0 of one track, each made 4 versions before the head, so every one is
+    // validated at its base and transformed over the 4 inserts after it. One server serves the
+    // whole run (its window bounded as the sequencer's default), so what it keeps between
+    // submits is measured as the sequencer runs it.
+    let mut g = c.benchmark_group("rebase/insert_stream");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(BenchmarkId::from_parameter("stale_by_4"), |b| {
+        b.iter_custom(|iters| {
+            let mut server = ServerDoc::new(doc.clone(), 0, 1_000, 10_000);
+            server.set_history_bytes(1_792 * 1_024);
+            let inserts: Vec<Vec<Op>> = (0..iters)
+                .map(|i| {
+                    ops(json!({"type": "insert", "target": "clip", "id": format!("i{i}"), "parent": "t0", "index": 0,
+                        "value": {"start": 0.0, "duration": 1.0}}))
+                })
+                .collect();
+            let start = std::time::Instant::now();
+            for (i, ops) in inserts.into_iter().enumerate() {
+                let submit = Submit {
+                    account: None,
+                    from: "client".into(),
+                    base: Some(server.version().saturating_sub(4)),
+                    op_id: Some(format!("i{i}")),
+                    ops,
+                };
+                black_box(server.submit(submit, None).expect("the insert is sequenced"));
+            }
+            start.elapsed()
+        })
+    });
     g.finish();
 }
 

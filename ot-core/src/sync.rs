@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::apply::apply;
+use crate::apply::{apply, invert};
 use crate::doc::{Document, EntityKind, Id, IdList, ListKey};
 use crate::error::OpError;
 use crate::op::Op;
@@ -102,6 +102,13 @@ pub struct Submit {
 /// version cost each op a path copy and its release. Most stale ops never need their base state
 /// (updates that commute with what followed are applied at the head), and the others replay at
 /// most [`CHECKPOINT_EVERY`]` - 1` ops on a copy of a checkpoint.
+///
+/// That copy is kept between submits (the *scratch* state): a stale op is validated and
+/// annotated on it, then undone in place with its inverse, so the scratch stays at its base and
+/// the next stale op, based at most [`SCRATCH_REPLAY`] versions later, replays the ops in
+/// between onto it instead of copying a checkpoint again. Writes to the scratch copy only the
+/// nodes it still shares with the window, once; it is copied afresh from a checkpoint every
+/// [`SCRATCH_REFRESH`] versions, which bounds what it holds of its own.
 #[derive(Debug, Clone)]
 pub struct ServerDoc {
     doc: Document,
@@ -127,6 +134,17 @@ pub struct ServerDoc {
     /// How far back a stale op may reach through [`SubmitError::NeedHistory`]; older ones get
     /// `version_too_old`.
     max_rebase: u64,
+    /// The state at a version of the window, kept for the next stale op (see above).
+    scratch: Option<Scratch>,
+}
+
+/// The scratch state of a [`ServerDoc`]: the state at `version`, copied from the window at
+/// version `copied_at` and brought forward since by replaying sequenced ops onto it.
+#[derive(Debug, Clone)]
+struct Scratch {
+    version: u64,
+    copied_at: u64,
+    doc: Document,
 }
 
 impl ServerDoc {
@@ -147,6 +165,7 @@ impl ServerDoc {
             op_ids: HashMap::new(),
             window: window.max(1),
             max_rebase,
+            scratch: None,
         }
     }
 
@@ -313,16 +332,50 @@ impl ServerDoc {
                 return Err(SubmitError::NeedHistory { base });
             }
         } else {
-            let Some(mut at_base) = self.state_at(base) else {
+            let Some(at_base) = self.scratch_at(base) else {
                 return Err(SubmitError::VersionTooOld { base, oldest: self.window_start });
             };
-            ops = apply(&mut at_base, &submit.ops)?;
+            // Validated and annotated at the base (on error `apply` leaves the state as it
+            // was), then undone in place, so the scratch state stays at the base.
+            ops = apply(at_base, &submit.ops)?;
+            let undone = apply(at_base, &invert(&ops));
+            // The inverse of ops just applied always applies (a law of `apply`); were it ever
+            // not to, the scratch state is dropped rather than trusted.
+            debug_assert!(undone.is_ok(), "the inverse of a stale op undoes it on the scratch state");
+            if undone.is_err() {
+                self.scratch = None;
+            }
         }
         let first = base.max(self.window_start);
         let after = self.history.iter().skip((first - self.window_start) as usize);
         ops = transform_seq(ops, after.flat_map(|(m, _)| m.operation.iter()), Side::Later);
         let annotated = apply(&mut self.doc, &ops)?;
         Ok(self.sequence(annotated, submit))
+    }
+
+    /// The state at `base` (in the window, before the head) for a stale op to be validated on:
+    /// the scratch state brought forward to `base` when it is at most [`SCRATCH_REPLAY`]
+    /// versions behind and younger than [`SCRATCH_REFRESH`] versions, else a new scratch state
+    /// rebuilt from the checkpoint before `base` ([`ServerDoc::state_at`]).
+    fn scratch_at(&mut self, base: u64) -> Option<&mut Document> {
+        let reusable = self.scratch.as_ref().is_some_and(|s| {
+            s.version >= self.window_start
+                && s.version <= base
+                && base - s.version <= SCRATCH_REPLAY
+                && base - s.copied_at < SCRATCH_REFRESH
+        });
+        if !reusable {
+            let doc = self.state_at(base)?;
+            self.scratch = Some(Scratch { version: base, copied_at: base, doc });
+        }
+        let scratch = self.scratch.as_mut()?;
+        let from = (scratch.version - self.window_start) as usize;
+        let upto = (base - self.window_start) as usize;
+        for (m, _) in self.history.range(from..upto) {
+            replay_onto(&mut scratch.doc, m);
+        }
+        scratch.version = base;
+        Some(&mut scratch.doc)
     }
 
     /// Whether `ops` are updates that commute with every op sequenced after `base` (see
@@ -398,6 +451,18 @@ impl ServerDoc {
 /// Versions between two states kept in the history window (see [`ServerDoc`]): the rebuild of
 /// a state between them applies at most this many ops minus one.
 pub const CHECKPOINT_EVERY: u64 = 4;
+
+/// How many versions the scratch state of a [`ServerDoc`] is brought forward by replaying,
+/// at most, for a stale op; one based further ahead of it gets a new scratch state from the
+/// checkpoint before its base (at most [`CHECKPOINT_EVERY`]` - 1` replays, but on a copy that
+/// shares every node with the window, so each write copies its path).
+pub const SCRATCH_REPLAY: u64 = 2 * CHECKPOINT_EVERY;
+
+/// How many versions a [`ServerDoc`]'s scratch state serves before it is copied afresh from a
+/// checkpoint. Each write to it copies the nodes it still shares with the window, once; the
+/// refresh bounds those copies to what the ops of this many versions wrote (a few hundred KB
+/// for inserts into a 10,000-entity document).
+pub const SCRATCH_REFRESH: u64 = 256;
 
 /// Applies a sequenced op to a state rebuilt from a checkpoint. It applied to that same state
 /// when it was sequenced, so it applies again; if it did not, the rebuilt state would be wrong,
