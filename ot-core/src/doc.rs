@@ -1,22 +1,25 @@
 //! The project document of PROTOCOL §5.1: tracks with their clips, markers, project properties,
 //! and the transport fields `playhead` / `isPlaying`.
 //!
-//! Entities are held in a persistent hash map keyed by id, and each list (`tracks`, `markers`,
-//! the clips of one track) is a persistent, chunked list of ids ([`IdList`]). Finding an entity
-//! is one hash lookup; cloning a whole document is O(1), which is what lets the server keep
-//! states across its history window and annotate a stale op at the version it was made on.
+//! Entities are held in a persistent hash map keyed by id (one pointer per entry, see
+//! `entities.rs`), and each list (`tracks`, `markers`, the clips of one track) is a persistent,
+//! chunked list of ids ([`IdList`]). Finding an entity is one hash lookup; cloning a whole
+//! document is O(1), which is what lets the server keep states across its history window and
+//! annotate a stale op at the version it was made on.
 
 use std::fmt;
 use std::sync::Arc;
 
-use imbl::HashMap;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::error::StateError;
 
+mod entities;
 mod list;
+
+use entities::EntityMap;
 
 pub use list::{IdList, IdListIter};
 
@@ -190,7 +193,7 @@ pub struct Document {
     is_playing: bool,
     tracks: IdList,
     markers: IdList,
-    entities: HashMap<Id, Arc<Entity>>,
+    entities: EntityMap,
 }
 
 impl PartialEq for Document {
@@ -248,7 +251,7 @@ impl Document {
 
     /// The entity with this id, if any. One hash lookup.
     pub fn get(&self, id: &str) -> Option<&Entity> {
-        self.entities.get(id).map(|e| &**e)
+        self.entities.get(id)
     }
 
     /// Number of entities (tracks + clips + markers).
@@ -257,14 +260,14 @@ impl Document {
     }
 
     pub(crate) fn entity_mut(&mut self, id: &str) -> Option<&mut Entity> {
-        self.entities.get_mut(id).map(Arc::make_mut)
+        self.entities.get_mut(id)
     }
 
     pub(crate) fn insert_entity(&mut self, id: Id, entity: Entity) {
-        self.entities.insert(id, Arc::new(entity));
+        self.entities.insert(id, entity);
     }
 
-    pub(crate) fn remove_entity(&mut self, id: &str) -> Option<Arc<Entity>> {
+    pub(crate) fn remove_entity(&mut self, id: &str) -> bool {
         self.entities.remove(id)
     }
 
@@ -430,13 +433,13 @@ impl Document {
         check_list(ListKey::Tracks, &self.tracks, EntityKind::Track)?;
         check_list(ListKey::Markers, &self.markers, EntityKind::Marker)?;
         for t in &self.tracks {
-            let e = &self.entities[t];
+            let e = self.entities.get(t).ok_or_else(|| format!("track {t} has no entity"))?;
             check_list(ListKey::Clips(t.clone()), &e.clips, EntityKind::Clip)?;
         }
         if seen.len() != self.entities.len() {
             return Err(format!("{} entities but {} listed", self.entities.len(), seen.len()));
         }
-        for (id, e) in &self.entities {
+        for (id, e) in self.entities.iter() {
             if e.kind != EntityKind::Track && !e.clips.is_empty() {
                 return Err(format!("{id} is a {} with clips", e.kind));
             }
@@ -448,7 +451,7 @@ impl Document {
         if empty(&self.props) {
             return Err("a project property holds an empty object".into());
         }
-        for (id, e) in &self.entities {
+        for (id, e) in self.entities.iter() {
             if empty(&e.props) {
                 return Err(format!("a property of {id} holds an empty object"));
             }

@@ -479,11 +479,11 @@ const VERSION_COST: usize = 1_280;
 
 /// What each entity an op writes keeps alive in the version before it: the entity's old copy
 /// ([`ENTITY_COST`]), and the map nodes on its path, per level of the map
-/// ([`ENTITY_LEVEL_COST`]: the nodes are 32 slots of 32 bytes, the root shared by every write
+/// ([`ENTITY_LEVEL_COST`]: the nodes are 32 slots of 24 bytes, the root shared by every write
 /// of the version, the deepest often partly filled).
 const ENTITY_COST: usize = 128;
 /// See [`ENTITY_COST`].
-const ENTITY_LEVEL_COST: usize = 640;
+const ENTITY_LEVEL_COST: usize = 480;
 
 /// An estimate of the memory that keeping the state before `ops` alive costs, once the head has
 /// moved past it: what the ops replaced (the entities and list chunks they copied, the values
