@@ -105,8 +105,8 @@ pub struct Submit {
 ///
 /// That copy is kept between submits (the *scratch* state): a stale op is validated and
 /// annotated on it, then undone in place with its inverse, so the scratch stays at its base and
-/// the next stale op, based at most [`SCRATCH_REPLAY`] versions later, replays the ops in
-/// between onto it instead of copying a checkpoint again. Writes to the scratch copy only the
+/// the next stale op, based at most [`SCRATCH_REPLAY`] versions later or earlier, replays or
+/// undoes the ops in between on it instead of copying a checkpoint again. Writes to the scratch copy only the
 /// nodes it still shares with the window, once; it is copied afresh from a checkpoint every
 /// [`SCRATCH_REFRESH`] versions, which bounds what it holds of its own.
 #[derive(Debug, Clone)]
@@ -354,26 +354,37 @@ impl ServerDoc {
     }
 
     /// The state at `base` (in the window, before the head) for a stale op to be validated on:
-    /// the scratch state brought forward to `base` when it is at most [`SCRATCH_REPLAY`]
-    /// versions behind and younger than [`SCRATCH_REFRESH`] versions, else a new scratch state
-    /// rebuilt from the checkpoint before `base` ([`ServerDoc::state_at`]).
+    /// the scratch state moved to `base` when it is at most [`SCRATCH_REPLAY`] versions away and
+    /// was copied fewer than [`SCRATCH_REFRESH`] versions ago, else a new scratch state rebuilt
+    /// from the checkpoint before `base` ([`ServerDoc::state_at`]). The scratch state moves
+    /// forward by replaying the ops after it, and back by undoing them in place, newest first:
+    /// a sequenced op is annotated, so its inverse restores the state before it exactly.
     fn scratch_at(&mut self, base: u64) -> Option<&mut Document> {
-        let reusable = self.scratch.as_ref().is_some_and(|s| {
-            s.version >= self.window_start
-                && s.version <= base
-                && base - s.version <= SCRATCH_REPLAY
-                && base - s.copied_at < SCRATCH_REFRESH
-        });
-        if !reusable {
+        let start = self.window_start;
+        let moved = match self.scratch.as_mut() {
+            Some(s)
+                if s.version >= start
+                    && s.version.abs_diff(base) <= SCRATCH_REPLAY
+                    && base.abs_diff(s.copied_at) < SCRATCH_REFRESH =>
+            {
+                let (from, upto) = (s.version.min(base) - start, s.version.max(base) - start);
+                let between = self.history.range(from as usize..upto as usize);
+                if s.version <= base {
+                    between.for_each(|(m, _)| replay_onto(&mut s.doc, m));
+                    true
+                } else {
+                    let undone = between.rev().all(|(m, _)| apply(&mut s.doc, &invert(&m.operation)).is_ok());
+                    debug_assert!(undone, "the inverse of a sequenced op undoes it on the scratch state");
+                    undone
+                }
+            }
+            _ => false,
+        };
+        if !moved {
             let doc = self.state_at(base)?;
             self.scratch = Some(Scratch { version: base, copied_at: base, doc });
         }
         let scratch = self.scratch.as_mut()?;
-        let from = (scratch.version - self.window_start) as usize;
-        let upto = (base - self.window_start) as usize;
-        for (m, _) in self.history.range(from..upto) {
-            replay_onto(&mut scratch.doc, m);
-        }
         scratch.version = base;
         Some(&mut scratch.doc)
     }
@@ -452,9 +463,9 @@ impl ServerDoc {
 /// a state between them applies at most this many ops minus one.
 pub const CHECKPOINT_EVERY: u64 = 4;
 
-/// How many versions the scratch state of a [`ServerDoc`] is brought forward by replaying,
-/// at most, for a stale op; one based further ahead of it gets a new scratch state from the
-/// checkpoint before its base (at most [`CHECKPOINT_EVERY`]` - 1` replays, but on a copy that
+/// How many versions the scratch state of a [`ServerDoc`] moves, at most, for a stale op
+/// (forward by replaying ops, back by undoing them); one based further from it gets a new
+/// scratch state from the checkpoint before its base (at most [`CHECKPOINT_EVERY`]` - 1` replays, but on a copy that
 /// shares every node with the window, so each write copies its path).
 pub const SCRATCH_REPLAY: u64 = 2 * CHECKPOINT_EVERY;
 
