@@ -13,6 +13,7 @@
 //! ```text
 //! cargo run --release -p ot-core --example room_memory
 //! BUDGET=2000000 cargo run --release -p ot-core --example room_memory   # with that bound
+//! STALE=4 cargo run --release -p ot-core --example room_memory          # each op made 4 versions back
 //! ```
 
 use ot_core::sync::{ServerDoc, Submit};
@@ -125,13 +126,17 @@ fn measure(kind: &str) {
     if let Some(budget) = std::env::var("BUDGET").ok().and_then(|b| b.parse().ok()) {
         server.set_history_bytes(budget);
     }
+    // Each op made `STALE` versions before the head (0 by default): stale ops are validated on
+    // the scratch state the server keeps between submits, which the figure then includes.
+    let stale: u64 = std::env::var("STALE").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     // Twice the window, so the window is full and has been trimmed.
     for i in 0..2 * WINDOW {
         let ops = match Op::batch_from_value(op(kind, i)) {
             Ok(ops) => ops,
             Err(e) => panic!("{kind} {i}: {e}"),
         };
-        let submit = Submit { from: "a".into(), account: None, base: None, op_id: Some(format!("a:{i}")), ops };
+        let base = Some(server.version().saturating_sub(stale));
+        let submit = Submit { from: "a".into(), account: None, base, op_id: Some(format!("a:{i}")), ops };
         if let Err(e) = server.submit(submit, None) {
             panic!("{kind} {i}: {e}");
         }

@@ -471,9 +471,9 @@ pub const SCRATCH_REPLAY: u64 = 2 * CHECKPOINT_EVERY;
 
 /// How many versions a [`ServerDoc`]'s scratch state serves before it is copied afresh from a
 /// checkpoint. Each write to it copies the nodes it still shares with the window, once; the
-/// refresh bounds those copies to what the ops of this many versions wrote (a few hundred KB
-/// for inserts into a 10,000-entity document).
-pub const SCRATCH_REFRESH: u64 = 256;
+/// refresh bounds those copies to what the ops of this many versions wrote: 0.1–0.2 MB for
+/// moves or inserts on a 1,000-clip project (`STALE=4` in `examples/room_memory.rs`).
+pub const SCRATCH_REFRESH: u64 = 64;
 
 /// Applies a sequenced op to a state rebuilt from a checkpoint. It applied to that same state
 /// when it was sequenced, so it applies again; if it did not, the rebuilt state would be wrong,
