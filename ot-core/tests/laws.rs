@@ -29,6 +29,24 @@ fn plain(ops: &[Op]) -> Vec<serde_json::Value> {
     ops.iter().map(Op::to_value).collect()
 }
 
+/// What the server should make of `ops` made at `base` (whose state is `at_base`), done by hand
+/// through the public API: validated and annotated at the base, transformed over every op after
+/// it, applied at the head. The sequenced ops and the head after them.
+fn rebased_by_hand(
+    server: &ServerDoc,
+    at_base: &Document,
+    base: u64,
+    ops: &[Op],
+) -> Result<(Vec<Op>, Document), OpError> {
+    let after: Vec<Op> =
+        server.ops_since(base).expect("in the window").iter().flat_map(|m| m.operation.clone()).collect();
+    let annotated = apply(&mut at_base.clone(), ops)?;
+    let rebased = transform(annotated, &after, Side::Later);
+    let mut head = server.doc().clone();
+    let applied = apply(&mut head, &rebased)?;
+    Ok((applied, head))
+}
+
 /// TP1 plus totality and payload exactness for two concurrent batches.
 fn check_tp1(seed: u64, max: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -133,16 +151,7 @@ proptest! {
         if ops.is_empty() {
             return Ok(());
         }
-        // The reference: validated and annotated at the base, transformed over every op after
-        // it, applied at the head.
-        let after: Vec<Op> = server.ops_since(base).expect("in the window").iter().flat_map(|m| m.operation.clone()).collect();
-        let expected = (|| {
-            let annotated = apply(&mut at_base.clone(), &ops)?;
-            let rebased = transform(annotated, &after, Side::Later);
-            let mut head = server.doc().clone();
-            let applied = apply(&mut head, &rebased)?;
-            Ok::<_, OpError>((applied, head))
-        })();
+        let expected = rebased_by_hand(&server, &at_base, base, &ops);
         let submit = Submit { from: "c".into(), account: None, base: Some(base), op_id: Some("c".into()), ops: ops.clone() };
         match (expected, server.submit(submit, None)) {
             (Ok((annotated, head)), Ok(Outcome::Sequenced(msg))) => {
@@ -174,14 +183,7 @@ proptest! {
             // Mostly made at the base; sometimes at the head, so that some are refused there.
             let on = if rng.gen_bool(0.85) { at_base.clone() } else { server.doc().clone() };
             let ops = gen_batch(&mut rng, &on, 3);
-            let after: Vec<Op> = server.ops_since(base).expect("in the window").iter().flat_map(|m| m.operation.clone()).collect();
-            let expected = (|| {
-                let annotated = apply(&mut at_base.clone(), &ops)?;
-                let rebased = transform(annotated, &after, Side::Later);
-                let mut head = server.doc().clone();
-                let applied = apply(&mut head, &rebased)?;
-                Ok::<_, OpError>((applied, head))
-            })();
+            let expected = rebased_by_hand(&server, &at_base, base, &ops);
             let submit = Submit { from: "c".into(), account: None, base: Some(base), op_id: Some(format!("c{i}")), ops: ops.clone() };
             match (expected, server.submit(submit, None)) {
                 (Ok((annotated, head)), Ok(Outcome::Sequenced(msg))) => {
