@@ -13,7 +13,7 @@
 //! ```text
 //! cargo run --release -p ot-core --example room_memory
 //! BUDGET=2000000 cargo run --release -p ot-core --example room_memory   # with that bound
-//! STALE=4 cargo run --release -p ot-core --example room_memory          # each op made 4 versions back
+//! STALE=4 cargo run --release -p ot-core --example room_memory   # each op made 4 versions back
 //! ```
 
 use ot_core::sync::{ServerDoc, Submit};

@@ -106,9 +106,10 @@ pub struct Submit {
 /// That copy is kept between submits (the *scratch* state): a stale op is validated and
 /// annotated on it, then undone in place with its inverse, so the scratch stays at its base and
 /// the next stale op, based at most [`SCRATCH_REPLAY`] versions later or earlier, replays or
-/// undoes the ops in between on it instead of copying a checkpoint again. Writes to the scratch copy only the
-/// nodes it still shares with the window, once; it is copied afresh from a checkpoint every
-/// [`SCRATCH_REFRESH`] versions, which bounds what it holds of its own.
+/// undoes the ops in between on it instead of copying a checkpoint again. Writes to the scratch
+/// copy only the nodes it still shares with the window, once; it is copied afresh from a
+/// checkpoint every [`SCRATCH_REFRESH`] versions, which bounds what it holds of its own, and
+/// dropped once the head is twice that far past it, so an old state does not outlive its use.
 #[derive(Debug, Clone)]
 pub struct ServerDoc {
     doc: Document,
@@ -139,7 +140,7 @@ pub struct ServerDoc {
 }
 
 /// The scratch state of a [`ServerDoc`]: the state at `version`, copied from the window at
-/// version `copied_at` and brought forward since by replaying sequenced ops onto it.
+/// version `copied_at` and moved since by replaying sequenced ops onto it or undoing them.
 #[derive(Debug, Clone)]
 struct Scratch {
     version: u64,
@@ -420,6 +421,11 @@ impl ServerDoc {
         }
         let cost = version_cost(&self.doc, &msg.operation);
         let state = (msg.version % CHECKPOINT_EVERY == 0).then(|| Box::new(self.doc.clone()));
+        if self.scratch.as_ref().is_some_and(|s| msg.version.saturating_sub(s.copied_at) >= 2 * SCRATCH_REFRESH) {
+            // Too old for the next stale op near the head, which would copy a new one: dropped,
+            // so that it does not keep an old state alive.
+            self.scratch = None;
+        }
         self.history.push_back((msg, state));
         self.history_cost.push_back(cost);
         self.history_bytes += cost;
@@ -465,8 +471,9 @@ pub const CHECKPOINT_EVERY: u64 = 4;
 
 /// How many versions the scratch state of a [`ServerDoc`] moves, at most, for a stale op
 /// (forward by replaying ops, back by undoing them); one based further from it gets a new
-/// scratch state from the checkpoint before its base (at most [`CHECKPOINT_EVERY`]` - 1` replays, but on a copy that
-/// shares every node with the window, so each write copies its path).
+/// scratch state from the checkpoint before its base (at most [`CHECKPOINT_EVERY`]` - 1`
+/// replays, but on a copy that shares every node with the window, so each write copies its
+/// path).
 pub const SCRATCH_REPLAY: u64 = 2 * CHECKPOINT_EVERY;
 
 /// How many versions a [`ServerDoc`]'s scratch state serves before it is copied afresh from a
