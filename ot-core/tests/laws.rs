@@ -166,9 +166,9 @@ proptest! {
     #[test]
     fn stale_ops_in_a_row_equal_their_rebase_on_a_state_built_afresh(seed in any::<u64>()) {
         // The server validates a stale op on a scratch state that it keeps between submits,
-        // brings forward and undoes each op on in place: a run of stale ops of every kind, at
-        // bases mostly a few versions back (as a room's clients make them), some refused, must
-        // each give what a rebase on the state at its base built afresh gives.
+        // moves from base to base and undoes each op on in place: a run of stale ops of every
+        // kind, at bases mostly a few versions back (as a room's clients make them), some
+        // refused, must each give what a rebase on the state at its base built afresh gives.
         let mut rng = StdRng::seed_from_u64(seed);
         let mut server = ServerDoc::new(gen_doc(&mut rng), 0, 64, 64);
         for i in 0..24 {
