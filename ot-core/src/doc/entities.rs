@@ -105,10 +105,10 @@ impl EntityMap {
 
     /// Adds `entity` under `id`, replacing an entity of that id if there is one.
     pub(crate) fn insert(&mut self, id: Id, entity: Entity) {
-        if self.contains_key(&id) {
+        let key = key_of(&id);
+        if self.map.get(&key).is_some_and(|head| head.chain().any(|s| s.id == id)) {
             self.remove(&id);
         }
-        let key = key_of(&id);
         let next = self.map.get(&key).cloned();
         self.map.insert(key, Arc::new(Slot { id, entity, next }));
         self.len += 1;
