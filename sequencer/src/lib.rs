@@ -202,7 +202,9 @@ pub struct Config {
     pub max_rebase: u64,
     /// Most ops sent in a `since` catch-up; further back gets the full state. Default 10,000.
     pub max_catchup: u64,
-    /// A snapshot is stored every this many versions. Default 500.
+    /// A snapshot is stored at least this many versions after the last; a large document waits
+    /// longer, so that snapshots write at most about 128 bytes per version on average
+    /// ([`room::core::SNAPSHOT_BYTES_PER_VERSION`](crate::room::core::SNAPSHOT_BYTES_PER_VERSION)). Default 500.
     pub snapshot_every: u64,
     /// A room with no connection is unloaded after this long. Default 60 s.
     pub room_idle: Duration,

@@ -198,14 +198,15 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     let load = move || {
         let loaded = store.load(&room_id)?;
         let transport = loaded.transport.clone();
-        restore(&room_id, loaded, window, max_rebase, bytes).map(|doc| (doc, transport))
+        let snapshot_version = loaded.snapshot.as_ref().map_or(0, |(v, _)| *v);
+        restore(&room_id, loaded, window, max_rebase, bytes).map(|doc| (doc, transport, snapshot_version))
     };
     let loaded = if shared.persister.store.blocking() {
         tokio::task::spawn_blocking(load).await.unwrap_or_else(|e| Err(join_error(&id, e)))
     } else {
         load()
     };
-    let (doc, transport) = match loaded {
+    let (doc, transport, snapshot_version) = match loaded {
         Ok(d) => d,
         Err(e) => {
             error!(error = %e, "room failed to load");
@@ -225,6 +226,7 @@ async fn room_task(shared: Arc<Shared>, id: Arc<str>, gen: u64, mut rx: mpsc::Re
     let bus = shared.bus.as_ref().filter(|_| shared_store);
     let node = bus.map(|b| b.node().clone());
     let mut core = RoomCore::new(doc, CoreConfig::new(&shared.config, id.clone(), shared_store, node), clock(started));
+    core.restore_snapshot_version(snapshot_version);
     if let Some(t) = transport {
         core.restore_transport(t);
     }

@@ -456,6 +456,65 @@ async fn restart_on_the_same_data_dir_keeps_state_version_and_op_ids() {
     server.shutdown().await.unwrap();
 }
 
+/// The versions of every snapshot `room` has in the store, oldest first.
+fn snapshot_versions(store: &dyn sequencer::store::Store, room: &str) -> Vec<u64> {
+    let mut versions = Vec::new();
+    let mut below = u64::MAX >> 1;
+    while let Some((v, _)) = store.snapshot_at_or_before(room, below).unwrap() {
+        versions.push(v);
+        match v.checked_sub(1) {
+            Some(b) => below = b,
+            None => break,
+        }
+    }
+    versions.reverse();
+    versions
+}
+
+#[tokio::test]
+async fn a_large_document_is_snapshotted_less_often_and_reloads_from_its_last_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { snapshot_every: 4, ..Config::sqlite(SECRET, dir.path().to_path_buf()) };
+    let server = start(config.clone()).await.unwrap();
+    let (mut a, _) = Client::join(server.addr, "big", "a").await;
+    // A small document: a snapshot every 4 versions.
+    for i in 0..8 {
+        a.op_acked(track(&format!("t{i}"), 0), None, &format!("a:{i}")).await;
+    }
+    // Tracks with 2,000-character names: the state grows past 40 KB, so snapshots at every
+    // 4th version would write ~10 KB per version; they come every ~300 versions instead.
+    let name = "n".repeat(2000);
+    for i in 0..20 {
+        let op =
+            json!({"type":"insert","target":"track","id":format!("big{i}"),"index":0,"value":{"name":name,"clips":[]}});
+        a.op_acked(op, None, &format!("a:big{i}")).await;
+    }
+    for i in 0..40 {
+        let op = json!({"type":"update","target":"track","id":"t0","path":["name"],"value":format!("t0-{i}")});
+        a.op_acked(op, None, &format!("a:g{i}")).await;
+    }
+    drop(a);
+    server.shutdown().await.unwrap();
+
+    let store = sequencer::store::sqlite::SqliteStore::open(dir.path()).unwrap();
+    let versions = snapshot_versions(&store, "big");
+    assert_eq!(&versions[..2], [4, 8], "the small document's cadence: {versions:?}");
+    let gaps: Vec<u64> = versions.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g >= 4), "never more often than snapshot_every: {versions:?}");
+    let last = *versions.last().unwrap();
+    assert!(last < 40, "no snapshot while the document is large: {versions:?}");
+    assert!(versions.len() < 9, "the 40 KB document was not snapshotted every 4th version: {versions:?}");
+    drop(store);
+
+    // The room loads from its last snapshot and the ops after it, and counts the next
+    // snapshot from there.
+    let server = start(config).await.unwrap();
+    let (_, init) = Client::join(server.addr, "big", "b").await;
+    assert_eq!(init["version"], 68);
+    assert_eq!(init["state"]["tracks"].as_array().unwrap().len(), 28);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn graceful_shutdown_closes_1001_and_keeps_acked_ops() {
     let dir = tempfile::tempdir().unwrap();

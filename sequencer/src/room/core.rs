@@ -61,7 +61,8 @@ pub struct CoreConfig {
     pub max_reply_bytes: usize,
     /// The document's size cap.
     pub max_doc_bytes: usize,
-    /// A snapshot every this many versions.
+    /// A snapshot at least this many versions after the last one; more when the document is
+    /// large (see [`SNAPSHOT_BYTES_PER_VERSION`]).
     pub snapshot_every: u64,
     /// Cursor fan-out period (0: at once).
     pub cursor_tick_ms: u64,
@@ -421,6 +422,8 @@ pub struct RoomCore {
     idle_since: Option<u64>,
     ever_joined: bool,
     doc_bytes: usize,
+    /// The version of the newest snapshot stored or loaded.
+    last_snapshot: u64,
     epoch: u64,
     /// A submit waits for its older history: later submits wait in `deferred`.
     awaiting_history: bool,
@@ -447,6 +450,15 @@ const TRANSPORT_ECHO_MS: u64 = 2000;
 
 /// Most ops read from the store in one catch-up of other nodes' ops.
 const FETCH_MAX: usize = 10_000;
+
+/// The most snapshot bytes written per version on average: a document whose state takes more
+/// than [`CoreConfig::snapshot_every`] times this is snapshotted every `size / this` versions
+/// instead. Each snapshot serializes the whole document on the room's task, so at a fixed
+/// cadence a growing document made every op dearer (and the memory store, which keeps every
+/// snapshot, grew by the document's size at each one); this way snapshots cost about as much
+/// as the log they shortcut, and a load replays at most as many ops as the snapshot is this
+/// many bytes long.
+pub const SNAPSHOT_BYTES_PER_VERSION: usize = 128;
 
 fn text(msg: &ServerMsg) -> String {
     encode(msg)
@@ -518,6 +530,7 @@ impl RoomCore {
             idle_since: Some(now.mono_ms),
             ever_joined: false,
             doc_bytes,
+            last_snapshot: 0,
             epoch: 0,
             awaiting_history: false,
             rebuilding: false,
@@ -869,6 +882,20 @@ impl RoomCore {
     }
 
     // ---- room-wide presence ----
+
+    /// Records the version of the snapshot the room was loaded from (0: none), from which the
+    /// next snapshot is counted.
+    pub fn restore_snapshot_version(&mut self, version: u64) {
+        self.last_snapshot = version;
+    }
+
+    /// Versions between two snapshots: [`CoreConfig::snapshot_every`], or more for a document
+    /// so large that snapshots at that cadence would write more than
+    /// [`SNAPSHOT_BYTES_PER_VERSION`] per version on average.
+    fn snapshot_interval(&self) -> u64 {
+        let by_size = (self.doc_bytes / SNAPSHOT_BYTES_PER_VERSION) as u64;
+        self.cfg.snapshot_every.max(by_size)
+    }
 
     /// The transport as the store last had it, for a room that loads.
     pub fn restore_transport(&mut self, t: TransportState) {
@@ -1228,7 +1255,11 @@ impl RoomCore {
     /// A freshly sequenced op: stored, then (once durable) applied for everyone.
     fn sequenced(&mut self, msg: Sequenced) {
         self.doc_bytes = resized(self.doc_bytes, &msg.operation);
-        let snapshot = (msg.version % self.cfg.snapshot_every == 0).then(|| self.doc.doc().to_state_value(msg.version));
+        let due = msg.version.saturating_sub(self.last_snapshot) >= self.snapshot_interval();
+        let snapshot = due.then(|| self.doc.doc().to_state_value(msg.version));
+        if due {
+            self.last_snapshot = msg.version;
+        }
         let group = RoomAppend { room: self.cfg.room.clone(), entries: vec![Entry { msg: msg.clone(), snapshot }] };
         self.pending.push_back(msg);
         self.out.push(Output::Append { epoch: self.epoch, group });
