@@ -134,13 +134,16 @@ proptest! {
     fn a_stale_update_sequenced_at_the_head_equals_its_rebase(seed in any::<u64>()) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut server = ServerDoc::new(gen_doc(&mut rng), 0, 64, 64);
+        // Every state the server went through, by version: the reference `state_at` is not.
+        let mut states = vec![server.doc().clone()];
         for i in 0..rng.gen_range(1..8) {
             let ops = gen_batch(&mut rng, server.doc(), 3);
             let submit = Submit { from: "h".into(), account: None, base: None, op_id: Some(format!("h{i}")), ops };
             server.submit(submit, None).expect("a batch made at the head is sequenced");
+            states.push(server.doc().clone());
         }
         let base = rng.gen_range(0..server.version());
-        let at_base = server.state_at(base).expect("the base is in the window");
+        let at_base = states[base as usize].clone();
         // Updates made at the base; sometimes made at the head instead, so that some name an
         // entity inserted or deleted since the base, which the base must refuse.
         let on = if rng.gen_bool(0.8) { at_base.clone() } else { server.doc().clone() };
@@ -171,6 +174,8 @@ proptest! {
         // refused, must each give what a rebase on the state at its base built afresh gives.
         let mut rng = StdRng::seed_from_u64(seed);
         let mut server = ServerDoc::new(gen_doc(&mut rng), 0, 64, 64);
+        // Every state the server went through, by version: the reference `state_at` is not.
+        let mut states = vec![server.doc().clone()];
         for i in 0..24 {
             let version = server.version();
             let oldest = server.window_start();
@@ -179,7 +184,7 @@ proptest! {
             } else {
                 version.saturating_sub(rng.gen_range(0..6)).max(oldest)
             };
-            let at_base = server.state_at(base).expect("the base is in the window");
+            let at_base = states[base as usize].clone();
             // Mostly made at the base; sometimes at the head, so that some are refused there.
             let on = if rng.gen_bool(0.85) { at_base.clone() } else { server.doc().clone() };
             let ops = gen_batch(&mut rng, &on, 3);
@@ -189,11 +194,35 @@ proptest! {
                 (Ok((annotated, head)), Ok(Outcome::Sequenced(msg))) => {
                     prop_assert_eq!(plain(&msg.operation), plain(&annotated), "seed {} op {}: {:?}", seed, i, ops);
                     prop_assert!(*server.doc() == head, "seed {} op {}: the heads differ", seed, i);
+                    states.push(head);
                 }
                 (Err(want), Err(SubmitError::Invalid(got))) => prop_assert_eq!(want, got, "seed {} op {}", seed, i),
                 (want, got) => prop_assert!(false, "seed {} op {}: expected {:?}, got {:?} for {:?}", seed, i, want, got, ops),
             }
         }
+    }
+
+    #[test]
+    fn state_at_gives_the_state_sequenced_at_every_version_of_the_window(seed in any::<u64>()) {
+        // `state_at` rebuilds a state from the head (undoing the ops after it) or from the
+        // checkpoint before it (replaying the ops in between), across the window's trims.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let window = rng.gen_range(1..40);
+        let mut server = ServerDoc::new(gen_doc(&mut rng), 0, window, 64);
+        let mut states = vec![server.doc().clone()];
+        for i in 0..rng.gen_range(1..80) {
+            let ops = gen_batch(&mut rng, server.doc(), 3);
+            let submit = Submit { from: "h".into(), account: None, base: None, op_id: Some(format!("h{i}")), ops };
+            if server.submit(submit, None).is_ok() {
+                states.push(server.doc().clone());
+            }
+        }
+        prop_assert_eq!(server.version() as usize, states.len() - 1);
+        for v in server.window_start()..=server.version() {
+            let rebuilt = server.state_at(v);
+            prop_assert!(rebuilt.as_ref() == Some(&states[v as usize]), "seed {}: version {} of {}", seed, v, server.version());
+        }
+        prop_assert!(server.state_at(server.version() + 1).is_none());
     }
 
     #[test]
