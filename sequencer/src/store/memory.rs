@@ -7,7 +7,10 @@
 //! SQLite or PostgreSQL.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+
+use hashbrown::HashTable;
 
 use ot_core::protocol::TransportState;
 use ot_core::sync::Sequenced;
@@ -17,17 +20,34 @@ use super::{account_key, transport_newer, Loaded, RoomAppend, Store, StoreError}
 
 #[derive(Default)]
 struct MemRoom {
+    /// Version `v` at index `v - 1`.
     ops: Vec<Sequenced>,
     snapshots: BTreeMap<u64, Value>,
-    /// (account, op id) → version.
-    op_ids: HashMap<(String, String), u64>,
+    /// The version of each op with an op id, found by the hash of its (account, op id): the
+    /// ids stay in the ops, not copied into the index (no allocation per op, 8 bytes a slot).
+    op_ids: HashTable<u64>,
     transport: Option<TransportState>,
+}
+
+impl MemRoom {
+    /// The op at `version` when it is there and carries (`account`, `op_id`).
+    fn with_id(&self, version: u64, account: &str, op_id: &str) -> Option<&Sequenced> {
+        let m = self.ops.get((version as usize).checked_sub(1)?)?;
+        (account_key(m.account.as_deref()) == account && m.op_id.as_deref() == Some(op_id)).then_some(m)
+    }
 }
 
 /// Everything in process memory (`--memory`): the full log lives as long as the process.
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<String, MemRoom>>,
+    /// Hashes the (account, op id) keys of every room's op-id index.
+    ids: RandomState,
+}
+
+/// The key an op id is found by: its account (as stored) and the id.
+fn id_hash(ids: &RandomState, account: &str, op_id: &str) -> u64 {
+    ids.hash_one((account, op_id))
 }
 
 impl MemoryStore {
@@ -76,16 +96,32 @@ impl Store for MemoryStore {
                 }
             }
             for g in groups {
-                let r = rooms.entry(g.room.to_string()).or_default();
+                if !rooms.contains_key(&*g.room) {
+                    rooms.insert(g.room.to_string(), MemRoom::default());
+                }
+                let Some(r) = rooms.get_mut(&*g.room) else { continue };
                 for e in &g.entries {
-                    if let Some(id) = &e.msg.op_id {
-                        let account = account_key(e.msg.account.as_deref()).to_string();
-                        r.op_ids.insert((account, id.clone()), e.msg.version);
-                    }
                     if let Some(s) = &e.snapshot {
                         r.snapshots.insert(e.msg.version, s.clone());
                     }
                     r.ops.push(e.msg.clone());
+                    if let Some(id) = &e.msg.op_id {
+                        let account = account_key(e.msg.account.as_deref());
+                        let (version, hash) = (e.msg.version, id_hash(&self.ids, account, id));
+                        // An id stored again (by another node's lost race) maps to its newest op.
+                        let old = r.op_ids.find(hash, |&v| r.with_id(v, account, id).is_some()).copied();
+                        let MemRoom { ops, op_ids, .. } = r;
+                        match old.and_then(|v| op_ids.find_mut(hash, |&w| w == v)) {
+                            Some(slot) => *slot = version,
+                            None => {
+                                op_ids.insert_unique(hash, version, |&v| {
+                                    let m = &ops[v as usize - 1];
+                                    let id = m.op_id.as_deref().unwrap_or_default();
+                                    id_hash(&self.ids, account_key(m.account.as_deref()), id)
+                                });
+                            }
+                        }
+                    }
                 }
             }
             Ok(())
@@ -110,8 +146,10 @@ impl Store for MemoryStore {
     fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
         Ok(self.with(|rooms| {
             let r = rooms.get(room)?;
-            let v = *r.op_ids.get(&(account_key(account).to_string(), op_id.to_string()))?;
-            r.ops.get((v as usize).checked_sub(1)?).cloned()
+            let account = account_key(account);
+            let hash = id_hash(&self.ids, account, op_id);
+            let v = *r.op_ids.find(hash, |&v| r.with_id(v, account, op_id).is_some())?;
+            r.with_id(v, account, op_id).cloned()
         }))
     }
 
@@ -127,5 +165,44 @@ impl Store for MemoryStore {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::tests::msg;
+    use crate::store::Entry;
+
+    /// Version `v` with op id `id` under `account`.
+    fn op(v: u64, id: &str, account: Option<&str>) -> Entry {
+        let mut m = (*msg(v, id)).clone();
+        m.account = account.map(Arc::from);
+        Entry { msg: Arc::new(m), snapshot: None }
+    }
+
+    #[test]
+    fn every_op_id_is_found_under_its_own_account_through_the_index_growth() {
+        let store = MemoryStore::new();
+        let room: Arc<str> = Arc::from("r");
+        let accounts = [Some("a"), Some("b"), None];
+        for v in 1..=3000u64 {
+            let entry = op(v, &format!("o{}", v / 3), accounts[(v % 3) as usize]);
+            store.append(&[RoomAppend { room: room.clone(), entries: vec![entry] }]).unwrap();
+        }
+        for v in 1..=3000u64 {
+            let (id, account) = (format!("o{}", v / 3), accounts[(v % 3) as usize]);
+            let found = store.find_op("r", account, &id).unwrap().map(|m| m.version);
+            assert_eq!(found, Some(v), "{account:?} {id}");
+        }
+        assert!(store.find_op("r", Some("c"), "o1").unwrap().is_none());
+        assert!(store.find_op("r", Some("a"), "o9999").unwrap().is_none());
+        assert!(store.find_op("other", Some("a"), "o1").unwrap().is_none());
+        // An id stored again maps to its newest op.
+        store.append(&[RoomAppend { room, entries: vec![op(3001, "o1", Some("b"))] }]).unwrap();
+        assert_eq!(store.find_op("r", Some("b"), "o1").unwrap().map(|m| m.version), Some(3001));
+        assert_eq!(store.find_op("r", Some("a"), "o1").unwrap().map(|m| m.version), Some(3));
     }
 }
