@@ -529,6 +529,7 @@ mod tests {
                     account: None,
                 }),
                 snapshot: None,
+                by_id: true,
             })
             .collect();
         store.append(&[RoomAppend { room: "r".into(), entries }]).unwrap();

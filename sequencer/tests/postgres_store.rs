@@ -34,7 +34,7 @@ fn group(room: &str, entries: Vec<Entry>) -> RoomAppend {
 }
 
 fn plain(m: Sequenced) -> Entry {
-    Entry { msg: m, snapshot: None }
+    Entry { msg: m, snapshot: None, by_id: true }
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn load_replay_round_trip_find_op_and_older_history() {
     let six = msg(6, "o6");
     sd.replay(six.clone()).unwrap();
     apply(&mut doc, &six.operation).unwrap();
-    let snap = Entry { msg: six, snapshot: Some(doc.to_state_value(6)) };
+    let snap = Entry { msg: six, snapshot: Some(doc.to_state_value(6)), by_id: true };
     store.append(&[group("r", vec![snap])]).unwrap();
 
     let loaded = store.load("r").unwrap();
@@ -154,10 +154,13 @@ fn load_replay_round_trip_find_op_and_older_history() {
     assert_eq!(from_snapshot.tracks().len(), 6);
     assert!(store.snapshot_at_or_before("r", 5).unwrap().is_none());
 
-    let older = older_history(&store, "r", 2, 6, Some("acct"), Some("o5"), usize::MAX).unwrap();
+    let older = older_history(&store, "r", 2, 6, Some("acct"), Some("new"), usize::MAX).unwrap();
     assert_eq!(older.state.tracks().len(), 2);
     assert_eq!(older.ops.len(), 4);
-    assert_eq!(older.known.unwrap().version, 5);
+    assert!(older.known.is_none());
+    // A resend is answered with the op among those after its base.
+    let resend = older_history(&store, "r", 2, 6, Some("acct"), Some("o5"), usize::MAX).unwrap();
+    assert_eq!(resend.known.unwrap().version, 5);
 }
 
 #[test]

@@ -1187,7 +1187,9 @@ impl RoomCore {
         let lookup = lookup && self.members.by_conn(&key.0).is_some_and(|m| m.session == key.1 && !m.sequenced);
         if let (true, Some(op_id)) = (lookup, &s.op_id) {
             // Without a base nothing tells a resend from a new op, and the memory window holds
-            // only recent op ids: ask the store, which indexes every op by (room, account, opId).
+            // only recent op ids: ask the store, which finds every op sent without a base by
+            // (room, account, opId) (an op with a base is resent with it, PROTOCOL §4, and found
+            // among the ops after its base).
             // Only until this socket has had an op sequenced: a client resends its unacked ops
             // first, in order, so what follows a new op is new too.
             self.awaiting_history = true;
@@ -1219,7 +1221,7 @@ impl RoomCore {
                 if self.cfg.shared_store {
                     self.cluster.submits.insert(msg.version, (key, s));
                 }
-                self.sequenced(msg);
+                self.sequenced(msg, base.is_none());
             }
             Ok(Outcome::Duplicate(msg)) => self.duplicate(key, msg),
             Err(SubmitError::NeedHistory { base }) if older.is_none() => {
@@ -1252,15 +1254,17 @@ impl RoomCore {
         }
     }
 
-    /// A freshly sequenced op: stored, then (once durable) applied for everyone.
-    fn sequenced(&mut self, msg: Sequenced) {
+    /// A freshly sequenced op: stored, then (once durable) applied for everyone. `by_id`: it
+    /// came without a base (see [`Entry::by_id`]).
+    fn sequenced(&mut self, msg: Sequenced, by_id: bool) {
         self.doc_bytes = resized(self.doc_bytes, &msg.operation);
         let due = msg.version.saturating_sub(self.last_snapshot) >= self.snapshot_interval();
         let snapshot = due.then(|| self.doc.doc().to_state_value(msg.version));
         if due {
             self.last_snapshot = msg.version;
         }
-        let group = RoomAppend { room: self.cfg.room.clone(), entries: vec![Entry { msg: msg.clone(), snapshot }] };
+        let group =
+            RoomAppend { room: self.cfg.room.clone(), entries: vec![Entry { msg: msg.clone(), snapshot, by_id }] };
         self.pending.push_back(msg);
         self.out.push(Output::Append { epoch: self.epoch, group });
     }

@@ -180,7 +180,7 @@ mod tests {
     fn op(v: u64, id: &str, account: Option<&str>) -> Entry {
         let mut m = (*msg(v, id)).clone();
         m.account = account.map(Arc::from);
-        Entry { msg: Arc::new(m), snapshot: None }
+        Entry { msg: Arc::new(m), snapshot: None, by_id: true }
     }
 
     #[test]

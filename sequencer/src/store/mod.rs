@@ -95,6 +95,11 @@ pub struct Entry {
     pub msg: Sequenced,
     /// The state (PROTOCOL §5.1 JSON) at `msg.version`, when a snapshot is taken here.
     pub snapshot: Option<Value>,
+    /// Whether [`Store::find_op`] must find this op by its id alone: it was submitted without
+    /// a `baseVersion`, so its resend comes without one too (PROTOCOL §4: a client resends its
+    /// ops with their original `baseVersion`). A resend with a base is recognised among the ops
+    /// after that base ([`older_history`]), which every stored op is.
+    pub by_id: bool,
 }
 
 /// What a room appends in one go.
@@ -142,7 +147,9 @@ pub trait Store: Send + Sync + 'static {
     /// The latest snapshot at or before `version`.
     fn snapshot_at_or_before(&self, room: &str, version: u64) -> Result<Option<(u64, Value)>, StoreError>;
     /// The op `account` stored under `op_id`, for exactly-once across restarts (op ids are
-    /// scoped per account, PROTOCOL §4). Stores keep each op's account beside it, and every op
+    /// scoped per account, PROTOCOL §4): at least every op stored with [`Entry::by_id`] set
+    /// (a store may find the others too; SQLite indexes only those, so that an op with a base,
+    /// the common case, does not dirty an index page of its own). Stores keep each op's account beside it, and every op
     /// they return carries it in [`OperationMsg::account`](ot_core::protocol::OperationMsg::account).
     fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError>;
     /// The room's transport as last stored, if it was ever set.
@@ -163,8 +170,9 @@ pub(crate) fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreE
 }
 
 /// Builds the [`OlderHistory`] for a stale op based on `base`: the state at `base` (the snapshot
-/// at or before it plus replay), the ops `base+1 ..= until`, and the op already stored under
-/// `op_id` by `account`. The ops are read in chunks and the read stops with
+/// at or before it plus replay), the ops `base+1 ..= until`, and, for a resend, the op among
+/// them stored under `op_id` by `account` (then the rest is left empty: the resend is
+/// answered with it). The ops are read in chunks and the read stops with
 /// [`StoreError::HistoryTooLarge`] past `max_bytes` of JSON, so a stale op cannot make its room
 /// wait on an unbounded read.
 pub fn older_history(
@@ -176,9 +184,11 @@ pub fn older_history(
     op_id: Option<&str>,
     max_bytes: usize,
 ) -> Result<OlderHistory, StoreError> {
-    let known = match op_id {
-        Some(id) => store.find_op(room, account, id)?,
-        None => None,
+    // A resend of an op based on `base` was sequenced after it: it is among the ops read below
+    // (or in the room's window, which the room checks first).
+    let resent = |m: &Sequenced| {
+        op_id.is_some_and(|id| m.op_id.as_deref() == Some(id))
+            && account_key(m.account.as_deref()) == account_key(account)
     };
     let (snap_v, mut state) = match store.snapshot_at_or_before(room, base)? {
         Some((v, value)) => {
@@ -196,6 +206,10 @@ pub fn older_history(
         let chunk = store.ops(room, from, until, HISTORY_CHUNK)?;
         let Some(last) = chunk.last() else { break };
         from = last.version;
+        if let Some(m) = chunk.iter().find(|m| resent(m)) {
+            // Answered with the original: the ops and the state are not used.
+            return Ok(OlderHistory { base, state, ops: Vec::new(), known: Some(m.clone()) });
+        }
         for m in chunk {
             bytes += ot_core::protocol::json_len(&*m);
             if bytes > max_bytes {
@@ -204,7 +218,7 @@ pub fn older_history(
             ops.push(m);
         }
     }
-    Ok(OlderHistory { base, state, ops, known })
+    Ok(OlderHistory { base, state, ops, known: None })
 }
 
 /// How many ops [`older_history`] reads at a time.
@@ -268,9 +282,9 @@ pub(crate) mod tests {
 
     fn exercise(store: &dyn Store) {
         let room: Arc<str> = Arc::from("r");
-        let entries = (1..=5).map(|v| Entry { msg: msg(v, &format!("o{v}")), snapshot: None }).collect();
+        let entries = (1..=5).map(|v| Entry { msg: msg(v, &format!("o{v}")), snapshot: None, by_id: true }).collect();
         store.append(&[RoomAppend { room: room.clone(), entries }]).unwrap();
-        let dup = vec![Entry { msg: msg(3, "x"), snapshot: None }];
+        let dup = vec![Entry { msg: msg(3, "x"), snapshot: None, by_id: true }];
         assert!(matches!(
             store.append(&[RoomAppend { room: room.clone(), entries: dup }]),
             Err(StoreError::Conflict { version: 3, .. })
@@ -284,7 +298,7 @@ pub(crate) mod tests {
         let mut sd = restore("r", store.load("r").unwrap(), 2, 100, usize::MAX).unwrap();
         assert_eq!(sd.version(), 5);
         let mut doc = sd.doc().clone();
-        let snap = Entry { msg: msg(6, "o6"), snapshot: None };
+        let snap = Entry { msg: msg(6, "o6"), snapshot: None, by_id: true };
         sd.replay(snap.msg.clone()).unwrap();
         apply(&mut doc, &snap.msg.operation).unwrap();
         let snap = Entry { snapshot: Some(doc.to_state_value(6)), ..snap };
@@ -292,14 +306,24 @@ pub(crate) mod tests {
         let loaded = store.load("r").unwrap();
         assert_eq!(loaded.snapshot.as_ref().map(|s| s.0), Some(6));
         assert!(loaded.ops.is_empty());
-        let older = older_history(store, "r", 2, 6, Some("acct"), Some("o5"), usize::MAX).unwrap();
+        let older = older_history(store, "r", 2, 6, Some("acct"), Some("new"), usize::MAX).unwrap();
         assert!(matches!(
             older_history(store, "r", 2, 6, Some("acct"), None, 200),
             Err(StoreError::HistoryTooLarge { base: 2, limit: 200 })
         ));
         assert_eq!(older.state.tracks().len(), 2);
         assert_eq!(older.ops.len(), 4);
-        assert_eq!(older.known.unwrap().version, 5);
+        assert!(older.known.is_none());
+        // A resend is found among the ops after its base, for its own account only.
+        let resend = older_history(store, "r", 2, 6, Some("acct"), Some("o5"), usize::MAX).unwrap();
+        assert_eq!(resend.known.unwrap().version, 5);
+        assert!(older_history(store, "r", 2, 6, Some("other"), Some("o5"), usize::MAX).unwrap().known.is_none());
+        // An op sent with a base (`by_id: false`) is found that way too, whatever the store
+        // indexes, and before the read's size bound.
+        let based = Entry { msg: msg(7, "o7"), snapshot: None, by_id: false };
+        store.append(&[RoomAppend { room: Arc::from("r"), entries: vec![based] }]).unwrap();
+        let resend = older_history(store, "r", 6, 7, Some("acct"), Some("o7"), 1).unwrap();
+        assert_eq!(resend.known.unwrap().version, 7);
         transport_is_kept(store);
     }
 

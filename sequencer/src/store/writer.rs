@@ -177,7 +177,7 @@ mod tests {
     use crate::store::{Entry, MemoryStore};
 
     fn req(room: &Arc<str>, version: u64, durable: &Arc<watch::Sender<Durable>>) -> WriteReq {
-        let entries = vec![Entry { msg: msg(version, &format!("o{version}")), snapshot: None }];
+        let entries = vec![Entry { msg: msg(version, &format!("o{version}")), snapshot: None, by_id: true }];
         WriteReq { group: RoomAppend { room: room.clone(), entries }, durable: durable.clone() }
     }
 
