@@ -98,12 +98,13 @@ pub struct Submit {
 /// The window keeps the state at every [`CHECKPOINT_EVERY`]th version (a checkpoint); the state
 /// at any other version is rebuilt from the nearer of the head, by undoing the ops after it, and
 /// the checkpoint before it, by replaying the ops in between: fewer than [`CHECKPOINT_EVERY`]
-/// applies, and no more than there are versions after it. A kept state shares every node its successors did not change,
-/// but each one makes the head's next write to a node copy it, and dropping it later frees those
-/// copies: a state kept at every version cost each op a path copy and its release, one at every
-/// 4th still 8 % of a room's CPU on an update workload. Most stale ops never need their base
-/// state (updates that commute with what followed are applied at the head), and the others are
-/// mostly a few versions old, where the head is nearer than any checkpoint.
+/// applies, and no more than there are versions after it. A kept state shares every node its
+/// successors did not change, but each one makes the head's next write to a node copy it, and
+/// dropping it later frees those copies: a state kept at every version cost each op a path copy
+/// and its release, one at every 4th still 8 % of a room's CPU on an update workload. Most stale
+/// ops never need their base state (updates that commute with what followed are applied at the
+/// head), and the others are mostly a few versions old, where the head is nearer than any
+/// checkpoint.
 ///
 /// That copy is kept between submits (the *scratch* state): a stale op is validated and
 /// annotated on it, then undone in place with its inverse, so the scratch stays at its base and

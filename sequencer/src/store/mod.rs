@@ -98,7 +98,7 @@ pub struct Entry {
     /// Whether [`Store::find_op`] must find this op by its id alone: it was submitted without
     /// a `baseVersion`, so its resend comes without one too (PROTOCOL §4: a client resends its
     /// ops with their original `baseVersion`). A resend with a base is recognised among the ops
-    /// after that base ([`older_history`]), which every stored op is.
+    /// after that base instead ([`older_history`]), where any stored op can be found.
     pub by_id: bool,
 }
 
@@ -149,8 +149,9 @@ pub trait Store: Send + Sync + 'static {
     /// The op `account` stored under `op_id`, for exactly-once across restarts (op ids are
     /// scoped per account, PROTOCOL §4): at least every op stored with [`Entry::by_id`] set
     /// (a store may find the others too; SQLite indexes only those, so that an op with a base,
-    /// the common case, does not dirty an index page of its own). Stores keep each op's account beside it, and every op
-    /// they return carries it in [`OperationMsg::account`](ot_core::protocol::OperationMsg::account).
+    /// the common case, does not dirty an index page of its own). Stores keep each op's account
+    /// beside it, and every op they return carries it in
+    /// [`OperationMsg::account`](ot_core::protocol::OperationMsg::account).
     fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError>;
     /// The room's transport as last stored, if it was ever set.
     fn transport(&self, room: &str) -> Result<Option<TransportState>, StoreError>;

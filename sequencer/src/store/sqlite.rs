@@ -1,8 +1,9 @@
 //! The embedded default store (`--data-dir`): SQLite in WAL mode with `synchronous=FULL`, one
 //! file per server, written by this process only.
 //!
-//! The schema is created on open, and a log written before op ids were scoped per account gets
-//! its `account` column and index on open too. Calls block on disk IO, so the server calls
+//! The schema is created on open, and an older log is brought up to it on open too: its
+//! `account` column (op ids scoped per account), its `by_id` column, and the index of the ops
+//! found by id alone (those sent without a base) in place of the index of every op id. Calls block on disk IO, so the server calls
 //! this store only from the [`Persister`](super::Persister)'s writer thread and from
 //! `spawn_blocking` (reads).
 
@@ -70,7 +71,8 @@ impl SqliteStore {
         }
         // Only ops sent without a base are found by id alone ([`Entry::by_id`]): indexing every
         // op cost each op a B-tree page of its own in every group commit (one client's ids sort
-        // together, so no two ops of a commit share a leaf), a third of a commit's CPU.
+        // together, so no two ops of a commit share a leaf): a quarter of the server's CPU on
+        // 20 rooms × 5 clients (BENCHMARKS.md, fifth pass).
         conn.execute_batch(
             "DROP INDEX IF EXISTS ops_by_id;
              DROP INDEX IF EXISTS ops_by_account_id;
