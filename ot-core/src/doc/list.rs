@@ -14,7 +14,7 @@ const CHUNK_LOW: usize = CHUNK_MAX / 4;
 /// An ordered list of entity ids (`tracks`, `markers`, the clips of one track), persistent:
 /// cloning it is O(1), and the clone shares every chunk until one of them is written.
 ///
-/// The ids are held in chunks of at most [`CHUNK_MAX`], behind an outer vector of chunk
+/// The ids are held in chunks of at most 128 (`CHUNK_MAX`), behind an outer vector of chunk
 /// pointers. An insert or a removal edits one chunk in place when nothing else holds it (a
 /// `memmove` of at most 128 pointers) and otherwise copies that one chunk and the outer vector,
 /// never the rest: a state kept by the server's history window costs one chunk per list the
