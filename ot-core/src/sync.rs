@@ -5,8 +5,11 @@
 //! Neither does IO, reads a clock or draws a random number: the sequencer, the Rust client and
 //! the deterministic simulation in the tests all drive these same types.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::apply::{apply, invert};
 use crate::doc::{Document, EntityKind, Id, IdList, ListKey};
@@ -132,8 +135,11 @@ pub struct ServerDoc {
     history_cost: VecDeque<usize>,
     history_bytes: usize,
     max_history_bytes: usize,
-    /// (account → op id → version) for the ops in the window.
-    op_ids: HashMap<Option<Arc<str>>, HashMap<String, u64>>,
+    /// The version of each op with an id in the window, found by the hash of its (account, op
+    /// id) under `id_keys`: the ids stay in the history's messages, so recording one allocates
+    /// nothing. An id sequenced twice (a lost race replayed) maps to its newest version.
+    op_ids: HashTable<u64>,
+    id_keys: RandomState,
     window: usize,
     /// How far back a stale op may reach through [`SubmitError::NeedHistory`]; older ones get
     /// `version_too_old`.
@@ -166,7 +172,8 @@ impl ServerDoc {
             history_cost: VecDeque::new(),
             history_bytes: 0,
             max_history_bytes: usize::MAX,
-            op_ids: HashMap::new(),
+            op_ids: HashTable::new(),
+            id_keys: RandomState::new(),
             window: window.max(1),
             max_rebase,
             scratch: None,
@@ -304,9 +311,9 @@ impl ServerDoc {
     /// it again after loading older history, say), so its ops are not cloned for every call.
     pub fn submit_ref(&mut self, submit: &Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         if let Some(id) = &submit.op_id {
-            let known = self.op_ids.get(&submit.account).and_then(|ids| ids.get(id));
-            let slot = known.and_then(|v| v.checked_sub(self.window_start + 1));
-            if let Some((m, _)) = slot.and_then(|i| self.history.get(i as usize)) {
+            let hash = self.id_keys.hash_one((submit.account.as_deref(), id.as_str()));
+            let known = self.op_ids.find(hash, |&v| self.with_id(v, submit.account.as_deref(), id).is_some());
+            if let Some(m) = known.and_then(|&v| self.with_id(v, submit.account.as_deref(), id)) {
                 return Ok(Outcome::Duplicate(m.clone()));
             }
         }
@@ -430,11 +437,32 @@ impl ServerDoc {
         Outcome::Sequenced(msg)
     }
 
+    /// The message of version `v` when it is in the window and carries (`account`, `op_id`).
+    fn with_id(&self, v: u64, account: Option<&str>, op_id: &str) -> Option<&Sequenced> {
+        message_with_id(&self.history, self.window_start, v, account, op_id)
+    }
+
+    /// Records the op id of the newest version of the history.
+    fn record_id(&mut self) {
+        let ServerDoc { history, window_start, op_ids, id_keys, .. } = self;
+        let start = *window_start;
+        let Some((msg, _)) = history.back() else { return };
+        let Some(id) = msg.op_id.as_deref() else { return };
+        let (account, version) = (msg.account.as_deref(), msg.version);
+        let hash = id_keys.hash_one((account, id));
+        let older = |&v: &u64| v != version && message_with_id(history, start, v, account, id).is_some();
+        if let Ok(slot) = op_ids.find_entry(hash, older) {
+            slot.remove();
+        }
+        op_ids.insert_unique(hash, version, |&v| {
+            let m = v.checked_sub(start + 1).and_then(|i| history.get(i as usize)).map(|(m, _)| m);
+            let account = m.and_then(|m| m.account.as_deref());
+            id_keys.hash_one((account, m.and_then(|m| m.op_id.as_deref()).unwrap_or_default()))
+        });
+    }
+
     fn push(&mut self, msg: Sequenced) {
         self.version = msg.version;
-        if let Some(id) = &msg.op_id {
-            self.op_ids.entry(msg.account.clone()).or_default().insert(id.clone(), msg.version);
-        }
         let cost = version_cost(&self.doc, &msg.operation);
         let state = (msg.version % CHECKPOINT_EVERY == 0).then(|| Box::new(self.doc.clone()));
         if self.scratch.as_ref().is_some_and(|s| msg.version.saturating_sub(s.copied_at) >= 2 * SCRATCH_REFRESH) {
@@ -443,6 +471,7 @@ impl ServerDoc {
             self.scratch = None;
         }
         self.history.push_back((msg, state));
+        self.record_id();
         self.history_cost.push_back(cost);
         self.history_bytes += cost;
         self.trim();
@@ -457,15 +486,11 @@ impl ServerDoc {
                 self.history_bytes -= cost;
             }
             if let Some((old, state)) = self.history.pop_front() {
-                if let Some(id) = &old.op_id {
+                if let Some(id) = old.op_id.as_deref() {
                     // Only forget the id if it still maps to this version.
-                    if let Some(ids) = self.op_ids.get_mut(&old.account) {
-                        if ids.get(id) == Some(&old.version) {
-                            ids.remove(id);
-                        }
-                        if ids.is_empty() {
-                            self.op_ids.remove(&old.account);
-                        }
+                    let hash = self.id_keys.hash_one((old.account.as_deref(), id));
+                    if let Ok(slot) = self.op_ids.find_entry(hash, |&v| v == old.version) {
+                        slot.remove();
                     }
                 }
                 self.window_start = old.version;
@@ -479,6 +504,19 @@ impl ServerDoc {
             }
         }
     }
+}
+
+/// The message of version `v` in `history` (whose first entry is version `start + 1`) when it
+/// carries (`account`, `op_id`).
+fn message_with_id<'a>(
+    history: &'a VecDeque<(Sequenced, Option<Box<Document>>)>,
+    start: u64,
+    v: u64,
+    account: Option<&str>,
+    op_id: &str,
+) -> Option<&'a Sequenced> {
+    let (m, _) = history.get(v.checked_sub(start + 1)? as usize)?;
+    (m.account.as_deref() == account && m.op_id.as_deref() == Some(op_id)).then_some(m)
 }
 
 /// Versions between two states kept in the history window (see [`ServerDoc`]): the rebuild of
@@ -936,5 +974,27 @@ impl ClientDoc {
     /// local document still holds their effect, so the caller reloads.
     pub fn reject_inflight(&mut self) -> Option<Vec<Op>> {
         self.inflight.take().map(|f| f.ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_op_id_table_holds_only_the_ids_of_the_window() {
+        let mut server = ServerDoc::new(Document::new(), 0, 8, 64);
+        for i in 0..200u64 {
+            let op = Op::batch_from_value(serde_json::json!({
+                "type": "insert", "target": "marker", "id": format!("m{i}"), "index": 0, "value": {"time": 1}
+            }))
+            .expect("a marker insert");
+            // Ids repeat once they have left the window, and across two accounts.
+            let account = (i % 2 == 0).then(|| Arc::from("a"));
+            let submit = Submit { from: "c".into(), account, base: None, op_id: Some(format!("x{}", i % 20)), ops: op };
+            assert!(matches!(server.submit(submit, None), Ok(Outcome::Sequenced(_))), "op {i}");
+            assert!(server.op_ids.len() <= server.history.len(), "op {i}: {} ids", server.op_ids.len());
+        }
+        assert_eq!(server.op_ids.len(), 8);
     }
 }

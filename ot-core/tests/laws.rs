@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use common::{gen_batch, gen_doc, gen_junk_op, gen_op};
 use ot_core::sync::{Outcome, ServerDoc, Submit, SubmitError};
 use ot_core::transform::{transform_entry, transform_one};
@@ -223,6 +226,35 @@ proptest! {
             prop_assert!(rebuilt.as_ref() == Some(&states[v as usize]), "seed {}: version {} of {}", seed, v, server.version());
         }
         prop_assert!(server.state_at(server.version() + 1).is_none());
+    }
+
+    #[test]
+    fn an_op_id_in_the_window_is_answered_with_its_version_across_trims(seed in any::<u64>()) {
+        // Exactly-once within the window: a submit whose (account, op id) was sequenced at a
+        // version still in the window gets that version back, and one that left the window is
+        // sequenced again, its id then standing for the new version.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let window = rng.gen_range(1..20);
+        let mut server = ServerDoc::new(gen_doc(&mut rng), 0, window, 64);
+        let mut model: HashMap<(Option<String>, String), u64> = HashMap::new();
+        let accounts = [None, Some("a"), Some("b")];
+        for _ in 0..rng.gen_range(1..80) {
+            let account = accounts[rng.gen_range(0..accounts.len())];
+            let id = format!("x{}", rng.gen_range(0..8));
+            let key = (account.map(String::from), id.clone());
+            let ops = gen_batch(&mut rng, server.doc(), 2);
+            let submit = Submit { from: "c".into(), account: account.map(Arc::from), base: None, op_id: Some(id), ops };
+            let known = model.get(&key).copied().filter(|v| *v > server.window_start());
+            match (known, server.submit(submit, None)) {
+                (Some(v), Ok(Outcome::Duplicate(m))) => prop_assert_eq!(m.version, v, "seed {}", seed),
+                (None, Ok(Outcome::Sequenced(m))) => {
+                    prop_assert_eq!(m.version, server.version());
+                    model.insert(key, m.version);
+                }
+                (None, Err(_)) => {}
+                (known, got) => prop_assert!(false, "seed {}: {:?} expected {:?}, got {:?}", seed, key, known, got),
+            }
+        }
     }
 
     #[test]
