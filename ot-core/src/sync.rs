@@ -6,10 +6,7 @@
 //! the deterministic simulation in the tests all drive these same types.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-
-use hashbrown::HashTable;
 
 use crate::apply::{apply, invert};
 use crate::doc::{Document, EntityKind, Id, IdList, ListKey};
@@ -18,8 +15,10 @@ use crate::op::Op;
 use crate::protocol::OperationMsg;
 use crate::transform::{compose, transform, transform_seq, update_commutes, Side};
 
+mod op_ids;
 mod undo;
 
+pub use op_ids::{sent_under, OpIdIndex};
 pub use undo::{UndoConfig, UndoOutcome};
 
 /// A sequenced operation: its version, its annotated ops, who sent it and its op id.
@@ -135,11 +134,8 @@ pub struct ServerDoc {
     history_cost: VecDeque<usize>,
     history_bytes: usize,
     max_history_bytes: usize,
-    /// The version of each op with an id in the window, found by the hash of its (account, op
-    /// id) under `id_keys`: the ids stay in the history's messages, so recording one allocates
-    /// nothing. An id sequenced twice (a lost race replayed) maps to its newest version.
-    op_ids: HashTable<u64>,
-    id_keys: RandomState,
+    /// The ops with an id in the window, by (account, op id); the ids stay in `history`.
+    op_ids: OpIdIndex,
     window: usize,
     /// How far back a stale op may reach through [`SubmitError::NeedHistory`]; older ones get
     /// `version_too_old`.
@@ -172,8 +168,7 @@ impl ServerDoc {
             history_cost: VecDeque::new(),
             history_bytes: 0,
             max_history_bytes: usize::MAX,
-            op_ids: HashTable::new(),
-            id_keys: RandomState::new(),
+            op_ids: OpIdIndex::new(),
             window: window.max(1),
             max_rebase,
             scratch: None,
@@ -311,9 +306,7 @@ impl ServerDoc {
     /// it again after loading older history, say), so its ops are not cloned for every call.
     pub fn submit_ref(&mut self, submit: &Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         if let Some(id) = &submit.op_id {
-            let hash = self.id_keys.hash_one((submit.account.as_deref(), id.as_str()));
-            let known = self.op_ids.find(hash, |&v| self.with_id(v, submit.account.as_deref(), id).is_some());
-            if let Some(m) = known.and_then(|&v| self.with_id(v, submit.account.as_deref(), id)) {
+            if let Some(m) = self.op_ids.find(submit.account.as_deref(), id, |v| self.sequenced_at(v)) {
                 return Ok(Outcome::Duplicate(m.clone()));
             }
         }
@@ -437,28 +430,9 @@ impl ServerDoc {
         Outcome::Sequenced(msg)
     }
 
-    /// The message of version `v` when it is in the window and carries (`account`, `op_id`).
-    fn with_id(&self, v: u64, account: Option<&str>, op_id: &str) -> Option<&Sequenced> {
-        message_with_id(&self.history, self.window_start, v, account, op_id)
-    }
-
-    /// Records the op id of the newest version of the history.
-    fn record_id(&mut self) {
-        let ServerDoc { history, window_start, op_ids, id_keys, .. } = self;
-        let start = *window_start;
-        let Some((msg, _)) = history.back() else { return };
-        let Some(id) = msg.op_id.as_deref() else { return };
-        let (account, version) = (msg.account.as_deref(), msg.version);
-        let hash = id_keys.hash_one((account, id));
-        let older = |&v: &u64| v != version && message_with_id(history, start, v, account, id).is_some();
-        if let Ok(slot) = op_ids.find_entry(hash, older) {
-            slot.remove();
-        }
-        op_ids.insert_unique(hash, version, |&v| {
-            let m = v.checked_sub(start + 1).and_then(|i| history.get(i as usize)).map(|(m, _)| m);
-            let account = m.and_then(|m| m.account.as_deref());
-            id_keys.hash_one((account, m.and_then(|m| m.op_id.as_deref()).unwrap_or_default()))
-        });
+    /// The message of version `v`, if it is in the window.
+    fn sequenced_at(&self, v: u64) -> Option<&Sequenced> {
+        message_at(&self.history, self.window_start, v)
     }
 
     fn push(&mut self, msg: Sequenced) {
@@ -470,8 +444,9 @@ impl ServerDoc {
             // so that it does not keep an old state alive.
             self.scratch = None;
         }
+        let (history, start) = (&self.history, self.window_start);
+        self.op_ids.record(&msg, |v| message_at(history, start, v));
         self.history.push_back((msg, state));
-        self.record_id();
         self.history_cost.push_back(cost);
         self.history_bytes += cost;
         self.trim();
@@ -486,13 +461,7 @@ impl ServerDoc {
                 self.history_bytes -= cost;
             }
             if let Some((old, state)) = self.history.pop_front() {
-                if let Some(id) = old.op_id.as_deref() {
-                    // Only forget the id if it still maps to this version.
-                    let hash = self.id_keys.hash_one((old.account.as_deref(), id));
-                    if let Ok(slot) = self.op_ids.find_entry(hash, |&v| v == old.version) {
-                        slot.remove();
-                    }
-                }
+                self.op_ids.forget(&old);
                 self.window_start = old.version;
                 match state {
                     Some(state) => {
@@ -506,17 +475,9 @@ impl ServerDoc {
     }
 }
 
-/// The message of version `v` in `history` (whose first entry is version `start + 1`) when it
-/// carries (`account`, `op_id`).
-fn message_with_id<'a>(
-    history: &'a VecDeque<(Sequenced, Option<Box<Document>>)>,
-    start: u64,
-    v: u64,
-    account: Option<&str>,
-    op_id: &str,
-) -> Option<&'a Sequenced> {
-    let (m, _) = history.get(v.checked_sub(start + 1)? as usize)?;
-    (m.account.as_deref() == account && m.op_id.as_deref() == Some(op_id)).then_some(m)
+/// The message of version `v` in `history`, whose first entry is version `start + 1`.
+fn message_at(history: &VecDeque<(Sequenced, Option<Box<Document>>)>, start: u64, v: u64) -> Option<&Sequenced> {
+    history.get(v.checked_sub(start + 1)? as usize).map(|(m, _)| m)
 }
 
 /// Versions between two states kept in the history window (see [`ServerDoc`]): the rebuild of

@@ -7,47 +7,33 @@
 //! SQLite or PostgreSQL.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
-use hashbrown::HashTable;
-
 use ot_core::protocol::TransportState;
-use ot_core::sync::Sequenced;
+use ot_core::sync::{OpIdIndex, Sequenced};
 use serde_json::Value;
 
-use super::{account_key, transport_newer, Loaded, RoomAppend, Store, StoreError};
+use super::{transport_newer, Loaded, RoomAppend, Store, StoreError};
 
 #[derive(Default)]
 struct MemRoom {
     /// Version `v` at index `v - 1`.
     ops: Vec<Sequenced>,
     snapshots: BTreeMap<u64, Value>,
-    /// The version of each op with an op id, found by the hash of its (account, op id): the
-    /// ids stay in the ops, not copied into the index (no allocation per op, 8 bytes a slot).
-    op_ids: HashTable<u64>,
+    /// The ops with an op id, by (account, op id); the ids stay in `ops`.
+    op_ids: OpIdIndex,
     transport: Option<TransportState>,
 }
 
-impl MemRoom {
-    /// The op at `version` when it is there and carries (`account`, `op_id`).
-    fn with_id(&self, version: u64, account: &str, op_id: &str) -> Option<&Sequenced> {
-        let m = self.ops.get((version as usize).checked_sub(1)?)?;
-        (account_key(m.account.as_deref()) == account && m.op_id.as_deref() == Some(op_id)).then_some(m)
-    }
+/// Version `v` of a room's `ops`.
+fn op_at(ops: &[Sequenced], v: u64) -> Option<&Sequenced> {
+    ops.get((v as usize).checked_sub(1)?)
 }
 
 /// Everything in process memory (`--memory`): the full log lives as long as the process.
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<String, MemRoom>>,
-    /// Hashes the (account, op id) keys of every room's op-id index.
-    ids: RandomState,
-}
-
-/// The key an op id is found by: its account (as stored) and the id.
-fn id_hash(ids: &RandomState, account: &str, op_id: &str) -> u64 {
-    ids.hash_one((account, op_id))
 }
 
 impl MemoryStore {
@@ -104,24 +90,10 @@ impl Store for MemoryStore {
                     if let Some(s) = &e.snapshot {
                         r.snapshots.insert(e.msg.version, s.clone());
                     }
+                    // An id stored again (by another node's lost race) stands for its newest op.
+                    let ops = &r.ops;
+                    r.op_ids.record(&e.msg, |v| op_at(ops, v));
                     r.ops.push(e.msg.clone());
-                    if let Some(id) = &e.msg.op_id {
-                        let account = account_key(e.msg.account.as_deref());
-                        let (version, hash) = (e.msg.version, id_hash(&self.ids, account, id));
-                        // An id stored again (by another node's lost race) maps to its newest op.
-                        let old = r.op_ids.find(hash, |&v| r.with_id(v, account, id).is_some()).copied();
-                        let MemRoom { ops, op_ids, .. } = r;
-                        match old.and_then(|v| op_ids.find_mut(hash, |&w| w == v)) {
-                            Some(slot) => *slot = version,
-                            None => {
-                                op_ids.insert_unique(hash, version, |&v| {
-                                    let m = &ops[v as usize - 1];
-                                    let id = m.op_id.as_deref().unwrap_or_default();
-                                    id_hash(&self.ids, account_key(m.account.as_deref()), id)
-                                });
-                            }
-                        }
-                    }
                 }
             }
             Ok(())
@@ -146,10 +118,7 @@ impl Store for MemoryStore {
     fn find_op(&self, room: &str, account: Option<&str>, op_id: &str) -> Result<Option<Sequenced>, StoreError> {
         Ok(self.with(|rooms| {
             let r = rooms.get(room)?;
-            let account = account_key(account);
-            let hash = id_hash(&self.ids, account, op_id);
-            let v = *r.op_ids.find(hash, |&v| r.with_id(v, account, op_id).is_some())?;
-            r.with_id(v, account, op_id).cloned()
+            r.op_ids.find(account, op_id, |v| op_at(&r.ops, v)).cloned()
         }))
     }
 

@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ot_core::protocol::TransportState;
-use ot_core::sync::{OlderHistory, Sequenced};
+use ot_core::sync::{sent_under, OlderHistory, Sequenced};
 use ot_core::{apply, Document};
 use serde_json::Value;
 
@@ -172,8 +172,8 @@ pub(crate) fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreE
 
 /// Builds the [`OlderHistory`] for a stale op based on `base`: the state at `base` (the snapshot
 /// at or before it plus replay), the ops `base+1 ..= until`, and, for a resend, the op among
-/// them stored under `op_id` by `account` (then the rest is left empty: the resend is
-/// answered with it). The ops are read in chunks and the read stops with
+/// them stored under `op_id` by `account` (then the state is not built and the ops are not
+/// kept: the resend is answered with that op). The ops are read in chunks and the read stops with
 /// [`StoreError::HistoryTooLarge`] past `max_bytes` of JSON, so a stale op cannot make its room
 /// wait on an unbounded read.
 pub fn older_history(
@@ -187,10 +187,26 @@ pub fn older_history(
 ) -> Result<OlderHistory, StoreError> {
     // A resend of an op based on `base` was sequenced after it: it is among the ops read below
     // (or in the room's window, which the room checks first).
-    let resent = |m: &Sequenced| {
-        op_id.is_some_and(|id| m.op_id.as_deref() == Some(id))
-            && account_key(m.account.as_deref()) == account_key(account)
-    };
+    let resent = |m: &Sequenced| op_id.is_some_and(|id| sent_under(m, account, id));
+    let mut ops = Vec::new();
+    let (mut bytes, mut from) = (0usize, base);
+    while from < until {
+        let chunk = store.ops(room, from, until, HISTORY_CHUNK)?;
+        let Some(last) = chunk.last() else { break };
+        from = last.version;
+        if let Some(m) = chunk.iter().find(|m| resent(m)) {
+            // Answered with the original: no state at the base is built, no ops are kept.
+            let known = Some(m.clone());
+            return Ok(OlderHistory { base, state: Document::new(), ops: Vec::new(), known });
+        }
+        for m in chunk {
+            bytes += ot_core::protocol::json_len(&*m);
+            if bytes > max_bytes {
+                return Err(StoreError::HistoryTooLarge { base, limit: max_bytes });
+            }
+            ops.push(m);
+        }
+    }
     let (snap_v, mut state) = match store.snapshot_at_or_before(room, base)? {
         Some((v, value)) => {
             let (doc, _) = Document::from_state_value(&value).map_err(|e| corrupt(room, v, e))?;
@@ -200,24 +216,6 @@ pub fn older_history(
     };
     for m in store.ops(room, snap_v, base, usize::MAX)? {
         apply(&mut state, &m.operation).map_err(|e| corrupt(room, m.version, e))?;
-    }
-    let mut ops = Vec::new();
-    let (mut bytes, mut from) = (0usize, base);
-    while from < until {
-        let chunk = store.ops(room, from, until, HISTORY_CHUNK)?;
-        let Some(last) = chunk.last() else { break };
-        from = last.version;
-        if let Some(m) = chunk.iter().find(|m| resent(m)) {
-            // Answered with the original: the ops and the state are not used.
-            return Ok(OlderHistory { base, state, ops: Vec::new(), known: Some(m.clone()) });
-        }
-        for m in chunk {
-            bytes += ot_core::protocol::json_len(&*m);
-            if bytes > max_bytes {
-                return Err(StoreError::HistoryTooLarge { base, limit: max_bytes });
-            }
-            ops.push(m);
-        }
     }
     Ok(OlderHistory { base, state, ops, known: None })
 }

@@ -1,0 +1,87 @@
+//! Finding sequenced ops by (account, op id), for exactly-once (PROTOCOL §4), without copying
+//! the ids: the index holds versions only, found by the hash of (account, op id), and reads the
+//! ids back from the messages their owner keeps (the server's history window, a store's log).
+
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
+
+use super::Sequenced;
+
+/// The version of each recorded op with an id, found by (account, op id). An id recorded again
+/// (a lost race replayed, say) stands for its newest op. An empty account is no account, as in
+/// every store. Recording an op allocates nothing beyond the table's growth: 8 bytes a slot.
+///
+/// Every call takes `msg`, the owner's message of a version (`None` once it is gone), so the
+/// owner's messages stay the one copy of the ids.
+#[derive(Debug, Clone, Default)]
+pub struct OpIdIndex {
+    versions: HashTable<u64>,
+    keys: RandomState,
+}
+
+impl OpIdIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many ids are recorded.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Whether no id is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// The op recorded under (`account`, `op_id`), read back through `msg`.
+    pub fn find<'a>(
+        &self,
+        account: Option<&str>,
+        op_id: &str,
+        msg: impl Fn(u64) -> Option<&'a Sequenced>,
+    ) -> Option<&'a Sequenced> {
+        let hash = hash(&self.keys, account, op_id);
+        let v = self.versions.find(hash, |&v| msg(v).is_some_and(|m| sent_under(m, account, op_id)))?;
+        msg(*v)
+    }
+
+    /// Records `m` under its (account, op id), if it has an id; `msg` reads back the ops
+    /// recorded before it.
+    pub fn record<'a>(&mut self, m: &Sequenced, msg: impl Fn(u64) -> Option<&'a Sequenced>) {
+        let Some(op_id) = m.op_id.as_deref() else { return };
+        let account = m.account.as_deref();
+        let keys = &self.keys;
+        let same = |&v: &u64| msg(v).is_some_and(|o| sent_under(o, account, op_id));
+        let rehash =
+            |&v: &u64| msg(v).map_or(0, |o| hash(keys, o.account.as_deref(), o.op_id.as_deref().unwrap_or("")));
+        match self.versions.entry(hash(keys, account, op_id), same, rehash) {
+            Entry::Occupied(mut e) => *e.get_mut() = m.version,
+            Entry::Vacant(e) => {
+                e.insert(m.version);
+            }
+        }
+    }
+
+    /// Forgets `m`'s id if it still stands for `m` (its owner is dropping `m`).
+    pub fn forget(&mut self, m: &Sequenced) {
+        let Some(op_id) = m.op_id.as_deref() else { return };
+        let hash = hash(&self.keys, m.account.as_deref(), op_id);
+        if let Ok(e) = self.versions.find_entry(hash, |&v| v == m.version) {
+            e.remove();
+        }
+    }
+}
+
+fn hash(keys: &RandomState, account: Option<&str>, op_id: &str) -> u64 {
+    keys.hash_one((account.unwrap_or(""), op_id))
+}
+
+/// Whether `m` was sent under (`account`, `op_id`): the match of exactly-once (an empty account
+/// is no account).
+pub fn sent_under(m: &Sequenced, account: Option<&str>, op_id: &str) -> bool {
+    m.op_id.as_deref() == Some(op_id) && m.account.as_deref().unwrap_or("") == account.unwrap_or("")
+}
