@@ -425,8 +425,8 @@ fn transform_prim(a: Op, b: &Op, rule: Rule) -> Out {
     let later = rule.later();
     match a {
         Op::Insert(a) => t_insert(a, b, later, rule.loses_id_collision()),
-        Op::Delete(a) => t_delete(a, b),
-        Op::Move(a) => t_move(a, b, later),
+        Op::Delete(a) => t_delete(a, b, rule == Rule::Entry),
+        Op::Move(a) => t_move(a, b, later, rule == Rule::Carry),
         Op::Update(a) => t_update(a, b, rule),
     }
 }
@@ -479,7 +479,12 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Out {
     Out::One(Op::Insert(a))
 }
 
-fn t_delete(mut a: Delete, b: &Op) -> Out {
+/// `a` deleting a track over `b` moving a clip into it: the move is cancelled (the clip put
+/// back, then the track deleted), unless `b` is itself a put-back move, or `takes_moved_in` (an
+/// undo entry over a remote op: undoing my insert of a track deletes it with whatever clips
+/// others moved into it since, as it does with the clips they inserted into it); then the
+/// clip goes with the track.
+fn t_delete(mut a: Delete, b: &Op, takes_moved_in: bool) -> Out {
     // Where the entity was, by reference; its index is shifted in `at` and written back last.
     let a_list = source_of(a.kind, &a.from);
     let mut at = a.from.as_ref().map(|f| f.index);
@@ -534,8 +539,9 @@ fn t_delete(mut a: Delete, b: &Op) -> Out {
             if a.kind == EntityKind::Track && b.kind == EntityKind::Clip {
                 let into = b.parent.as_ref() == Some(&a.id);
                 let out_of = b.from.as_ref().is_some_and(|f| f.parent.as_ref() == Some(&a.id));
-                if into && !out_of && b.restore {
-                    // A clip put back into a track that is deleted too: it goes with the track.
+                if into && !out_of && (b.restore || takes_moved_in) {
+                    // A clip put back into a track that is deleted too, or moved into the track
+                    // an undo entry deletes: it goes with the track.
                     if let (Some(v), Some(clip)) = (&mut a.value, &b.value) {
                         let clips = clips_mut(v);
                         let slot = b.index.min(clips.len());
@@ -614,7 +620,10 @@ fn without(pos: usize, moved_at: Option<usize>) -> usize {
     }
 }
 
-fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
+/// `a` moving a clip into a track that `b` deletes: the move is cancelled, unless `a` is a
+/// put-back move or `deleted_with_track` (a remote op carried past an undo entry that deletes
+/// the track: the entry took the clip with it, see [`t_delete`]); then the clip is deleted.
+fn t_move(mut a: Move, b: &Op, later: bool, deleted_with_track: bool) -> Out {
     let Some(a_from) = a.from.as_ref() else {
         // Unannotated moves are annotated by `apply` before any transform; without a source
         // the move can only keep its destination.
@@ -647,8 +656,9 @@ fn t_move(mut a: Move, b: &Op, later: bool) -> Out {
             if a.kind == EntityKind::Clip && b.kind == EntityKind::Track {
                 let to_deleted = a.parent.as_ref() == Some(&b.id);
                 let from_deleted = a_from.parent.as_ref() == Some(&b.id);
-                if to_deleted && a.restore && !from_deleted {
+                if to_deleted && (a.restore || deleted_with_track) && !from_deleted {
                     // A put-back clip whose destination is deleted too: it has no home left.
+                    // A clip moved into the track an undo entry deletes: it is deleted with it.
                     return Out::One(Op::Delete(Delete {
                         kind: EntityKind::Clip,
                         id: a.id,

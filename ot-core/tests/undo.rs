@@ -389,6 +389,52 @@ fn undoing_an_outer_write_keeps_a_key_someone_else_wrote_inside_it() {
 }
 
 #[test]
+fn undoing_my_insert_of_a_track_spares_a_clip_moved_through_it() {
+    use serde_json::json;
+    // Bob moves his clip into my new track, deleting the track it came from, then out again to
+    // another track. Undoing my insert deletes my track, not his clip: the clip has a home,
+    // where he last put it (the step once sent it back to its old, deleted, track, and then
+    // deleted it there and wherever it went next).
+    let doc = doc_with(json!({"tracks": [
+        {"id":"t1","clips":[{"id":"c1","start":0,"duration":4}]},
+        {"id":"t2","clips":[]}
+    ], "markers": []}));
+    let mut me = ClientDoc::new(doc, 0, "me");
+    me.local(&ops(json!({"type":"insert","target":"track","id":"t9","index":2,"value":{"name":"Mine","clips":[]}})))
+        .unwrap();
+    ack_all(&mut me);
+    remote(
+        &mut me,
+        json!([{"type":"move","target":"clip","id":"c1","parent":"t9","index":0},
+               {"type":"delete","target":"track","id":"t1"}]),
+    );
+    remote(&mut me, json!({"type":"move","target":"clip","id":"c1","parent":"t2","index":0}));
+    remote(&mut me, json!({"type":"update","target":"clip","id":"c1","path":["gain"],"value":0.5}));
+    assert!(me.undo().unwrap().did_apply());
+    assert!(me.doc().get("t9").is_none(), "my track is gone");
+    let c1 = me.doc().get("c1").expect("Bob's clip survives");
+    assert_eq!(c1.parent.as_deref(), Some("t2"));
+    assert_eq!(c1.props.get("gain"), Some(&json!(0.5)));
+
+    // Left in my track, his clip goes with it, as a clip inserted there would; redo brings
+    // both back.
+    let doc = doc_with(json!({"tracks": [{"id":"t1","clips":[{"id":"c1","start":0,"duration":4}]}], "markers": []}));
+    let mut me = ClientDoc::new(doc, 0, "me");
+    me.local(&ops(json!({"type":"insert","target":"track","id":"t9","index":1,"value":{"name":"Mine","clips":[]}})))
+        .unwrap();
+    ack_all(&mut me);
+    remote(
+        &mut me,
+        json!([{"type":"move","target":"clip","id":"c1","parent":"t9","index":0},
+               {"type":"delete","target":"track","id":"t1"}]),
+    );
+    me.undo().unwrap();
+    assert!(me.doc().get("t9").is_none() && me.doc().get("c1").is_none());
+    me.redo().unwrap();
+    assert_eq!(me.doc().get("c1").and_then(|c| c.parent.as_deref()), Some("t9"));
+}
+
+#[test]
 fn a_gesture_is_one_step_by_group_and_by_capture_window() {
     use serde_json::json;
     let doc = doc_with(json!({"tracks": [{"id":"t1","volume":0.5,"clips":[]}], "markers": []}));

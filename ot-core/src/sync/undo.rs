@@ -12,7 +12,9 @@
 //! an edit that was sequenced before it. So an entry whose value someone else overwrote since,
 //! or whose entity someone else deleted, or whose entity someone else moved since, loses that
 //! part; an entry that loses everything is *empty*, and undo skips it. A write of an object
-//! that someone else wrote a key into since keeps their key (the entry's value takes it in).
+//! that someone else wrote a key into since keeps their key (the entry's value takes it in),
+//! and the delete of a track (undoing its insert) takes in the clips someone else moved into
+//! it since, as it takes those they inserted there, rather than cancelling their move.
 
 use std::collections::VecDeque;
 
