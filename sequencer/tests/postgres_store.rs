@@ -140,7 +140,7 @@ fn load_replay_round_trip_find_op_and_older_history() {
     let six = msg(6, "o6");
     sd.replay(six.clone()).unwrap();
     apply(&mut doc, &six.operation).unwrap();
-    let snap = Entry { msg: six, snapshot: Some(doc.to_state_value(6)), by_id: true };
+    let snap = Entry { msg: six, snapshot: Some(doc.clone()), by_id: true };
     store.append(&[group("r", vec![snap])]).unwrap();
 
     let loaded = store.load("r").unwrap();

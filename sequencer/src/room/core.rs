@@ -453,11 +453,11 @@ const FETCH_MAX: usize = 10_000;
 
 /// The most snapshot bytes written per version on average: a document whose state takes more
 /// than [`CoreConfig::snapshot_every`] times this is snapshotted every `size / this` versions
-/// instead. Each snapshot serializes the whole document on the room's task, so at a fixed
-/// cadence a growing document made every op dearer (and the memory store, which keeps every
-/// snapshot, grew by the document's size at each one); this way snapshots cost about as much
-/// as the log they shortcut, and a load replays at most as many ops as the snapshot is this
-/// many bytes long.
+/// instead. Each snapshot serializes the whole document (on the store's writer thread: the
+/// room hands over a copy of its persistent document, which costs it nothing), so at a fixed
+/// cadence a growing document made every op dearer; this way snapshots cost about as much as
+/// the log they shortcut, and a load replays at most as many ops as the snapshot is this many
+/// bytes long.
 pub const SNAPSHOT_BYTES_PER_VERSION: usize = 128;
 
 fn text(msg: &ServerMsg) -> String {
@@ -1259,7 +1259,7 @@ impl RoomCore {
     fn sequenced(&mut self, msg: Sequenced, by_id: bool) {
         self.doc_bytes = resized(self.doc_bytes, &msg.operation);
         let due = msg.version.saturating_sub(self.last_snapshot) >= self.snapshot_interval();
-        let snapshot = due.then(|| self.doc.doc().to_state_value(msg.version));
+        let snapshot = due.then(|| self.doc.doc().clone());
         if due {
             self.last_snapshot = msg.version;
         }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use ot_core::protocol::TransportState;
 use ot_core::sync::{OpIdIndex, Sequenced};
+use ot_core::Document;
 use serde_json::Value;
 
 use super::{transport_newer, Loaded, RoomAppend, Store, StoreError};
@@ -19,7 +20,9 @@ use super::{transport_newer, Loaded, RoomAppend, Store, StoreError};
 struct MemRoom {
     /// Version `v` at index `v - 1`.
     ops: Vec<Sequenced>,
-    snapshots: BTreeMap<u64, Value>,
+    /// Copies of the room's persistent document: they share its unchanged parts, and are
+    /// turned into state JSON only when read (a room's load, or a stale op older than its window).
+    snapshots: BTreeMap<u64, Document>,
     /// The ops with an op id, by (account, op id); the ids stay in `ops`.
     op_ids: OpIdIndex,
     transport: Option<TransportState>,
@@ -63,7 +66,7 @@ impl Store for MemoryStore {
         Ok(self.with(|rooms| match rooms.get(room) {
             None => Loaded::default(),
             Some(r) => {
-                let snapshot = r.snapshots.iter().next_back().map(|(v, s)| (*v, s.clone()));
+                let snapshot = r.snapshots.iter().next_back().map(|(v, s)| (*v, s.to_state_value(*v)));
                 let from = snapshot.as_ref().map_or(0, |(v, _)| *v) as usize;
                 let ops = r.ops[from.min(r.ops.len())..].to_vec();
                 Loaded { snapshot, ops, transport: r.transport.clone() }
@@ -111,7 +114,8 @@ impl Store for MemoryStore {
 
     fn snapshot_at_or_before(&self, room: &str, version: u64) -> Result<Option<(u64, Value)>, StoreError> {
         Ok(self.with(|rooms| {
-            rooms.get(room).and_then(|r| r.snapshots.range(..=version).next_back().map(|(v, s)| (*v, s.clone())))
+            let r = rooms.get(room)?;
+            r.snapshots.range(..=version).next_back().map(|(v, s)| (*v, s.to_state_value(*v)))
         }))
     }
 

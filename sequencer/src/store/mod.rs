@@ -93,8 +93,10 @@ pub enum StoreError {
 pub struct Entry {
     /// The op as broadcast.
     pub msg: Sequenced,
-    /// The state (PROTOCOL §5.1 JSON) at `msg.version`, when a snapshot is taken here.
-    pub snapshot: Option<Value>,
+    /// The document at `msg.version`, when a snapshot is taken here: a copy of the room's
+    /// persistent document (taking it costs the room's task nothing), serialized to the state
+    /// JSON of PROTOCOL §5.1 by the store, on its writer's thread ([`snapshot_json`]).
+    pub snapshot: Option<Document>,
     /// Whether [`Store::find_op`] must find this op by its id alone: it was submitted without
     /// a `baseVersion`, so its resend comes without one too (PROTOCOL §4: a client resends its
     /// ops with their original `baseVersion`). A resend with a base is recognised among the ops
@@ -164,6 +166,11 @@ pub trait Store: Send + Sync + 'static {
 /// same millisecond the larger connection id, so every node and store picks the same one.
 pub fn transport_newer(new: &TransportState, old: &TransportState) -> bool {
     (new.server_time, new.user_id.as_deref()) > (old.server_time, old.user_id.as_deref())
+}
+
+/// The state JSON (PROTOCOL §5.1) of a snapshot taken at `version` of `room`.
+pub(crate) fn snapshot_json(room: &str, version: u64, doc: &Document) -> Result<String, StoreError> {
+    serde_json::to_string(&doc.state(version)).map_err(|err| corrupt(room, version, err))
 }
 
 pub(crate) fn corrupt(room: &str, version: u64, reason: impl ToString) -> StoreError {
@@ -300,7 +307,7 @@ pub(crate) mod tests {
         let snap = Entry { msg: msg(6, "o6"), snapshot: None, by_id: true };
         sd.replay(snap.msg.clone()).unwrap();
         apply(&mut doc, &snap.msg.operation).unwrap();
-        let snap = Entry { snapshot: Some(doc.to_state_value(6)), ..snap };
+        let snap = Entry { snapshot: Some(doc.clone()), ..snap };
         store.append(&[RoomAppend { room, entries: vec![snap] }]).unwrap();
         let loaded = store.load("r").unwrap();
         assert_eq!(loaded.snapshot.as_ref().map(|s| s.0), Some(6));

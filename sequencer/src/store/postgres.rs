@@ -233,7 +233,8 @@ impl Store for PgStore {
                         });
                     }
                     if let Some(s) = &e.snapshot {
-                        tx.execute(&c.insert_snapshot, &[&room, &version, &s.to_string()])?;
+                        let state = super::snapshot_json(room, e.msg.version, s)?;
+                        tx.execute(&c.insert_snapshot, &[&room, &version, &state])?;
                     }
                 }
             }

@@ -152,7 +152,8 @@ impl Store for SqliteStore {
                         },
                     )?;
                     if let Some(s) = &e.snapshot {
-                        snap.execute(rusqlite::params![&*g.room, version, s.to_string()])?;
+                        let state = super::snapshot_json(&g.room, e.msg.version, s)?;
+                        snap.execute(rusqlite::params![&*g.room, version, state])?;
                     }
                 }
             }
