@@ -13,7 +13,7 @@ use crate::doc::{Document, EntityKind, Id, IdList, ListKey};
 use crate::error::OpError;
 use crate::op::Op;
 use crate::protocol::OperationMsg;
-use crate::transform::{compose, transform, transform_seq, update_commutes, Side};
+use crate::transform::{compose, insert_after, transform, transform_seq, update_commutes, Side};
 
 mod op_ids;
 mod undo;
@@ -331,6 +331,15 @@ impl ServerDoc {
             let annotated = apply(&mut self.doc, &submit.ops)?;
             return Ok(self.sequence(annotated, submit));
         }
+        if base >= self.window_start && self.insert_checks_at_head(&submit.ops, base) {
+            // A lone insert that nothing after its base could have made valid or invalid but
+            // for its list's length, which it fits even at its shortest: valid at its base
+            // exactly when it is at the head, where it is validated after its transform.
+            let after = self.history.range((base - self.window_start) as usize..);
+            let ops = transform_seq(submit.ops.clone(), after.flat_map(|(m, _)| m.operation.iter()), Side::Later);
+            let annotated = apply(&mut self.doc, &ops)?;
+            return Ok(self.sequence(annotated, submit));
+        }
         let mut ops;
         if base < self.window_start {
             let older = match older {
@@ -414,6 +423,29 @@ impl ServerDoc {
         }
         let after = self.history.range((base - self.window_start) as usize..);
         after.flat_map(|(m, _)| m.operation.iter()).all(|h| ops.iter().all(|op| update_commutes(op, h)))
+    }
+
+    /// Whether `ops` is a lone insert that can be validated at the head rather than on its base
+    /// state: no op sequenced after `base` names its ids or inserts or deletes its track (see
+    /// [`insert_after`]), so each of its ids is taken at its base exactly when it is now, and
+    /// its track is a track now as it was then; and its list then was at least as long as now
+    /// less the entities those ops may have added, which leaves room for its index. What is left
+    /// of its validity (its value) does not depend on the state, and its transform over those
+    /// ops only moves its index, so it is valid at its base exactly when its transform is at the
+    /// head, and refused with the same error otherwise. O(versions since `base`), as the
+    /// transform it comes with.
+    fn insert_checks_at_head(&self, ops: &[Op], base: u64) -> bool {
+        let [Op::Insert(x)] = ops else { return false };
+        let after = self.history.range((base - self.window_start) as usize..);
+        let mut added = 0;
+        for h in after.flat_map(|(m, _)| m.operation.iter()) {
+            match insert_after(x, h) {
+                None => return false,
+                Some(adds) => added += usize::from(adds),
+            }
+        }
+        let list = ListKey::of(x.kind, x.parent.as_ref()).and_then(|k| self.doc.list(&k));
+        list.is_some_and(|l| x.index + added <= l.len())
     }
 
     /// Gives applied ops the next version and records them in the history.

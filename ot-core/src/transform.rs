@@ -323,6 +323,44 @@ pub fn update_commutes(u: &Op, h: &Op) -> bool {
     }
 }
 
+/// What the op `h`, sequenced after the base of the insert `x`, may have changed of whether `x`
+/// is valid. `None` when `h` names one of `x`'s ids (its own, or one of its clips', even among
+/// the clips of a track that `h` inserts or deletes) or, for a clip, inserts or deletes its
+/// track: then only `x`'s base state can tell. Otherwise `Some(adds)`, where `adds` says
+/// whether `h` may have lengthened `x`'s list (an insert or a move into it), the one thing `h`
+/// may then change of `x`'s validity; and `transform(x, h)` only shifts `x`'s index.
+pub fn insert_after(x: &Insert, h: &Op) -> Option<bool> {
+    let x_ids = brought_in(x);
+    if ids(h).any(|n| x_ids.clone().any(|x| x == n)) {
+        return None;
+    }
+    if let Op::Delete(d) = h {
+        if d.kind == EntityKind::Track {
+            let clips = d.value.as_ref()?.get("clips").and_then(Value::as_array);
+            let mut deleted = clips.into_iter().flatten().filter_map(|c| c.get("id").and_then(Value::as_str));
+            if deleted.any(|n| x_ids.clone().any(|x| x == n)) {
+                return None;
+            }
+        }
+    }
+    if let (EntityKind::Clip, Some(track)) = (x.kind, &x.parent) {
+        let names_track = match h {
+            Op::Insert(i) => i.id == *track,
+            Op::Delete(d) => d.id == *track,
+            _ => false,
+        };
+        if names_track {
+            return None;
+        }
+    }
+    let list = ListRef::of(x.kind, x.parent.as_ref());
+    Some(match h {
+        Op::Insert(i) => ListRef::of(i.kind, i.parent.as_ref()) == list,
+        Op::Move(m) => ListRef::of(m.kind, m.parent.as_ref()) == list,
+        Op::Delete(_) | Op::Update(_) => false,
+    })
+}
+
 /// Composes two sequential batches into one: `apply(apply(S, a), b)` equals
 /// `apply(S, compose(a, b))`, and transforming over the composition equals transforming over
 /// `a` then `b`. Runs of updates of the same path collapse into one (the first `prev`, the last
@@ -349,15 +387,13 @@ fn same_family(a: EntityKind, b: EntityKind) -> bool {
 
 /// Collects the ids an insert creates (the entity and, for a track, its clips).
 fn insert_ids(o: &Insert) -> Vec<&str> {
-    let mut ids = vec![&*o.id];
-    if let Some(Value::Array(clips)) = o.value.get("clips") {
-        for c in clips {
-            if let Some(Value::String(s)) = c.get("id") {
-                ids.push(s);
-            }
-        }
-    }
-    ids
+    brought_in(o).collect()
+}
+
+/// The ids an insert brings in: its own, and its clips' for a track, without collecting them.
+fn brought_in(o: &Insert) -> impl Iterator<Item = &str> + Clone {
+    let clips = o.value.get("clips").and_then(Value::as_array);
+    std::iter::once(&*o.id).chain(clips.into_iter().flatten().filter_map(|c| c.get("id").and_then(Value::as_str)))
 }
 
 fn clip_position(value: &Props, id: &str) -> Option<usize> {

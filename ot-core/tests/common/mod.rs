@@ -168,6 +168,37 @@ pub fn gen_batch(rng: &mut StdRng, doc: &Document, max: usize) -> Vec<Op> {
     ops
 }
 
+/// One insert, mostly near the edge of valid on `doc`: an id from the small pool that may be
+/// taken (or have been taken before), an index up to one past the end of its list, a clip's track
+/// from the pool whether or not it is a track, now and then a track whose clips collide.
+pub fn gen_edge_insert(rng: &mut StdRng, doc: &Document) -> Op {
+    let mut v = gen_insert(rng, doc).map_or_else(
+        || json!({"type":"insert","target":"marker","id":"m0","index":0,"value":{"time":1}}),
+        |op| serde_json::to_value(&op).expect("an op serializes"),
+    );
+    let kind = v["target"].as_str().unwrap_or("marker").to_string();
+    let prefix = &kind[..1];
+    if rng.gen_bool(0.3) {
+        v["id"] = json!(format!("{prefix}{}", rng.gen_range(0..12)));
+    }
+    if kind == "clip" && rng.gen_bool(0.3) {
+        v["parent"] = json!(format!("t{}", rng.gen_range(0..12)));
+    }
+    if rng.gen_bool(0.4) {
+        let len = match kind.as_str() {
+            "track" => doc.tracks().len(),
+            "marker" => doc.markers().len(),
+            _ => v["parent"].as_str().and_then(|t| doc.get(t)).map_or(0, |t| t.clips.len()),
+        };
+        v["index"] = json!(len + rng.gen_range(0..2));
+    }
+    if kind == "track" && rng.gen_bool(0.2) {
+        v["value"]["clips"] =
+            json!([{"id": format!("c{}", rng.gen_range(0..12))}, {"id": format!("c{}", rng.gen_range(0..12))}]);
+    }
+    Op::from_value(v).expect("generated op decodes")
+}
+
 /// Arbitrary, often nonsensical ops: unknown ids, wrong kinds, indices out of range.
 pub fn gen_junk_op(rng: &mut StdRng) -> Value {
     let kinds = ["track", "clip", "marker", "project", "bogus"];
