@@ -130,8 +130,9 @@ pub struct ServerDoc {
     /// The window does not move past this version (see [`ServerDoc::hold`]).
     hold: u64,
     /// What each version in `history` keeps alive beyond what it shares with its neighbours
-    /// (see [`ServerDoc::set_history_bytes`]), and their sum.
-    history_cost: VecDeque<usize>,
+    /// (see [`ServerDoc::set_history_bytes`]), with the key of its op id in `op_ids`; and the
+    /// sum of the costs.
+    history_cost: VecDeque<(usize, Option<u64>)>,
     history_bytes: usize,
     max_history_bytes: usize,
     /// The ops with an id in the window, by (account, op id); the ids stay in `history`.
@@ -477,9 +478,9 @@ impl ServerDoc {
             self.scratch = None;
         }
         let (history, start) = (&self.history, self.window_start);
-        self.op_ids.record(&msg, |v| message_at(history, start, v));
+        let id_key = self.op_ids.record(&msg, |v| message_at(history, start, v));
         self.history.push_back((msg, state));
-        self.history_cost.push_back(cost);
+        self.history_cost.push_back((cost, id_key));
         self.history_bytes += cost;
         self.trim();
     }
@@ -487,13 +488,18 @@ impl ServerDoc {
     fn trim(&mut self) {
         while (self.history.len() > self.window
             || (self.history_bytes > self.max_history_bytes && self.history.len() > 1))
-            && self.history.front().is_some_and(|(m, _)| m.version <= self.hold)
+            // The oldest version in the window, without reading its (likely cold) message.
+            && !self.history.is_empty()
+            && self.window_start < self.hold
         {
-            if let Some(cost) = self.history_cost.pop_front() {
+            let id_key = self.history_cost.pop_front().and_then(|(cost, key)| {
                 self.history_bytes -= cost;
-            }
+                key
+            });
             if let Some((old, state)) = self.history.pop_front() {
-                self.op_ids.forget(&old);
+                if let Some(key) = id_key {
+                    self.op_ids.forget_key(key, old.version);
+                }
                 self.window_start = old.version;
                 match state {
                     Some(state) => {

@@ -50,27 +50,29 @@ impl OpIdIndex {
     }
 
     /// Records `m` under its (account, op id), if it has an id; `msg` reads back the ops
-    /// recorded before it.
-    pub fn record<'a>(&mut self, m: &Sequenced, msg: impl Fn(u64) -> Option<&'a Sequenced>) {
-        let Some(op_id) = m.op_id.as_deref() else { return };
+    /// recorded before it. Returns the key it is recorded under, for [`OpIdIndex::forget_key`].
+    pub fn record<'a>(&mut self, m: &Sequenced, msg: impl Fn(u64) -> Option<&'a Sequenced>) -> Option<u64> {
+        let op_id = m.op_id.as_deref()?;
         let account = m.account.as_deref();
         let keys = &self.keys;
+        let key = hash(keys, account, op_id);
         let same = |&v: &u64| msg(v).is_some_and(|o| sent_under(o, account, op_id));
         let rehash =
             |&v: &u64| msg(v).map_or(0, |o| hash(keys, o.account.as_deref(), o.op_id.as_deref().unwrap_or("")));
-        match self.versions.entry(hash(keys, account, op_id), same, rehash) {
+        match self.versions.entry(key, same, rehash) {
             Entry::Occupied(mut e) => *e.get_mut() = m.version,
             Entry::Vacant(e) => {
                 e.insert(m.version);
             }
         }
+        Some(key)
     }
 
-    /// Forgets `m`'s id if it still stands for `m` (its owner is dropping `m`).
-    pub fn forget(&mut self, m: &Sequenced) {
-        let Some(op_id) = m.op_id.as_deref() else { return };
-        let hash = hash(&self.keys, m.account.as_deref(), op_id);
-        if let Ok(e) = self.versions.find_entry(hash, |&v| v == m.version) {
+    /// Forgets the op of `version` recorded under `key` (what [`OpIdIndex::record`] returned
+    /// for it), if its id still stands for it: its owner is dropping it. The op's ids are not
+    /// read again: for the oldest op of a window they are likely in no cache any more.
+    pub fn forget_key(&mut self, key: u64, version: u64) {
+        if let Ok(e) = self.versions.find_entry(key, |&v| v == version) {
             e.remove();
         }
     }
