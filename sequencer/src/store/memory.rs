@@ -23,8 +23,7 @@ struct MemRoom {
     /// Copies of the room's persistent document: they share its unchanged parts, and are
     /// turned into state JSON only when read (a room's load, or a stale op older than its window).
     snapshots: BTreeMap<u64, Document>,
-    /// The ops with an op id stored [`by_id`](super::Entry::by_id), by (account, op id); the
-    /// ids stay in `ops`.
+    /// The ops with an op id, by (account, op id); the ids stay in `ops`.
     op_ids: OpIdIndex,
     transport: Option<TransportState>,
 }
@@ -94,13 +93,9 @@ impl Store for MemoryStore {
                     if let Some(s) = &e.snapshot {
                         r.snapshots.insert(e.msg.version, s.clone());
                     }
-                    // Only the ops that must be found by id alone, as SQLite does (see
-                    // `Store::find_op`): an op sent with a base is found after it. An id
-                    // stored again (by another node's lost race) stands for its newest op.
-                    if e.by_id {
-                        let ops = &r.ops;
-                        r.op_ids.record(&e.msg, |v| op_at(ops, v));
-                    }
+                    // An id stored again (by another node's lost race) stands for its newest op.
+                    let ops = &r.ops;
+                    r.op_ids.record(&e.msg, |v| op_at(ops, v));
                     r.ops.push(e.msg.clone());
                 }
             }
@@ -182,20 +177,5 @@ mod tests {
         store.append(&[RoomAppend { room, entries: vec![op(3001, "o1", Some("b"))] }]).unwrap();
         assert_eq!(store.find_op("r", Some("b"), "o1").unwrap().map(|m| m.version), Some(3001));
         assert_eq!(store.find_op("r", Some("a"), "o1").unwrap().map(|m| m.version), Some(3));
-    }
-
-    #[test]
-    fn only_ops_sent_without_a_base_are_indexed_by_id() {
-        let store = MemoryStore::new();
-        let based = Entry { by_id: false, ..op(2, "based", Some("a")) };
-        store
-            .append(&[RoomAppend { room: Arc::from("r"), entries: vec![op(1, "unbased", Some("a")), based] }])
-            .unwrap();
-        assert_eq!(store.find_op("r", Some("a"), "unbased").unwrap().map(|m| m.version), Some(1));
-        assert!(store.find_op("r", Some("a"), "based").unwrap().is_none(), "found after its base instead");
-        assert_eq!(store.with(|rooms| rooms["r"].op_ids.len()), 1);
-        // Found after its base, as a resend with that base is.
-        let older = crate::store::older_history(&store, "r", 1, 2, Some("a"), Some("based"), usize::MAX).unwrap();
-        assert_eq!(older.known.map(|m| m.version), Some(2));
     }
 }
