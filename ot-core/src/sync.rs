@@ -97,16 +97,20 @@ pub struct Submit {
 /// ops, so a stale op is validated and annotated on the exact state it was made on and then
 /// transformed over the ops after it.
 ///
-/// The window keeps the state at every [`CHECKPOINT_EVERY`]th version (a checkpoint); the state
-/// at any other version is rebuilt from the nearer of the head, by undoing the ops after it, and
-/// the checkpoint before it, by replaying the ops in between: fewer than [`CHECKPOINT_EVERY`]
-/// applies, and no more than there are versions after it. A kept state shares every node its
-/// successors did not change, but each one makes the head's next write to a node copy it, and
-/// dropping it later frees those copies: a state kept at every version cost each op a path copy
-/// and its release, one at every 4th still 8 % of a room's CPU on an update workload. Most stale
-/// ops never need their base state (updates that commute with what followed are applied at the
-/// head), and the others are mostly a few versions old, where the head is nearer than any
-/// checkpoint.
+/// While stale ops need their base state, the window keeps the state at every
+/// [`CHECKPOINT_EVERY`]th version (a checkpoint); the state at any other version is rebuilt from
+/// the nearer of the head, by undoing the ops after it, and the checkpoint before it, by
+/// replaying the ops in between: fewer than [`CHECKPOINT_EVERY`] applies, and no more than
+/// there are versions after it. A kept state shares every node its successors did not change,
+/// but each one makes the head's next write to a node copy it, and dropping it later frees
+/// those copies: a state kept at every version cost each op a path copy and its release, one
+/// at every 16th still 10 % of a room's CPU when every op inserts. Most stale ops never need
+/// their base state (updates that commute with what followed, and inserts that nothing after
+/// their base could have made valid or invalid, are validated at the head), and the others are
+/// mostly a few versions old, where the head is nearer than any checkpoint. So checkpoints are
+/// taken only for [`STATES_WANTED_FOR`] versions after a stale op needed its base state; in a
+/// room where none did, a state is rebuilt from the head (at most as many applies as there are
+/// versions after it), and the first stale op to need one turns checkpoints on again.
 ///
 /// That copy is kept between submits (the *scratch* state): a stale op is validated and
 /// annotated on it, then undone in place with its inverse, so the scratch stays at its base and
@@ -120,8 +124,10 @@ pub struct ServerDoc {
     doc: Document,
     version: u64,
     /// The newest checkpoint at or before `window_start`: its version and state, and the ops
-    /// from it up to `window_start` (fewer than [`CHECKPOINT_EVERY`]).
-    base_checkpoint: (u64, Document),
+    /// from it up to `window_start` (fewer than [`CHECKPOINT_EVERY`]); `None` once it is
+    /// further back than that (no checkpoint was taken since), and states before the window's
+    /// first checkpoint are rebuilt from the head.
+    base_checkpoint: Option<(u64, Document)>,
     before_window: VecDeque<Sequenced>,
     window_start: u64,
     /// Ops `window_start+1 ..= version`, each with the state after it at checkpoints (boxed:
@@ -143,6 +149,8 @@ pub struct ServerDoc {
     max_rebase: u64,
     /// The state at a version of the window, kept for the next stale op (see above).
     scratch: Option<Scratch>,
+    /// Checkpoints are taken up to this version (see above).
+    checkpoints_until: u64,
 }
 
 /// The scratch state of a [`ServerDoc`]: the state at `version`, copied from the window at
@@ -159,7 +167,7 @@ impl ServerDoc {
     /// rebasing ops at most `max_rebase` versions old (loading what is beyond the window).
     pub fn new(doc: Document, version: u64, window: usize, max_rebase: u64) -> Self {
         ServerDoc {
-            base_checkpoint: (version, doc.clone()),
+            base_checkpoint: Some((version, doc.clone())),
             before_window: VecDeque::new(),
             doc,
             version,
@@ -173,6 +181,7 @@ impl ServerDoc {
             window: window.max(1),
             max_rebase,
             scratch: None,
+            checkpoints_until: 0,
         }
     }
 
@@ -236,7 +245,8 @@ impl ServerDoc {
 
     /// The state at version `v`, if `v` is in the window: the head's, a checkpoint's, or one
     /// rebuilt from the nearer of the head and the checkpoint before it (fewer than
-    /// [`CHECKPOINT_EVERY`] applies, and no more than there are versions after `v`).
+    /// [`CHECKPOINT_EVERY`] applies while checkpoints are taken, and never more than there are
+    /// versions after `v`).
     pub fn state_at(&self, v: u64) -> Option<Document> {
         if v == self.version {
             return Some(self.doc.clone());
@@ -245,39 +255,43 @@ impl ServerDoc {
             return None;
         }
         let upto = (v - self.window_start) as usize;
-        if self.version - v <= v % CHECKPOINT_EVERY {
-            // Nearer the head than the checkpoint before it: the head's state with the ops after
-            // `v` undone, newest first (a sequenced op is annotated, so its inverse restores the
-            // state before it exactly).
-            let mut doc = self.doc.clone();
-            for (m, _) in self.history.range(upto..).rev() {
-                let undone = apply(&mut doc, &invert(&m.operation));
-                debug_assert!(undone.is_ok(), "version {} is undone on the state after it", m.version);
-                undone.ok()?;
-            }
-            return Some(doc);
-        }
-        // Back from `v` to the newest checkpoint at or before it, then forward again.
+        // Back from `v` to the newest checkpoint at or before it, while that is nearer than the
+        // head: the ops to replay from it are fewer than the ops after `v` to undo.
+        let undos = self.version - v;
         let mut from = upto;
-        let mut doc = loop {
-            if from == 0 {
+        let checkpoint = loop {
+            let replays = (upto - from) as u64;
+            if undos <= replays {
                 break None;
+            }
+            if from == 0 {
+                let base = self.base_checkpoint.as_ref();
+                break base.filter(|_| undos > replays + self.before_window.len() as u64).map(|(_, d)| {
+                    let mut d = d.clone();
+                    for m in &self.before_window {
+                        replay_onto(&mut d, m);
+                    }
+                    d
+                });
             }
             if let Some((_, Some(d))) = self.history.get(from - 1) {
                 break Some(Document::clone(d));
             }
             from -= 1;
         };
-        if doc.is_none() {
-            let mut d = self.base_checkpoint.1.clone();
-            for m in &self.before_window {
-                replay_onto(&mut d, m);
+        if let Some(mut doc) = checkpoint {
+            for (m, _) in self.history.range(from..upto) {
+                replay_onto(&mut doc, m);
             }
-            doc = Some(d);
+            return Some(doc);
         }
-        let mut doc = doc?;
-        for (m, _) in self.history.range(from..upto) {
-            replay_onto(&mut doc, m);
+        // The head's state with the ops after `v` undone, newest first (a sequenced op is
+        // annotated, so its inverse restores the state before it exactly).
+        let mut doc = self.doc.clone();
+        for (m, _) in self.history.range(upto..).rev() {
+            let undone = apply(&mut doc, &invert(&m.operation));
+            debug_assert!(undone.is_ok(), "version {} is undone on the state after it", m.version);
+            undone.ok()?;
         }
         Some(doc)
     }
@@ -359,6 +373,7 @@ impl ServerDoc {
                 return Err(SubmitError::NeedHistory { base });
             }
         } else {
+            self.checkpoints_until = self.version + STATES_WANTED_FOR;
             let Some(at_base) = self.scratch_at(base) else {
                 return Err(SubmitError::VersionTooOld { base, oldest: self.window_start });
             };
@@ -471,7 +486,8 @@ impl ServerDoc {
     fn push(&mut self, msg: Sequenced) {
         self.version = msg.version;
         let cost = version_cost(&self.doc, &msg.operation);
-        let state = (msg.version % CHECKPOINT_EVERY == 0).then(|| Box::new(self.doc.clone()));
+        let checkpoint = msg.version % CHECKPOINT_EVERY == 0 && msg.version <= self.checkpoints_until;
+        let state = checkpoint.then(|| Box::new(self.doc.clone()));
         if self.scratch.as_ref().is_some_and(|s| msg.version.saturating_sub(s.copied_at) >= 2 * SCRATCH_REFRESH) {
             // Too old for the next stale op near the head, which would copy a new one: dropped,
             // so that it does not keep an old state alive.
@@ -503,10 +519,20 @@ impl ServerDoc {
                 self.window_start = old.version;
                 match state {
                     Some(state) => {
-                        self.base_checkpoint = (old.version, *state);
+                        self.base_checkpoint = Some((old.version, *state));
                         self.before_window.clear();
                     }
-                    None => self.before_window.push_back(old),
+                    None if self.base_checkpoint.is_some()
+                        && self.before_window.len() + 1 < CHECKPOINT_EVERY as usize =>
+                    {
+                        self.before_window.push_back(old)
+                    }
+                    // No checkpoint for a while: the state at the window's start is rebuilt
+                    // from the head, and an old state is not kept alive for it.
+                    None => {
+                        self.base_checkpoint = None;
+                        self.before_window.clear();
+                    }
                 }
             }
         }
@@ -522,6 +548,11 @@ fn message_at(history: &VecDeque<(Sequenced, Option<Box<Document>>)>, start: u64
 /// a state between them, from the nearer of the head and the checkpoint before it, applies
 /// fewer ops than this.
 pub const CHECKPOINT_EVERY: u64 = 16;
+
+/// For how many versions after a stale op needed its base state a [`ServerDoc`] takes
+/// checkpoints (see [`ServerDoc`]): long enough to serve the other stale ops of the same burst
+/// of edits, and the scratch state's refreshes, from them.
+pub const STATES_WANTED_FOR: u64 = 4 * SCRATCH_REFRESH;
 
 /// How many versions the scratch state of a [`ServerDoc`] moves, at most, for a stale op
 /// (forward by replaying ops, back by undoing them); one based further from it gets a new
@@ -995,5 +1026,49 @@ mod tests {
             assert!(server.op_ids.len() <= server.history.len(), "op {i}: {} ids", server.op_ids.len());
         }
         assert_eq!(server.op_ids.len(), 8);
+    }
+
+    fn marker_insert(i: u64, index: usize) -> Vec<Op> {
+        Op::batch_from_value(serde_json::json!({
+            "type": "insert", "target": "marker", "id": format!("m{i}"), "index": index, "value": {"time": i}
+        }))
+        .expect("a marker insert")
+    }
+
+    fn checkpoints(server: &ServerDoc) -> usize {
+        server.history.iter().filter(|(_, state)| state.is_some()).count()
+    }
+
+    #[test]
+    fn checkpoints_are_taken_only_while_stale_ops_need_their_base_state() {
+        let mut server = ServerDoc::new(Document::new(), 0, 1000, 1000);
+        let mut states = vec![server.doc().clone()];
+        let mut submit = |server: &mut ServerDoc, base: Option<u64>, ops: Vec<Op>| {
+            let submit = Submit { from: "c".into(), account: None, base, op_id: None, ops };
+            assert!(matches!(server.submit(submit, None), Ok(Outcome::Sequenced(_))));
+            states.push(server.doc().clone());
+        };
+        // Ops at the head and stale lone inserts validated at the head: no state is kept, and
+        // the window drops the state it started from.
+        for i in 0..1100 {
+            let base = (i % 2 == 1).then(|| server.version() - 1);
+            submit(&mut server, base, marker_insert(i, 0));
+        }
+        assert_eq!(checkpoints(&server), 0);
+        assert!(server.base_checkpoint.is_none());
+        // A stale op that needs its base state (a move) turns checkpoints on for the versions
+        // that follow.
+        let v = server.version();
+        let moved = serde_json::json!({"type": "move", "target": "marker", "id": "m5", "index": 0});
+        submit(&mut server, Some(v - 3), Op::batch_from_value(moved).expect("a marker move"));
+        for i in 0..STATES_WANTED_FOR + 2 * CHECKPOINT_EVERY {
+            submit(&mut server, None, marker_insert(2000 + i, 0));
+        }
+        let on = (v + 1..=v + STATES_WANTED_FOR).filter(|w| w % CHECKPOINT_EVERY == 0).count();
+        assert_eq!(checkpoints(&server), on);
+        // Every state of the window is rebuilt as it was, from checkpoints or from the head.
+        for w in server.window_start()..=server.version() {
+            assert!(server.state_at(w).as_ref() == Some(&states[w as usize]), "version {w}");
+        }
     }
 }

@@ -242,14 +242,21 @@ proptest! {
     #[test]
     fn state_at_gives_the_state_sequenced_at_every_version_of_the_window(seed in any::<u64>()) {
         // `state_at` rebuilds a state from the head (undoing the ops after it) or from the
-        // checkpoint before it (replaying the ops in between), across the window's trims.
+        // checkpoint before it (replaying the ops in between), across the window's trims, and
+        // across the stretches where stale ops needing their base state turn checkpoints on.
         let mut rng = StdRng::seed_from_u64(seed);
         let window = rng.gen_range(1..40);
         let mut server = ServerDoc::new(gen_doc(&mut rng), 0, window, 64);
         let mut states = vec![server.doc().clone()];
-        for i in 0..rng.gen_range(1..80) {
-            let ops = gen_batch(&mut rng, server.doc(), 3);
-            let submit = Submit { from: "h".into(), account: None, base: None, op_id: Some(format!("h{i}")), ops };
+        let stale = rng.gen_range(0.0..0.3);
+        for i in 0..rng.gen_range(1..300) {
+            let (base, ops) = if rng.gen_bool(stale) {
+                let base = server.version().saturating_sub(rng.gen_range(1..4)).max(server.window_start());
+                (Some(base), gen_batch(&mut rng, &states[base as usize], 3))
+            } else {
+                (None, gen_batch(&mut rng, server.doc(), 3))
+            };
+            let submit = Submit { from: "h".into(), account: None, base, op_id: Some(format!("h{i}")), ops };
             if server.submit(submit, None).is_ok() {
                 states.push(server.doc().clone());
             }
