@@ -424,6 +424,13 @@ impl ServerDoc {
         };
         if !moved {
             let doc = self.state_at(base)?;
+            // Kept as a checkpoint too where there was none: a state rebuilt from afar (before
+            // checkpoints were taken again) is then not rebuilt for the next stale op near it.
+            if let Some(i) = (base - start).checked_sub(1) {
+                if let Some((_, slot @ None)) = self.history.get_mut(i as usize) {
+                    *slot = Some(Box::new(doc.clone()));
+                }
+            }
             self.scratch = Some(Scratch { version: base, copied_at: base, doc });
         }
         let scratch = self.scratch.as_mut()?;
@@ -1065,7 +1072,9 @@ mod tests {
             submit(&mut server, None, marker_insert(2000 + i, 0));
         }
         let on = (v + 1..=v + STATES_WANTED_FOR).filter(|w| w % CHECKPOINT_EVERY == 0).count();
-        assert_eq!(checkpoints(&server), on);
+        // And the move's base state, rebuilt from the head, is kept for the next stale op.
+        assert_eq!(checkpoints(&server), on + 1);
+        assert!(server.history[(v - 3 - server.window_start() - 1) as usize].1.is_some());
         // Every state of the window is rebuilt as it was, from checkpoints or from the head.
         for w in server.window_start()..=server.version() {
             assert!(server.state_at(w).as_ref() == Some(&states[w as usize]), "version {w}");
