@@ -50,6 +50,32 @@ fn rebased_by_hand(
     Ok((applied, head))
 }
 
+/// Submits `ops`, made at `base`, and holds the outcome to their rebase on the state at `base`
+/// built by hand (`states` holds every state the server went through, by version): the same
+/// annotated op and head, or the same refusal. Records the new head in `states`.
+fn submit_as_rebased(
+    server: &mut ServerDoc,
+    states: &mut Vec<Document>,
+    base: u64,
+    ops: Vec<Op>,
+    seed: u64,
+    i: usize,
+) -> Result<(), TestCaseError> {
+    let expected = rebased_by_hand(server, &states[base as usize], base, &ops);
+    let submit =
+        Submit { from: "c".into(), account: None, base: Some(base), op_id: Some(format!("c{i}")), ops: ops.clone() };
+    match (expected, server.submit(submit, None)) {
+        (Ok((annotated, head)), Ok(Outcome::Sequenced(msg))) => {
+            prop_assert_eq!(plain(&msg.operation), plain(&annotated), "seed {} op {}: {:?}", seed, i, ops);
+            prop_assert!(*server.doc() == head, "seed {} op {}: the heads differ", seed, i);
+            states.push(head);
+        }
+        (Err(want), Err(SubmitError::Invalid(got))) => prop_assert_eq!(want, got, "seed {} op {}", seed, i),
+        (want, got) => prop_assert!(false, "seed {} op {}: expected {:?}, got {:?} for {:?}", seed, i, want, got, ops),
+    }
+    Ok(())
+}
+
 /// TP1 plus totality and payload exactness for two concurrent batches.
 fn check_tp1(seed: u64, max: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -187,21 +213,10 @@ proptest! {
             } else {
                 version.saturating_sub(rng.gen_range(0..6)).max(oldest)
             };
-            let at_base = states[base as usize].clone();
             // Mostly made at the base; sometimes at the head, so that some are refused there.
-            let on = if rng.gen_bool(0.85) { at_base.clone() } else { server.doc().clone() };
-            let ops = gen_batch(&mut rng, &on, 3);
-            let expected = rebased_by_hand(&server, &at_base, base, &ops);
-            let submit = Submit { from: "c".into(), account: None, base: Some(base), op_id: Some(format!("c{i}")), ops: ops.clone() };
-            match (expected, server.submit(submit, None)) {
-                (Ok((annotated, head)), Ok(Outcome::Sequenced(msg))) => {
-                    prop_assert_eq!(plain(&msg.operation), plain(&annotated), "seed {} op {}: {:?}", seed, i, ops);
-                    prop_assert!(*server.doc() == head, "seed {} op {}: the heads differ", seed, i);
-                    states.push(head);
-                }
-                (Err(want), Err(SubmitError::Invalid(got))) => prop_assert_eq!(want, got, "seed {} op {}", seed, i),
-                (want, got) => prop_assert!(false, "seed {} op {}: expected {:?}, got {:?} for {:?}", seed, i, want, got, ops),
-            }
+            let on = if rng.gen_bool(0.85) { &states[base as usize] } else { server.doc() };
+            let ops = gen_batch(&mut rng, on, 3);
+            submit_as_rebased(&mut server, &mut states, base, ops, seed, i)?;
         }
     }
 
@@ -217,25 +232,13 @@ proptest! {
         for i in 0..40 {
             let version = server.version();
             let base = version.saturating_sub(rng.gen_range(0..6)).max(server.window_start());
-            let at_base = states[base as usize].clone();
             let (ops, base) = if rng.gen_bool(0.5) {
                 (gen_batch(&mut rng, server.doc(), 2), version)
             } else {
-                let on = if rng.gen_bool(0.8) { &at_base } else { server.doc() };
+                let on = if rng.gen_bool(0.8) { &states[base as usize] } else { server.doc() };
                 (vec![common::gen_edge_insert(&mut rng, on)], base)
             };
-            let at_base = states[base as usize].clone();
-            let expected = rebased_by_hand(&server, &at_base, base, &ops);
-            let submit = Submit { from: "c".into(), account: None, base: Some(base), op_id: Some(format!("c{i}")), ops: ops.clone() };
-            match (expected, server.submit(submit, None)) {
-                (Ok((annotated, head)), Ok(Outcome::Sequenced(msg))) => {
-                    prop_assert_eq!(plain(&msg.operation), plain(&annotated), "seed {} op {}: {:?}", seed, i, ops);
-                    prop_assert!(*server.doc() == head, "seed {} op {}: the heads differ", seed, i);
-                    states.push(head);
-                }
-                (Err(want), Err(SubmitError::Invalid(got))) => prop_assert_eq!(want, got, "seed {} op {}", seed, i),
-                (want, got) => prop_assert!(false, "seed {} op {}: expected {:?}, got {:?} for {:?}", seed, i, want, got, ops),
-            }
+            submit_as_rebased(&mut server, &mut states, base, ops, seed, i)?;
         }
     }
 

@@ -388,19 +388,13 @@ fn undoing_an_outer_write_keeps_a_key_someone_else_wrote_inside_it() {
     assert_eq!(me.doc().get("t1").unwrap().props.get("fx"), Some(&json!({"reverb":0.9,"delay":0.3})));
 }
 
-#[test]
-fn undoing_my_insert_of_a_track_spares_a_clip_moved_through_it() {
+/// A document of `tracks` where I insert track `t9` (last), acknowledged; then Bob moves his
+/// clip `c1` into it and deletes the track `t1` it came from.
+fn my_track_with_bobs_clip_moved_in(tracks: Value) -> ClientDoc {
     use serde_json::json;
-    // Bob moves his clip into my new track, deleting the track it came from, then out again to
-    // another track. Undoing my insert deletes my track, not his clip: the clip has a home,
-    // where he last put it (the step once sent it back to its old, deleted, track, and then
-    // deleted it there and wherever it went next).
-    let doc = doc_with(json!({"tracks": [
-        {"id":"t1","clips":[{"id":"c1","start":0,"duration":4}]},
-        {"id":"t2","clips":[]}
-    ], "markers": []}));
-    let mut me = ClientDoc::new(doc, 0, "me");
-    me.local(&ops(json!({"type":"insert","target":"track","id":"t9","index":2,"value":{"name":"Mine","clips":[]}})))
+    let at = tracks.as_array().map_or(0, Vec::len);
+    let mut me = ClientDoc::new(doc_with(json!({"tracks": tracks, "markers": []})), 0, "me");
+    me.local(&ops(json!({"type":"insert","target":"track","id":"t9","index":at,"value":{"name":"Mine","clips":[]}})))
         .unwrap();
     ack_all(&mut me);
     remote(
@@ -408,6 +402,20 @@ fn undoing_my_insert_of_a_track_spares_a_clip_moved_through_it() {
         json!([{"type":"move","target":"clip","id":"c1","parent":"t9","index":0},
                {"type":"delete","target":"track","id":"t1"}]),
     );
+    me
+}
+
+#[test]
+fn undoing_my_insert_of_a_track_spares_a_clip_moved_through_it() {
+    use serde_json::json;
+    // Bob moves his clip into my new track, deleting the track it came from, then out again to
+    // another track. Undoing my insert deletes my track, not his clip: the clip has a home,
+    // where he last put it (the step once sent it back to its old, deleted, track, and then
+    // deleted it there and wherever it went next).
+    let mut me = my_track_with_bobs_clip_moved_in(json!([
+        {"id":"t1","clips":[{"id":"c1","start":0,"duration":4}]},
+        {"id":"t2","clips":[]}
+    ]));
     remote(&mut me, json!({"type":"move","target":"clip","id":"c1","parent":"t2","index":0}));
     remote(&mut me, json!({"type":"update","target":"clip","id":"c1","path":["gain"],"value":0.5}));
     assert!(me.undo().unwrap().did_apply());
@@ -418,16 +426,7 @@ fn undoing_my_insert_of_a_track_spares_a_clip_moved_through_it() {
 
     // Left in my track, his clip goes with it, as a clip inserted there would; redo brings
     // both back.
-    let doc = doc_with(json!({"tracks": [{"id":"t1","clips":[{"id":"c1","start":0,"duration":4}]}], "markers": []}));
-    let mut me = ClientDoc::new(doc, 0, "me");
-    me.local(&ops(json!({"type":"insert","target":"track","id":"t9","index":1,"value":{"name":"Mine","clips":[]}})))
-        .unwrap();
-    ack_all(&mut me);
-    remote(
-        &mut me,
-        json!([{"type":"move","target":"clip","id":"c1","parent":"t9","index":0},
-               {"type":"delete","target":"track","id":"t1"}]),
-    );
+    let mut me = my_track_with_bobs_clip_moved_in(json!([{"id":"t1","clips":[{"id":"c1","start":0,"duration":4}]}]));
     me.undo().unwrap();
     assert!(me.doc().get("t9").is_none() && me.doc().get("c1").is_none());
     me.redo().unwrap();
