@@ -311,8 +311,10 @@ impl ServerDoc {
     /// annotated), transformed over every op after its base, applied to the head and given the
     /// next version. Updates that commute with every op after their base
     /// ([`crate::update_commutes`]) skip the base and the transform: they find the same at the
-    /// head, where they are applied directly, with the same result. Bases older than the window
-    /// need `older` (see [`SubmitError::NeedHistory`]). Nothing changes on error.
+    /// head, where they are applied directly, with the same result; a lone insert that nothing
+    /// after its base could have made valid or invalid ([`crate::transform::insert_after`])
+    /// skips the base only: it is transformed, then validated at the head. Bases older than the
+    /// window need `older` (see [`SubmitError::NeedHistory`]). Nothing changes on error.
     pub fn submit(&mut self, submit: Submit, older: Option<&OlderHistory>) -> Result<Outcome, SubmitError> {
         self.submit_ref(&submit, older)
     }

@@ -204,7 +204,7 @@ pub struct Config {
     pub max_catchup: u64,
     /// A snapshot is stored at least this many versions after the last; a large document waits
     /// longer, so that snapshots write at most about 128 bytes per version on average
-    /// ([`room::core::SNAPSHOT_BYTES_PER_VERSION`](crate::room::core::SNAPSHOT_BYTES_PER_VERSION)). Default 500.
+    /// ([`crate::room::core::SNAPSHOT_BYTES_PER_VERSION`]). Default 500.
     pub snapshot_every: u64,
     /// A room with no connection is unloaded after this long. Default 60 s.
     pub room_idle: Duration,

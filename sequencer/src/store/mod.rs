@@ -95,7 +95,7 @@ pub struct Entry {
     pub msg: Sequenced,
     /// The document at `msg.version`, when a snapshot is taken here: a copy of the room's
     /// persistent document (taking it costs the room's task nothing), serialized to the state
-    /// JSON of PROTOCOL §5.1 by the store, on its writer's thread ([`snapshot_json`]).
+    /// JSON of PROTOCOL §5.1 by the store, on its writer's thread.
     pub snapshot: Option<Document>,
     /// Whether [`Store::find_op`] must find this op by its id alone: it was submitted without
     /// a `baseVersion`, so its resend comes without one too (PROTOCOL §4: a client resends its
