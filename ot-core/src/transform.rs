@@ -331,14 +331,14 @@ pub fn update_commutes(u: &Op, h: &Op) -> bool {
 /// may then change of `x`'s validity; and `transform(x, h)` only shifts `x`'s index.
 pub fn insert_after(x: &Insert, h: &Op) -> Option<bool> {
     let x_ids = brought_in(x);
-    if ids(h).any(|n| x_ids.clone().any(|x| x == n)) {
+    if ids(h).any(|n| x_ids.clone().any(|id| id == n)) {
         return None;
     }
     if let Op::Delete(d) = h {
         if d.kind == EntityKind::Track {
             let clips = d.value.as_ref()?.get("clips").and_then(Value::as_array);
             let mut deleted = clips.into_iter().flatten().filter_map(|c| c.get("id").and_then(Value::as_str));
-            if deleted.any(|n| x_ids.clone().any(|x| x == n)) {
+            if deleted.any(|n| x_ids.clone().any(|id| id == n)) {
                 return None;
             }
         }
@@ -515,11 +515,11 @@ fn t_insert(mut a: Insert, b: &Op, later: bool, loses_collision: bool) -> Out {
     Out::One(Op::Insert(a))
 }
 
-/// `a` deleting a track over `b` moving a clip into it: the move is cancelled (the clip put
-/// back, then the track deleted), unless `b` is itself a put-back move, or `takes_moved_in` (an
-/// undo entry over a remote op: undoing my insert of a track deletes it with whatever clips
-/// others moved into it since, as it does with the clips they inserted into it); then the
-/// clip goes with the track.
+/// The delete `a` transformed over `b`. Where `a` deletes a track that `b` moves a clip into,
+/// the move is cancelled (the clip put back, then the track deleted), unless `b` is itself a
+/// put-back move, or `takes_moved_in` (an undo entry over a remote op: undoing my insert of a
+/// track deletes it with whatever clips others moved into it since, as it does with the clips
+/// they inserted into it); then the clip goes with the track.
 fn t_delete(mut a: Delete, b: &Op, takes_moved_in: bool) -> Out {
     // Where the entity was, by reference; its index is shifted in `at` and written back last.
     let a_list = source_of(a.kind, &a.from);
@@ -656,9 +656,10 @@ fn without(pos: usize, moved_at: Option<usize>) -> usize {
     }
 }
 
-/// `a` moving a clip into a track that `b` deletes: the move is cancelled, unless `a` is a
-/// put-back move or `deleted_with_track` (a remote op carried past an undo entry that deletes
-/// the track: the entry took the clip with it, see [`t_delete`]); then the clip is deleted.
+/// The move `a` transformed over `b`. Where `a` moves a clip into a track that `b` deletes, the
+/// move is cancelled, unless `a` is a put-back move or `deleted_with_track` (a remote op carried
+/// past an undo entry that deletes the track: the entry took the clip with it, see
+/// [`t_delete`]); then the clip is deleted.
 fn t_move(mut a: Move, b: &Op, later: bool, deleted_with_track: bool) -> Out {
     let Some(a_from) = a.from.as_ref() else {
         // Unannotated moves are annotated by `apply` before any transform; without a source
