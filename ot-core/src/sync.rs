@@ -348,17 +348,13 @@ impl ServerDoc {
             let annotated = apply(&mut self.doc, &submit.ops)?;
             return Ok(self.sequence(annotated, submit));
         }
+        let mut ops;
         if base >= self.window_start && self.insert_checks_at_head(&submit.ops, base) {
             // A lone insert that nothing after its base could have made valid or invalid but
             // for its list's length, which it fits even at its shortest: valid at its base
             // exactly when it is at the head, where it is validated after its transform.
-            let after = self.history.range((base - self.window_start) as usize..);
-            let ops = transform_seq(submit.ops.clone(), after.flat_map(|(m, _)| m.operation.iter()), Side::Later);
-            let annotated = apply(&mut self.doc, &ops)?;
-            return Ok(self.sequence(annotated, submit));
-        }
-        let mut ops;
-        if base < self.window_start {
+            ops = submit.ops.clone();
+        } else if base < self.window_start {
             let older = match older {
                 Some(o) if o.base == base => o,
                 _ => return Err(SubmitError::NeedHistory { base }),
@@ -390,9 +386,7 @@ impl ServerDoc {
                 self.scratch = None;
             }
         }
-        let first = base.max(self.window_start);
-        let after = self.history.iter().skip((first - self.window_start) as usize);
-        ops = transform_seq(ops, after.flat_map(|(m, _)| m.operation.iter()), Side::Later);
+        ops = transform_seq(ops, self.ops_after(base.max(self.window_start)), Side::Later);
         let annotated = apply(&mut self.doc, &ops)?;
         Ok(self.sequence(annotated, submit))
     }
@@ -446,8 +440,12 @@ impl ServerDoc {
         if !ops.iter().all(|op| matches!(op, Op::Update(u) if !u.path.is_empty())) {
             return false;
         }
-        let after = self.history.range((base - self.window_start) as usize..);
-        after.flat_map(|(m, _)| m.operation.iter()).all(|h| ops.iter().all(|op| update_commutes(op, h)))
+        self.ops_after(base).all(|h| ops.iter().all(|op| update_commutes(op, h)))
+    }
+
+    /// The ops sequenced after `base`, which is in the window, in order.
+    fn ops_after(&self, base: u64) -> impl Iterator<Item = &Op> {
+        self.history.range((base - self.window_start) as usize..).flat_map(|(m, _)| m.operation.iter())
     }
 
     /// Whether `ops` is a lone insert that can be validated at the head rather than on its base
@@ -461,9 +459,8 @@ impl ServerDoc {
     /// transform it comes with.
     fn insert_checks_at_head(&self, ops: &[Op], base: u64) -> bool {
         let [Op::Insert(x)] = ops else { return false };
-        let after = self.history.range((base - self.window_start) as usize..);
         let mut added = 0;
-        for h in after.flat_map(|(m, _)| m.operation.iter()) {
+        for h in self.ops_after(base) {
             match insert_after(x, h) {
                 None => return false,
                 Some(adds) => added += usize::from(adds),
