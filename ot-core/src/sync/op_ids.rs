@@ -11,14 +11,24 @@ use super::Sequenced;
 
 /// The version of each recorded op with an id, found by (account, op id). An id recorded again
 /// (a lost race replayed, say) stands for its newest op. An empty account is no account, as in
-/// every store. Recording an op allocates nothing beyond the table's growth: 8 bytes a slot.
+/// every store. Recording an op allocates nothing beyond the table's growth: 16 bytes a slot,
+/// the version and the hash of its ids.
 ///
 /// Every call takes `msg`, the owner's message of a version (`None` once it is gone), so the
-/// owner's messages stay the one copy of the ids.
+/// owner's messages stay the one copy of the ids. The hash is kept so that the table grows and
+/// sheds its tombstones without reading those messages again: they are scattered in memory,
+/// and hashing their ids once more cost more than the rest of recording.
 #[derive(Debug, Clone, Default)]
 pub struct OpIdIndex {
-    versions: HashTable<u64>,
+    versions: HashTable<Slot>,
     keys: RandomState,
+}
+
+/// One recorded op: its version and the hash of (account, op id).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    hash: u64,
+    version: u64,
 }
 
 impl OpIdIndex {
@@ -45,8 +55,10 @@ impl OpIdIndex {
         msg: impl Fn(u64) -> Option<&'a Sequenced>,
     ) -> Option<&'a Sequenced> {
         let hash = hash(&self.keys, account, op_id);
-        let v = self.versions.find(hash, |&v| msg(v).is_some_and(|m| sent_under(m, account, op_id)))?;
-        msg(*v)
+        let slot = self
+            .versions
+            .find(hash, |s| s.hash == hash && msg(s.version).is_some_and(|m| sent_under(m, account, op_id)))?;
+        msg(slot.version)
     }
 
     /// Records `m` under its (account, op id), if it has an id; `msg` reads back the ops
@@ -54,15 +66,12 @@ impl OpIdIndex {
     pub fn record<'a>(&mut self, m: &Sequenced, msg: impl Fn(u64) -> Option<&'a Sequenced>) -> Option<u64> {
         let op_id = m.op_id.as_deref()?;
         let account = m.account.as_deref();
-        let keys = &self.keys;
-        let key = hash(keys, account, op_id);
-        let same = |&v: &u64| msg(v).is_some_and(|o| sent_under(o, account, op_id));
-        let rehash =
-            |&v: &u64| msg(v).map_or(0, |o| hash(keys, o.account.as_deref(), o.op_id.as_deref().unwrap_or("")));
-        match self.versions.entry(key, same, rehash) {
-            Entry::Occupied(mut e) => *e.get_mut() = m.version,
+        let key = hash(&self.keys, account, op_id);
+        let same = |s: &Slot| s.hash == key && msg(s.version).is_some_and(|o| sent_under(o, account, op_id));
+        match self.versions.entry(key, same, |s| s.hash) {
+            Entry::Occupied(mut e) => e.get_mut().version = m.version,
             Entry::Vacant(e) => {
-                e.insert(m.version);
+                e.insert(Slot { hash: key, version: m.version });
             }
         }
         Some(key)
@@ -72,7 +81,7 @@ impl OpIdIndex {
     /// for it), if its id still stands for it: its owner is dropping it. The op's ids are not
     /// read again: for the oldest op of a window they are likely in no cache any more.
     pub fn forget_key(&mut self, key: u64, version: u64) {
-        if let Ok(e) = self.versions.find_entry(key, |&v| v == version) {
+        if let Ok(e) = self.versions.find_entry(key, |s| s.version == version) {
             e.remove();
         }
     }
