@@ -466,10 +466,13 @@ fn text(msg: &ServerMsg) -> String {
 
 /// A sequenced op as its `operation` message, encoded without cloning it.
 pub fn op_text(msg: &OperationMsg) -> String {
-    let body = encode(msg);
-    match body.strip_prefix('{') {
-        Some(rest) if rest != "}" => format!("{{\"type\":\"operation\",{rest}"),
-        _ => text(&ServerMsg::Operation(msg.clone())),
+    let mut body = encode(msg);
+    if body.starts_with('{') && body != "{}" {
+        // In place: the encoder's buffer has room to spare for the tag, most often.
+        body.replace_range(..1, "{\"type\":\"operation\",");
+        body
+    } else {
+        text(&ServerMsg::Operation(msg.clone()))
     }
 }
 
@@ -1527,4 +1530,25 @@ fn resized(bytes: usize, ops: &[Op]) -> usize {
         }
         Op::Move(_) => b,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_text_is_the_tagged_operation_message() {
+        let op: Op = serde_json::from_str(r#"{"type":"update","target":"project","path":["tempo"],"value":128}"#)
+            .expect("an update");
+        for op_id in [Some("o1".to_string()), None] {
+            let msg =
+                OperationMsg { operation: vec![op.clone()], version: 7, user_id: "u1".into(), op_id, account: None };
+            let frame = op_text(&msg);
+            let decoded: ServerMsg = serde_json::from_str(&frame).expect("a server message");
+            assert_eq!(decoded, ServerMsg::Operation(msg));
+        }
+        let empty = OperationMsg { operation: vec![], version: 3, user_id: String::new(), op_id: None, account: None };
+        let decoded: ServerMsg = serde_json::from_str(&op_text(&empty)).expect("a server message");
+        assert_eq!(decoded, ServerMsg::Operation(empty));
+    }
 }

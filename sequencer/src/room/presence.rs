@@ -84,12 +84,12 @@ impl Members {
 
     /// The member with this connection id and session.
     pub fn get_mut(&mut self, conn: &str, session: u64) -> Option<&mut Member> {
-        self.list.iter_mut().find(|m| &*m.conn == conn && m.session == session)
+        self.list.iter_mut().find(|m| m.session == session && &*m.conn == conn)
     }
 
     /// Whether this exact connection is a member.
     pub fn contains(&self, conn: &str, session: u64) -> bool {
-        self.list.iter().any(|m| &*m.conn == conn && m.session == session)
+        self.list.iter().any(|m| m.session == session && &*m.conn == conn)
     }
 
     /// Checks whether `user_id` may take connection id `conn`: only the account already holding
@@ -167,7 +167,7 @@ impl Members {
 
     /// Removes this exact connection, if it is a member.
     pub fn leave(&mut self, conn: &str, session: u64) -> Option<Member> {
-        let i = self.list.iter().position(|m| &*m.conn == conn && m.session == session)?;
+        let i = self.list.iter().position(|m| m.session == session && &*m.conn == conn)?;
         Some(self.list.remove(i))
     }
 
