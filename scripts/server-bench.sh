@@ -16,6 +16,9 @@
 #   SERVER_CPU [0]    core the server is pinned to;  GEN_CPU [1]  core of the load generator
 #   IDLE_COUNT [19900] sockets opened by `idle` (needs `ulimit -n` above it in both processes)
 #   SKIP_BUILD=1      use the binaries already in ${CARGO_TARGET_DIR:-target}/release
+#   BASE              a directory holding another build's `sequencer` (a `target/release`): its
+#                     stores run too, interleaved, as `memory@base` and `sqlite@base`, so that a
+#                     before/after pair is measured in one run (build it in a `git worktree`)
 #   OUT               file the JSON lines are appended to
 #                     [${CARGO_TARGET_DIR:-target}/server-bench/runs-DATE.jsonl]
 set -euo pipefail
@@ -27,6 +30,10 @@ warmup=${WARMUP:-1}
 reps=${REPS:-3}
 workloads=${WORKLOADS:-"20x5:update 100x5:update 1x50:update 20x5:insert"}
 stores=${STORES:-"memory sqlite"}
+if [ -n "${BASE:-}" ]; then
+  [ -x "$BASE/sequencer" ] || { echo "BASE=$BASE holds no sequencer binary" >&2; exit 1; }
+  for s in $stores; do stores="$stores $s@base"; done
+fi
 server_cpu=${SERVER_CPU:-0}
 gen_cpu=${GEN_CPU:-1}
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -51,16 +58,17 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$tmp"' EXIT
 
-# start_server KIND: starts `relay`, `memory` or `sqlite` pinned to $server_cpu; sets
-# $server_pid and $server_url.
+# start_server KIND: starts `relay`, `memory` or `sqlite` (`memory@base`, `sqlite@base`: $BASE's
+# build) pinned to $server_cpu; sets $server_pid and $server_url.
 start_server() {
-  local kind=$1 log=$tmp/server.log
+  local kind=${1%@base} log=$tmp/server.log seq=$bin/sequencer
+  [ "$1" != "$kind" ] && seq=$BASE/sequencer
   rm -rf "$tmp/data"
   case $kind in
     relay) taskset -c "$server_cpu" "$bin/client-sim" --serve-relay 127.0.0.1:0 >"$log" 2>&1 & ;;
-    memory) taskset -c "$server_cpu" "$bin/sequencer" serve --listen 127.0.0.1:0 --memory \
+    memory) taskset -c "$server_cpu" "$seq" serve --listen 127.0.0.1:0 --memory \
       --secret "$secret" --rate-limit 0 --heartbeat-timeout 600 >"$log" 2>&1 & ;;
-    sqlite) taskset -c "$server_cpu" "$bin/sequencer" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" \
+    sqlite) taskset -c "$server_cpu" "$seq" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" \
       --secret "$secret" --rate-limit 0 --heartbeat-timeout 600 >"$log" 2>&1 & ;;
   esac
   server_pid=$!
