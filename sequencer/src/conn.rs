@@ -8,7 +8,9 @@
 //! peer that does not take our frames for `heartbeat_timeout` is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -422,6 +424,15 @@ async fn write_loop(
                         }
                         sink.flush().await
                     };
+                    let mut burst = pin!(burst);
+                    // Most often the socket takes the burst at once: then no timer is set and
+                    // no watch for an abort.
+                    if let Poll::Ready(sent) = futures_util::poll!(burst.as_mut()) {
+                        if sent.is_err() {
+                            return None;
+                        }
+                        continue;
+                    }
                     tokio::select! {
                         sent = tokio::time::timeout(timeout, burst) => {
                             if !matches!(sent, Ok(Ok(()))) {
