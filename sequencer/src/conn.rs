@@ -7,8 +7,8 @@
 //! for a second is closed with 1008; nothing heard for `heartbeat_timeout` closes with 4000; a
 //! peer that does not take our frames for `heartbeat_timeout` is dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;

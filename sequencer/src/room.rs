@@ -355,17 +355,25 @@ impl Shell {
                 _ = sleep_until(deadline), if deadline.is_some() => Input::Tick,
                 _ = shutdown.changed(), if !self.draining => Input::Shutdown,
             };
+            // Let the tasks that are ready run once before taking more from the inbox: the
+            // connections' readers queue what they have read, and the loop below takes it in
+            // one go, so a member's writer finds several frames for one `sendto` and replies
+            // leave in bursts rather than one by one. A message that came alone yields before
+            // it is handled, so that its replies join the burst; one with others behind it is
+            // handled first, so that the writers send its replies while the readers fill the
+            // inbox. When nothing else is ready the room goes on at once. Under load this
+            // raised throughput and cut p99 (BENCHMARKS.md, seventh pass).
             self.inputs.push_back(input);
+            let alone = rx.is_empty();
+            if alone {
+                tokio::task::yield_now().await;
+            }
             if let Flow::Stop = self.handle_inputs(rx).await {
                 return;
             }
-            // What this input produced is already queued for its writers. Let the tasks that
-            // are ready run before taking more: the writers send it, the connections' readers
-            // queue what they have read, and the loop below takes that in one go, so a member's
-            // writer finds several frames for one `sendto` and replies leave in bursts rather
-            // than one by one. When nothing else is ready the room goes on at once. Under load
-            // this raised throughput and cut p99 (BENCHMARKS.md, seventh pass).
-            tokio::task::yield_now().await;
+            if !alone {
+                tokio::task::yield_now().await;
+            }
             // Messages already queued are taken without going through the `select!` again,
             // which sets up every source (and a timer) each time: a burst costs one. Bounded,
             // so the other sources wait at most `INBOX_BURST` messages.
