@@ -6,6 +6,12 @@
 //! either node. Once the run stops editing and drains, every client's document, both rooms and
 //! the store's reloaded state are equal.
 //!
+//! Throughout, every socket is checked against the room's promise to it (PROTOCOL §4): each
+//! version after the one its `init` reported arrives exactly once and in order, whichever node it
+//! is on and however its resends race lost appends, store lookups and other nodes' ops; an older
+//! version only as the one answer to a resend of its own op; and a reconnect never reports a
+//! version behind the `since` the client came back with.
+//!
 //! Presence is room-wide as with a Redis bus: the nodes' presence events cross (delayed, and
 //! lost now and then) and their heartbeats refresh and read a simulated Redis whose keys
 //! expire. Once everything is delivered and one more heartbeat has run on each node, every
@@ -65,6 +71,42 @@ struct Link {
     node: usize,
     up: VecDeque<ClientMsg>,
     down: VecDeque<String>,
+    /// The version the client held when it connected (its `since`).
+    since: Option<u64>,
+    /// What this socket was told: the version its `init` reported and the last version it has
+    /// received since (each must be the one after the other, PROTOCOL §4), and the versions at
+    /// or below `init` that were re-acked to it (each at most once).
+    init: Option<u64>,
+    last: u64,
+    reacked: HashSet<u64>,
+}
+
+impl Link {
+    /// Checks one frame against the room's promise to a socket: every version after its init's
+    /// exactly once and in order, a reconnect never taken back behind what the client held, and
+    /// an older version only as the single answer to a resend of the client's own op.
+    fn check(&mut self, msg: &ot_core::protocol::ServerMsg, pk: &str) -> Result<(), String> {
+        use ot_core::protocol::ServerMsg;
+        match msg {
+            ServerMsg::Init { version, ops, .. } => {
+                if let Some(s) = self.since.filter(|s| s > version) {
+                    return Err(format!("init at version {version} behind the client's {s}"));
+                }
+                self.init = Some(*version);
+                self.last = ops.as_ref().and_then(|o| o.last()).map_or(*version, |m| m.version.max(*version));
+            }
+            ServerMsg::Operation(m) => {
+                let Some(init) = self.init else { return Err("an operation before init".into()) };
+                if m.version == self.last + 1 {
+                    self.last = m.version;
+                } else if m.version > init || m.user_id != pk || !self.reacked.insert(m.version) {
+                    return Err(format!("version {} after {} (init {init}): {:?}", m.version, self.last, m.op_id));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 struct Client {
@@ -111,6 +153,8 @@ struct Sim {
 struct Seen {
     lost_races: u64,
     reconnects: u64,
+    /// Reconnects to a node that had not reached the client's version yet.
+    joins_ahead: u64,
     history_reads: u64,
     sequenced: u64,
     presence_events: u64,
@@ -262,7 +306,19 @@ impl Sim {
         let key: ConnKey = (Arc::from(c.pk.as_str()), c.sessions);
         c.session.on_open();
         let since = c.session.since();
-        c.link = Some(Link { key: key.clone(), node, up: VecDeque::new(), down: VecDeque::new() });
+        if since.is_some_and(|s| s > self.nodes[node].core.durable_version()) {
+            self.seen.joins_ahead += 1;
+        }
+        c.link = Some(Link {
+            key: key.clone(),
+            node,
+            up: VecDeque::new(),
+            down: VecDeque::new(),
+            since,
+            init: None,
+            last: 0,
+            reacked: HashSet::new(),
+        });
         let join = JoinReq {
             conn: key.0.clone(),
             session: key.1,
@@ -366,6 +422,10 @@ impl Sim {
         let Some(frame) = self.clients[i].link.as_mut().and_then(|l| l.down.pop_front()) else { return };
         let msg =
             decode_server(&frame).unwrap_or_else(|e| panic!("seed {}: undecodable frame {frame}: {e}", self.seed));
+        let pk = self.clients[i].pk.clone();
+        if let Some(Err(e)) = self.clients[i].link.as_mut().map(|l| l.check(&msg, &pk)) {
+            panic!("seed {}: client {i}: {e}\n{}", self.seed, self.report());
+        }
         let now = self.client_now();
         match self.clients[i].session.handle(msg, now) {
             Ok(effects) => self.effects(i, effects),
@@ -643,6 +703,7 @@ fn rooms_and_sessions_converge_over_many_seeds() {
         let s = Sim::new(seed).run(400);
         total.lost_races += s.lost_races;
         total.reconnects += s.reconnects;
+        total.joins_ahead += s.joins_ahead;
         total.history_reads += s.history_reads;
         total.sequenced += s.sequenced;
         total.presence_events += s.presence_events;
@@ -651,5 +712,6 @@ fn rooms_and_sessions_converge_over_many_seeds() {
     }
     eprintln!("{seeds} seeds: {total:?}");
     assert!(total.lost_races > 0 && total.reconnects > 0 && total.history_reads > 0, "{total:?}");
+    assert!(total.joins_ahead > 0, "{total:?}");
     assert!(total.presence_events > 0 && total.heartbeats > 0 && total.locks_held_at_end > 0, "{total:?}");
 }

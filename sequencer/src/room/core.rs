@@ -379,13 +379,14 @@ pub enum Output {
     Failed(String),
 }
 
-/// What a read in flight is for.
+/// What a read in flight is for. A `Fetch` (of other nodes' ops) carries its number among the
+/// room's fetches (see [`RoomCore::join_ahead`]).
 #[derive(Debug)]
 enum Reading {
     Older { key: ConnKey, submit: Submit },
     FindOp { key: ConnKey, submit: Submit },
     Catchup { join: JoinReq, since: u64, upto: u64 },
-    Fetch { from: u64 },
+    Fetch { from: u64, seq: u64 },
     Rebuild,
 }
 
@@ -566,6 +567,7 @@ impl RoomCore {
                 Input::Tick => self.tick(now),
                 Input::Shutdown => self.draining = true,
             }
+            self.join_ahead(None, now);
             self.settle(now);
             self.publish_dirty(now);
         }
@@ -582,7 +584,8 @@ impl RoomCore {
     /// When to send [`Input::Tick`] next (monotonic ms), if ever.
     pub fn next_deadline(&self) -> Option<u64> {
         let idle = self.idle_since.filter(|_| !self.draining && self.members.is_empty()).map(|t| t + self.idle_ms());
-        let poll = (self.cfg.shared_store && !self.members.is_empty()).then_some(self.cluster.next_poll);
+        let poll = (self.cfg.shared_store && !(self.members.is_empty() && self.cluster.ahead.is_empty()))
+            .then_some(self.cluster.next_poll);
         [self.cursor_deadline, idle, poll, self.locks.next_expiry(), self.presence_deadline, self.remote.next_expiry()]
             .into_iter()
             .flatten()
@@ -679,6 +682,7 @@ impl RoomCore {
             && self.reads.is_empty()
             && self.dup_waiting.is_empty()
             && self.deferred.is_empty()
+            && self.cluster.ahead.is_empty()
     }
 
     /// After every input: finish a shutdown, note when the room became empty.
@@ -725,6 +729,11 @@ impl RoomCore {
         let durable = self.durable_version;
         match j.since {
             None => self.finish_join(j, None, now),
+            Some(s) if s > durable && self.cfg.shared_store => {
+                // Another node got further: read the store up to `since` first (see `cluster`).
+                self.cluster.ahead.push((j, self.cluster.fetches));
+                self.fetch();
+            }
             Some(s) if s > durable || durable - s > self.cfg.max_catchup => self.finish_join(j, None, now),
             Some(s) => match self.ops_in_memory(s) {
                 Some(ops) => {
@@ -781,6 +790,9 @@ impl RoomCore {
                 self.out.push(Output::Close { to: (conn.clone(), old_session), code: Close::Replaced });
             }
         }
+        if let Some(m) = self.members.get_mut(&key.0, key.1) {
+            m.init_version = self.durable_version;
+        }
         self.mark_dirty(&conn);
         if self.cfg.node.is_some() && self.presence_deadline.is_none() {
             self.presence_deadline = Some(now.mono_ms + self.heartbeat_ms());
@@ -804,6 +816,11 @@ impl RoomCore {
     }
 
     fn leave(&mut self, conn: &str, session: u64, now: Now) {
+        // A socket that went away while its join waited (for a catch-up read, or for the store to
+        // reach its `since`) never joins.
+        let waited = |j: &JoinReq| j.session == session && &*j.conn == conn;
+        self.cluster.ahead.retain(|(j, _)| !waited(j));
+        self.reads.retain(|_, r| !matches!(r, Reading::Catchup { join, .. } if waited(join)));
         let Some(m) = self.members.leave(conn, session) else { return };
         self.out.push(Output::Close { to: m.key(), code: Close::GoingAway });
         self.announce_left(conn);
@@ -1165,7 +1182,7 @@ impl RoomCore {
         }
         if self.cfg.shared_store && self.cluster.next_poll <= now.mono_ms {
             self.cluster.next_poll = now.mono_ms + self.cfg.cluster_poll_ms;
-            if !self.members.is_empty() {
+            if !(self.members.is_empty() && self.cluster.ahead.is_empty()) {
                 self.fetch();
             }
         }
@@ -1187,7 +1204,8 @@ impl RoomCore {
         // Only an op with an id and no base, from a socket that has had none sequenced yet,
         // can be a resend nothing in memory recognises (the member lookup is not per op).
         let lookup = s.base.is_none() && older.is_none() && s.op_id.is_some();
-        let lookup = lookup && self.members.by_conn(&key.0).is_some_and(|m| m.session == key.1 && !m.sequenced);
+        let lookup =
+            lookup && self.members.by_conn(&key.0).is_some_and(|m| m.session == key.1 && m.first_sequenced.is_none());
         if let (true, Some(op_id)) = (lookup, &s.op_id) {
             // Without a base nothing tells a resend from a new op, and the memory window holds
             // only recent op ids: ask the store, which finds every op sent without a base by
@@ -1219,7 +1237,7 @@ impl RoomCore {
             Ok(Outcome::Sequenced(msg)) => {
                 self.out.push(Output::Stat(Stat::Sequenced { depth: head - base.unwrap_or(head).min(head) }));
                 if let Some(m) = self.members.get_mut(&key.0, key.1) {
-                    m.sequenced = true;
+                    m.first_sequenced.get_or_insert(msg.version);
                 }
                 if self.cfg.shared_store {
                     self.cluster.submits.insert(msg.version, (key, s));
@@ -1242,14 +1260,20 @@ impl RoomCore {
         }
     }
 
-    /// Answers a resend with its original message. One not durable here yet (ours still being
-    /// stored, or another node's this node has not caught up to) is answered by that version's
-    /// broadcast, the very same message, which reaches the resender as a member; answering it
-    /// again would hand its author the same version twice.
+    /// Answers a resend with its original message. An op sent on an earlier socket (a resend
+    /// after a reconnect) is answered here only if its version is at or below the one the new
+    /// socket's `init` reported. A later version reaches the socket as the broadcast of that
+    /// very message, which is then the answer: already (it became durable here before the
+    /// resend arrived, during a store lookup, or in a lost race's rebuild), or once it is
+    /// durable here (ours still being stored, or another node's this node has not caught up
+    /// to). Answering it again would hand the socket a version twice, after its init. An op
+    /// this very socket sent and sends again is answered again once durable.
     fn duplicate(&mut self, key: ConnKey, msg: Sequenced) {
-        if msg.version <= self.durable_version {
+        let Some(m) = self.members.get_mut(&key.0, key.1) else { return };
+        let this_socket = m.first_sequenced.is_some_and(|f| msg.version >= f) && msg.user_id == *m.conn;
+        if msg.version <= self.durable_version && (msg.version <= m.init_version || this_socket) {
             self.send(key, op_text(&msg));
-        } else {
+        } else if msg.version > self.durable_version {
             self.dup_waiting.push(msg.version);
             if self.cfg.shared_store {
                 self.fetch();
@@ -1308,6 +1332,9 @@ impl RoomCore {
     /// reconnect and resync from what is stored.
     fn fail(&mut self, reason: &str) {
         self.locks.clear();
+        for (j, _) in std::mem::take(&mut self.cluster.ahead) {
+            self.out.push(Output::JoinReply { to: (j.conn, j.session), result: Err(Close::Internal) });
+        }
         for m in self.members.drain() {
             self.announce_left(&m.conn);
             self.out.push(Output::Close { to: m.key(), code: Close::Internal });
@@ -1376,18 +1403,23 @@ impl RoomCore {
                 };
                 self.finish_join(join, ops, now);
             }
-            (Reading::Fetch { from }, ReadResult::Fetched(r)) => {
+            (Reading::Fetch { from, seq }, ReadResult::Fetched(r)) => {
                 self.cluster.fetching = false;
                 // Something of ours sequenced meanwhile: its append decides (a conflict
                 // resyncs); the next poll looks again. A failed read is retried then too.
+                let mut exhausted = r.is_err();
                 if let Ok((ops, transport)) = r {
                     if from == self.durable_version && self.can_catch_up() {
+                        exhausted = ops.len() < FETCH_MAX;
                         self.apply_foreign(ops);
                     }
                     // The stored transport is the truth a lost bus message is repaired from.
                     if let Some(t) = transport.filter(|t| transport_newer(t, &self.transport)) {
                         self.adopt_transport(t, None, now);
                     }
+                }
+                if exhausted {
+                    self.join_ahead(Some(seq), now);
                 }
             }
             (Reading::Rebuild, ReadResult::Rebuild(r)) => match r {
@@ -1447,7 +1479,9 @@ impl RoomCore {
         }
         self.cluster.fetching = true;
         let from = self.durable_version;
-        self.read(ReadReq::Fetch { from, limit: FETCH_MAX }, Reading::Fetch { from });
+        self.cluster.fetches += 1;
+        let seq = self.cluster.fetches;
+        self.read(ReadReq::Fetch { from, limit: FETCH_MAX }, Reading::Fetch { from, seq });
     }
 
     fn foreign(&mut self, m: Sequenced) {
@@ -1458,6 +1492,27 @@ impl RoomCore {
             self.apply_foreign(vec![m]);
         } else {
             // A gap on the bus: read what is missing.
+            self.fetch();
+        }
+    }
+
+    /// The joins waiting for a `since` ahead of the durable version (see [`super::cluster`]):
+    /// those the room has reached join with their catch-up. After read number `exhausted` of
+    /// other nodes' ops found nothing more (or failed), those that came before it was issued
+    /// get the state: the store does not hold their `since`. The rest wait for the next read.
+    fn join_ahead(&mut self, exhausted: Option<u64>, now: Now) {
+        if self.cluster.ahead.is_empty() || self.failed {
+            return;
+        }
+        let durable = self.durable_version;
+        for (j, queued_after) in std::mem::take(&mut self.cluster.ahead) {
+            match j.since {
+                Some(s) if s > durable && exhausted.is_some_and(|n| queued_after < n) => self.finish_join(j, None, now),
+                Some(s) if s > durable => self.cluster.ahead.push((j, queued_after)),
+                _ => self.join(j, now),
+            }
+        }
+        if !self.cluster.ahead.is_empty() {
             self.fetch();
         }
     }
@@ -1497,6 +1552,11 @@ impl RoomCore {
         // Every waiting version is past the durable one: a dropped version of ours is answered by
         // the broadcast of its resubmit, another node's by the rebuild's.
         self.dup_waiting.clear();
+        // The dropped versions were never this node's: a socket whose first op was among them
+        // has had nothing sequenced yet (its resubmit is looked up or sequenced afresh).
+        for m in self.members.iter_mut().filter(|m| m.first_sequenced.is_some_and(|f| f > durable)) {
+            m.first_sequenced = None;
+        }
         self.epoch += 1;
         self.rebuilding = true;
         let from = self.deferred.iter().filter_map(|(_, s)| s.base).fold(durable, u64::min);

@@ -34,9 +34,13 @@ pub struct Member {
     pub session_at: u64,
     /// A cursor arrived since the last tick.
     pub cursor_dirty: bool,
-    /// This socket had an op sequenced: whatever it sends from then on is new, not a resend
-    /// from an earlier socket.
-    pub sequenced: bool,
+    /// The version of the first op sequenced from this socket: whatever it sends from then on
+    /// is new, not a resend from an earlier socket (a client keeps one op in flight), and an op
+    /// of its connection id at or after this version came from this very socket.
+    pub first_sequenced: Option<u64>,
+    /// The version this socket's `init` reported: every version after it reaches the socket as
+    /// a broadcast.
+    pub init_version: u64,
 }
 
 impl Member {
@@ -65,6 +69,11 @@ impl Members {
     /// Every member.
     pub fn iter(&self) -> impl Iterator<Item = &Member> {
         self.list.iter()
+    }
+
+    /// Every member, to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Member> {
+        self.list.iter_mut()
     }
 
     /// Number of members.
@@ -140,7 +149,8 @@ impl Members {
             let old = m.session;
             m.session = session;
             m.session_at = now_ms;
-            m.sequenced = false;
+            m.first_sequenced = None;
+            m.init_version = 0;
             m.role = role;
             m.presence.name = name;
             m.presence.avatar = avatar;
@@ -160,7 +170,8 @@ impl Members {
             joined_at,
             session_at: now_ms,
             cursor_dirty: false,
-            sequenced: false,
+            first_sequenced: None,
+            init_version: 0,
         });
         Joined::New(presence)
     }
