@@ -584,12 +584,17 @@ impl RoomCore {
     /// When to send [`Input::Tick`] next (monotonic ms), if ever.
     pub fn next_deadline(&self) -> Option<u64> {
         let idle = self.idle_since.filter(|_| !self.draining && self.members.is_empty()).map(|t| t + self.idle_ms());
-        let poll = (self.cfg.shared_store && !(self.members.is_empty() && self.cluster.ahead.is_empty()))
-            .then_some(self.cluster.next_poll);
+        let poll = self.polls().then_some(self.cluster.next_poll);
         [self.cursor_deadline, idle, poll, self.locks.next_expiry(), self.presence_deadline, self.remote.next_expiry()]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Whether the room polls a shared store for other nodes' ops: while it has members, or
+    /// joins waiting for the store to reach their `since`.
+    fn polls(&self) -> bool {
+        self.cfg.shared_store && !(self.members.is_empty() && self.cluster.ahead.is_empty())
     }
 
     /// Whether a submit is waiting on a store read: the shell stops reading its inbox meanwhile,
@@ -1182,7 +1187,7 @@ impl RoomCore {
         }
         if self.cfg.shared_store && self.cluster.next_poll <= now.mono_ms {
             self.cluster.next_poll = now.mono_ms + self.cfg.cluster_poll_ms;
-            if !(self.members.is_empty() && self.cluster.ahead.is_empty()) {
+            if self.polls() {
                 self.fetch();
             }
         }
